@@ -1,0 +1,115 @@
+#pragma once
+// The trainer: AdamW (Loshchilov & Hutter, ICLR 2019) with linear warm-up and cosine decay,
+// gradient-norm clipping, an exponential moving average (EMA) of the weights, validation
+// with early stopping, non-finite-loss protection and resumable checkpoints.
+//
+// Reproducibility: step k draws its minibatch and samples from the global torch generator
+// reseeded with derive_seed(seed, 1, k), so the run depends on (seed, step) only, and a run
+// resumed from a checkpoint reproduces the uninterrupted one bit for bit on the CPU.
+//
+// Non-finite protection: a step whose loss or gradient is not finite is skipped (no update);
+// if the weights become non-finite after an update, the trainer rolls back to the last good
+// state (taken at each validation). More than max_bad_steps bad steps in a row throw
+// RuntimeError: NaN weights are never kept.
+//
+// Validation runs every eval_every steps (on EMA weights when ema_decay > 0); the best
+// weights are kept and restored at the end; with patience > 0 training stops after that many
+// validations without improvement.
+//
+//   nfkit::Trainer trainer(flow, nfkit::TrainerOptions().steps(2000).lr(1e-3), objective);
+//   auto report = trainer.train();
+#include <torch/arg.h>
+
+#include <functional>
+#include <string>
+
+#include "nfkit/flows/checkpoint.h"
+#include "nfkit/flows/losses.h"
+
+namespace nfkit {
+
+struct TrainerOptions {
+  TORCH_ARG(int64_t, steps) = 1000;
+  TORCH_ARG(int64_t, batch_size) = 256;
+  TORCH_ARG(double, lr) = 1e-3;
+  TORCH_ARG(double, weight_decay) = 0.0;
+  TORCH_ARG(double, beta1) = 0.9;
+  TORCH_ARG(double, beta2) = 0.999;
+  TORCH_ARG(double, eps) = 1e-8;
+  TORCH_ARG(int64_t, warmup_steps) = 0;
+  /// Cosine decay floor as a fraction of lr.
+  TORCH_ARG(double, min_lr_fraction) = 0.0;
+  /// Maximum global gradient norm (0 = no clipping).
+  TORCH_ARG(double, clip_grad_norm) = 10.0;
+  /// EMA decay per step (0 = no EMA).
+  TORCH_ARG(double, ema_decay) = 0.0;
+  TORCH_ARG(int64_t, eval_every) = 100;
+  /// Validations without improvement before stopping (0 = never stop early).
+  TORCH_ARG(int64_t, patience) = 0;
+  TORCH_ARG(int64_t, checkpoint_every) = 0;
+  TORCH_ARG(std::string, checkpoint_path) = "";
+  TORCH_ARG(uint64_t, seed) = 0;
+  TORCH_ARG(int64_t, max_bad_steps) = 20;
+  TORCH_ARG(bool, quiet) = false;
+
+ public:
+  json to_json() const;
+};
+
+/// What to minimise: forward KL on train (validated on val), reverse KL on energy, or the
+/// mix (1 - reverse_weight) forward + reverse_weight reverse.
+struct Objective {
+  torch::Tensor train, train_context;
+  torch::Tensor val, val_context;
+  EnergyFn energy;
+  double reverse_weight = 0.0;
+  /// Reverse-KL samples per step (default: batch_size).
+  int64_t energy_batch = 0;
+};
+
+struct TrainReport {
+  int64_t steps_done = 0;   ///< final step reached
+  int64_t best_step = -1;
+  double best_val = NAN;    ///< best validation loss [nats]
+  double last_train = NAN;  ///< last finite training loss
+  int64_t bad_steps = 0;    ///< skipped or rolled-back steps, in total
+  int64_t rollbacks = 0;
+  bool stopped_early = false;
+  bool interrupted = false;
+  std::vector<std::pair<int64_t, double>> validation;  ///< (step, loss)
+};
+
+class Trainer {
+ public:
+  Trainer(std::shared_ptr<Flow> flow, TrainerOptions opts, Objective objective,
+          json metadata = json::object());
+  ~Trainer();
+
+  /// Trains from the current step to opts.steps (or until early stop / stop request).
+  /// At the end the flow holds the best validated weights (or the EMA / last weights if no
+  /// validation ran).
+  TrainReport train();
+
+  /// Asked before every step; returning true stops training after writing a checkpoint
+  /// (used for SIGINT in the command line and to test resuming).
+  std::function<bool(int64_t step)> should_stop;
+
+  /// Writes the full state (model, optimizer, EMA, best weights, counters) atomically.
+  void save_checkpoint(const std::string& path) const;
+  /// Restores the full state written by save_checkpoint; the flow must have the same
+  /// configuration (checked).
+  void load_checkpoint(const std::string& path);
+
+  int64_t step() const;
+  double learning_rate(int64_t step) const;
+
+ private:
+  struct State;
+  std::shared_ptr<Flow> flow_;
+  TrainerOptions opts_;
+  Objective obj_;
+  json metadata_;
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace nfkit

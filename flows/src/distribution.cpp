@@ -1,0 +1,163 @@
+#include "nfkit/flows/distribution.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "nfkit/core/checks.h"
+
+namespace nfkit {
+
+Distribution::Distribution(int64_t dim, int64_t context_dim)
+    : dim_(dim), context_dim_(context_dim) {
+  check_positive_int("Distribution", "dim", dim);
+}
+
+void Distribution::check_context(const char* fn, int64_t n, const torch::Tensor& context) const {
+  if (context_dim_ == 0) {
+    if (context.defined())
+      usage_error(fn, "a context was given, but this distribution is unconditional");
+    return;
+  }
+  if (!context.defined())
+    usage_error(fn, "context is missing, but this distribution was built with context_dim " +
+                        std::to_string(context_dim_));
+  check_dim(fn, "context", context, 2);
+  check_size(fn, "context", context, 1, context_dim_);
+  if (context.size(0) != n)
+    usage_error(fn, "context has " + std::to_string(context.size(0)) + " rows, but " +
+                        std::to_string(n) + " are needed (one per sample)");
+}
+
+torch::Tensor Distribution::log_prob(const torch::Tensor& x, const torch::Tensor& context) {
+  const char* fn = "Distribution::log_prob";
+  check_dim(fn, "x", x, 2);
+  check_size(fn, "x", x, 1, dim_);
+  check_floating(fn, "x", x);
+  check_context(fn, x.size(0), context);
+  if (context.defined()) {
+    check_dtype(fn, "context", context, x.scalar_type());
+    check_device(fn, "context", context, x.device());
+  }
+  return log_prob_impl(x, context);
+}
+
+torch::Tensor Distribution::sample(int64_t n, const torch::Tensor& context) {
+  return std::get<0>(sample_and_log_prob(n, context));
+}
+
+std::tuple<torch::Tensor, torch::Tensor> Distribution::sample_and_log_prob(
+    int64_t n, const torch::Tensor& context) {
+  const char* fn = "Distribution::sample";
+  check_positive_int(fn, "n", n);
+  check_context(fn, n, context);
+  return sample_impl(n, context);
+}
+
+// ------------------------------------------------------------------ normal
+
+Normal::Normal(int64_t dim, bool learnable) : Distribution(dim, 0), learnable_(learnable) {
+  if (learnable) {
+    loc_ = register_parameter("loc", torch::zeros({dim}));
+    log_scale_ = register_parameter("log_scale", torch::zeros({dim}));
+  } else {
+    loc_ = register_buffer("loc", torch::zeros({dim}));
+    log_scale_ = register_buffer("log_scale", torch::zeros({dim}));
+  }
+}
+
+void Normal::set_temperature(double T) {
+  check_in_range("Normal::set_temperature", "T", T, 0.0, 1.0, /*open_lo=*/true);
+  temperature_ = T;
+}
+
+json Normal::config() const {
+  return {{"type", learnable_ ? "diagonal_normal" : "standard_normal"}, {"dim", dim()}};
+}
+
+torch::Tensor Normal::log_prob_impl(const torch::Tensor& x, const torch::Tensor&) {
+  // N(loc, T sigma^2): the temperature adds 0.5 log T to each log-scale.
+  const auto log_sigma = log_scale_ + 0.5 * std::log(temperature_);
+  const auto u = (x - loc_) * torch::exp(-log_sigma);
+  return -0.5 * (u * u).sum(1) - log_sigma.sum() - 0.5 * dim() * std::log(2.0 * M_PI);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> Normal::sample_impl(int64_t n, const torch::Tensor&) {
+  const auto log_sigma = log_scale_ + 0.5 * std::log(temperature_);
+  const auto eps = torch::randn({n, dim()}, loc_.options());
+  const auto x = loc_ + eps * torch::exp(log_sigma);
+  const auto lp = -0.5 * (eps * eps).sum(1) - log_sigma.sum() - 0.5 * dim() * std::log(2.0 * M_PI);
+  return {x, lp};
+}
+
+// ------------------------------------------------------------------ uniform
+
+BoxUniform::BoxUniform(const torch::Tensor& low, const torch::Tensor& high)
+    : Distribution(low.numel(), 0) {
+  check_dim("BoxUniform", "low", low, 1);
+  check_size("BoxUniform", "high", high, 0, low.numel());
+  if (!(high > low).all().item<bool>())
+    usage_error("BoxUniform", "high must exceed low in every coordinate");
+  low_ = register_buffer("low", low.detach().clone().to(torch::kFloat32));
+  high_ = register_buffer("high", high.detach().clone().to(torch::kFloat32));
+}
+
+void BoxUniform::set_temperature(double T) {
+  check_in_range("BoxUniform::set_temperature", "T", T, 0.0, 1.0, /*open_lo=*/true);
+  temperature_ = T;
+}
+
+json BoxUniform::config() const {
+  auto lo = low_.to(torch::kFloat64).contiguous(), hi = high_.to(torch::kFloat64).contiguous();
+  return {{"type", "box_uniform"},
+          {"low", std::vector<double>(lo.data_ptr<double>(), lo.data_ptr<double>() + lo.numel())},
+          {"high", std::vector<double>(hi.data_ptr<double>(), hi.data_ptr<double>() + hi.numel())}};
+}
+
+torch::Tensor BoxUniform::log_prob_impl(const torch::Tensor& x, const torch::Tensor&) {
+  const auto inside = ((x >= low_) & (x <= high_)).all(1);
+  const auto lp = -torch::log(high_ - low_).sum();
+  return torch::where(inside, lp.expand({x.size(0)}),
+                      torch::full({x.size(0)}, -INFINITY, x.options()));
+}
+
+std::tuple<torch::Tensor, torch::Tensor> BoxUniform::sample_impl(int64_t n, const torch::Tensor&) {
+  const auto u = torch::rand({n, dim()}, low_.options());
+  return {low_ + u * (high_ - low_), (-torch::log(high_ - low_).sum()).expand({n})};
+}
+
+std::shared_ptr<BoxUniform> torus_uniform(int64_t dim) {
+  return std::make_shared<BoxUniform>(torch::full({dim}, -M_PI, torch::kFloat64),
+                                      torch::full({dim}, M_PI, torch::kFloat64));
+}
+
+// ------------------------------------------------------------------ flow
+
+Flow::Flow(DistributionPtr base, TransformPtr transform)
+    : Distribution(transform->dim(), transform->context_dim()),
+      base_(std::move(base)),
+      transform_(std::move(transform)) {
+  if (base_->dim() != transform_->dim())
+    usage_error("Flow", "base has dim " + std::to_string(base_->dim()) + " but transform has dim " +
+                            std::to_string(transform_->dim()));
+  if (base_->context_dim() != 0) usage_error("Flow", "the base distribution must be unconditional");
+  register_module("base", base_);
+  register_module("transform", transform_);
+}
+
+json Flow::config() const {
+  return {{"type", "flow"}, {"base", base_->config()}, {"transform", transform_->config()}};
+}
+
+torch::Tensor Flow::log_prob_impl(const torch::Tensor& x, const torch::Tensor& context) {
+  auto [z, ladj] = transform_->forward(x, context);
+  return base_->log_prob(z) + ladj;
+}
+
+std::tuple<torch::Tensor, torch::Tensor> Flow::sample_impl(int64_t n, const torch::Tensor& context) {
+  auto [z, lp] = base_->sample_and_log_prob(n);
+  auto [x, ladj] = transform_->inverse(z, context);
+  return {x, lp - ladj};
+}
+
+}  // namespace nfkit

@@ -1,0 +1,176 @@
+#include "nfkit/flows/toy_densities.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <regex>
+
+#include "nfkit/core/checks.h"
+
+namespace nfkit {
+namespace {
+
+const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+constexpr double kLog2Pi = 1.8378770664093453;  // log(2 pi)
+
+// Equal-weight isotropic Gaussian mixture in 2-D.
+class Mixture2D : public ToyDensity {
+ public:
+  Mixture2D(std::string name, torch::Tensor centers, double sigma, double box)
+      : name_(std::move(name)), c_(std::move(centers)), s_(sigma), box_(box) {}
+  std::string name() const override { return name_; }
+  int64_t dim() const override { return 2; }
+  double box() const override { return box_; }
+  torch::Tensor sample(int64_t n) const override {
+    const auto k = torch::randint(c_.size(0), {n}, torch::kInt64);
+    return c_.index_select(0, k) + s_ * torch::randn({n, 2}, f64);
+  }
+  torch::Tensor log_prob(const torch::Tensor& x) const override {
+    const auto d2 = (x.unsqueeze(1) - c_.unsqueeze(0)).pow(2).sum(-1);  // [B, K]
+    return torch::logsumexp(-0.5 * d2 / (s_ * s_), 1) - std::log(double(c_.size(0))) - kLog2Pi -
+           2.0 * std::log(s_);
+  }
+  double entropy() const override { return entropy_by_quadrature(*this); }
+
+ private:
+  std::string name_;
+  torch::Tensor c_;
+  double s_, box_;
+};
+
+class Rings : public ToyDensity {
+ public:
+  std::string name() const override { return "rings"; }
+  int64_t dim() const override { return 2; }
+  double box() const override { return 4.0; }
+  torch::Tensor sample(int64_t n) const override {
+    const auto w = torch::tensor({1.0, 2.0, 3.0}, f64);
+    const auto k = torch::multinomial(w, n, /*replacement=*/true);
+    const auto r = (radii().index_select(0, k) + kSigma * torch::randn({n}, f64)).abs();
+    const auto phi = 2.0 * M_PI * torch::rand({n}, f64);
+    return torch::stack({r * torch::cos(phi), r * torch::sin(phi)}, 1);
+  }
+  torch::Tensor log_prob(const torch::Tensor& x) const override {
+    const auto r = x.pow(2).sum(1).sqrt().clamp_min(1e-300);
+    const auto logw = torch::log(torch::tensor({1.0, 2.0, 3.0}, f64) / 6.0);
+    const auto z = (r.unsqueeze(1) - radii().unsqueeze(0)) / kSigma;
+    const auto lr = torch::logsumexp(logw - 0.5 * z * z, 1) - 0.5 * kLog2Pi - std::log(kSigma);
+    return lr - std::log(2.0 * M_PI) - torch::log(r);
+  }
+  double entropy() const override { return entropy_by_quadrature(*this); }
+
+ private:
+  static constexpr double kSigma = 0.1;
+  static torch::Tensor radii() { return torch::tensor({1.0, 2.0, 3.0}, f64); }
+};
+
+class Checkerboard : public ToyDensity {
+ public:
+  std::string name() const override { return "checkerboard"; }
+  int64_t dim() const override { return 2; }
+  double box() const override { return 4.5; }
+  torch::Tensor sample(int64_t n) const override {
+    // Column c in 0..3, row chosen so that (row + col) is even: 8 dark squares of side 2.
+    const auto col = torch::randint(4, {n}, torch::kInt64);
+    const auto row = 2 * torch::randint(2, {n}, torch::kInt64) + col.remainder(2);
+    const auto u = torch::rand({n, 2}, f64);
+    return torch::stack({-4.0 + 2.0 * col.to(torch::kFloat64) + 2.0 * u.select(1, 0),
+                         -4.0 + 2.0 * row.to(torch::kFloat64) + 2.0 * u.select(1, 1)}, 1);
+  }
+  torch::Tensor log_prob(const torch::Tensor& x) const override {
+    const auto cell = torch::floor((x + 4.0) / 2.0);
+    const auto inside = ((x >= -4.0) & (x <= 4.0)).all(1);
+    const auto dark = (cell.sum(1).remainder(2) == 0);
+    return torch::where(inside & dark, torch::full({x.size(0)}, -std::log(32.0), f64),
+                        torch::full({x.size(0)}, -INFINITY, f64));
+  }
+  double entropy() const override { return std::log(32.0); }
+};
+
+class Banana : public ToyDensity {
+ public:
+  explicit Banana(int64_t d) : d_(d) {
+    auto i = torch::arange(d, f64);
+    cov_ = torch::pow(0.5, (i.unsqueeze(0) - i.unsqueeze(1)).abs());
+    chol_ = torch::linalg_cholesky(cov_);
+  }
+  std::string name() const override { return "banana:" + std::to_string(d_); }
+  int64_t dim() const override { return d_; }
+  double box() const override { return 4.0; }
+  torch::Tensor sample(int64_t n) const override {
+    auto x = torch::randn({n, d_}, f64).matmul(chol_.t());
+    return warp(x, +1.0);
+  }
+  torch::Tensor log_prob(const torch::Tensor& y) const override {
+    const auto x = warp(y, -1.0);
+    const auto u = torch::linalg_solve_triangular(chol_, x.t(), /*upper=*/false).t();
+    return -0.5 * u.pow(2).sum(1) - torch::log(torch::diagonal(chol_)).sum() - 0.5 * d_ * kLog2Pi;
+  }
+  double entropy() const override {
+    return 0.5 * d_ * (1.0 + kLog2Pi) + torch::log(torch::diagonal(chol_)).sum().item<double>();
+  }
+
+ private:
+  // y_{2k+1} = x_{2k+1} + sign * b (x_{2k}^2 - 1); x_{2k} unchanged (unit Jacobian).
+  torch::Tensor warp(const torch::Tensor& x, double sign) const {
+    auto y = x.clone();
+    for (int64_t k = 0; k + 1 < d_; k += 2)
+      y.select(1, k + 1).add_(sign * 0.5 * (x.select(1, k).pow(2) - 1.0));
+    return y;
+  }
+  int64_t d_;
+  torch::Tensor cov_, chol_;
+};
+
+torch::Tensor circle_centers() {
+  auto a = torch::arange(8, f64) * (2.0 * M_PI / 8.0);
+  return torch::stack({3.0 * torch::cos(a), 3.0 * torch::sin(a)}, 1);
+}
+
+torch::Tensor spiral_centers() {
+  const auto t = (torch::arange(100, f64) + 0.5) / 100.0;
+  const auto r = 0.5 + 3.5 * t, phi = 3.0 * M_PI * t;
+  const auto arm = torch::stack({r * torch::cos(phi), r * torch::sin(phi)}, 1);
+  return torch::cat({arm, -arm}, 0);
+}
+
+}  // namespace
+
+double entropy_by_quadrature(const ToyDensity& p, int64_t n) {
+  torch::NoGradGuard ng;
+  const double L = p.box(), h = 2.0 * L / static_cast<double>(n);
+  const auto g = -L + h * (torch::arange(n, f64) + 0.5);
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) {  // one grid row at a time keeps memory small
+    const auto x = torch::stack({torch::full({n}, g[i].item<double>(), f64), g}, 1);
+    const auto lp = p.log_prob(x);
+    total -= torch::where(torch::isfinite(lp), torch::exp(lp) * lp, torch::zeros_like(lp)).sum().item<double>();
+  }
+  return total * h * h;
+}
+
+const std::vector<std::string>& toy_density_names() {
+  static const std::vector<std::string> names{"gmm", "rings", "spirals", "checkerboard", "banana"};
+  return names;
+}
+
+bool is_toy_density(const std::string& spec) {
+  static const std::regex re("^(gmm|rings|spirals|checkerboard|banana(:[0-9]+)?)$");
+  return std::regex_match(spec, re);
+}
+
+std::unique_ptr<ToyDensity> make_toy_density(const std::string& spec) {
+  if (!is_toy_density(spec))
+    usage_error("--data", "'" + spec + "' is not a built-in dataset, a .csv file or file.h5:/dataset; "
+                          "built-ins are gmm, rings, spirals, checkerboard, banana[:D]");
+  if (spec == "gmm") return std::make_unique<Mixture2D>("gmm", circle_centers(), 0.5, 6.0);
+  if (spec == "spirals") return std::make_unique<Mixture2D>("spirals", spiral_centers(), 0.25, 5.5);
+  if (spec == "rings") return std::make_unique<Rings>();
+  if (spec == "checkerboard") return std::make_unique<Checkerboard>();
+  const int64_t d = spec.size() > 7 ? std::stoll(spec.substr(7)) : 4;
+  if (d < 2 || d > 1024)
+    usage_error("--data", "banana dimension is " + std::to_string(d) + ", but must be in 2..1024");
+  return std::make_unique<Banana>(d);
+}
+
+}  // namespace nfkit

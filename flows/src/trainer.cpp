@@ -1,0 +1,356 @@
+#include "nfkit/flows/trainer.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+
+#include "nfkit/core/checks.h"
+#include "nfkit/core/progress.h"
+#include "nfkit/core/runtime.h"
+
+namespace nfkit {
+
+json TrainerOptions::to_json() const {
+  return {{"steps", steps_}, {"batch_size", batch_size_}, {"lr", lr_},
+          {"weight_decay", weight_decay_}, {"beta1", beta1_}, {"beta2", beta2_}, {"eps", eps_},
+          {"warmup_steps", warmup_steps_}, {"min_lr_fraction", min_lr_fraction_},
+          {"clip_grad_norm", clip_grad_norm_}, {"ema_decay", ema_decay_},
+          {"eval_every", eval_every_}, {"patience", patience_}, {"seed", seed_}};
+}
+
+using Tensors = std::vector<torch::Tensor>;
+
+struct Trainer::State {
+  int64_t step = 0;
+  std::vector<std::string> names;  // parameter names
+  Tensors params, m, v, ema;
+  std::vector<std::string> state_names;  // parameters + buffers
+  Tensors state;                         // live references
+  Tensors best, good_state, good_m, good_v;
+  double best_val = NAN;
+  int64_t best_step = -1, evals_since_best = 0;
+  int64_t bad_in_row = 0, bad_total = 0, rollbacks = 0;
+  double last_train = NAN;
+  std::vector<std::pair<int64_t, double>> history;
+};
+
+namespace {
+Tensors clone_all(const Tensors& ts) {
+  Tensors out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.detach().clone());
+  return out;
+}
+void copy_into(const Tensors& dst, const Tensors& src) {
+  torch::NoGradGuard ng;
+  for (size_t i = 0; i < dst.size(); ++i) dst[i].copy_(src[i]);
+}
+bool all_finite(const Tensors& ts) {
+  torch::NoGradGuard ng;
+  if (ts.empty()) return true;
+  Tensors sums;
+  for (const auto& t : ts) sums.push_back(t.sum().to(torch::kFloat64));
+  return torch::isfinite(torch::stack(sums).sum()).item<bool>();
+}
+}  // namespace
+
+Trainer::Trainer(std::shared_ptr<Flow> flow, TrainerOptions opts, Objective objective,
+                 json metadata)
+    : flow_(std::move(flow)), opts_(std::move(opts)), obj_(std::move(objective)),
+      metadata_(std::move(metadata)), s_(std::make_unique<State>()) {
+  const char* fn = "Trainer";
+  check_positive_int(fn, "steps", opts_.steps());
+  check_positive_int(fn, "batch_size", opts_.batch_size());
+  check_positive(fn, "lr", opts_.lr());
+  check_nonnegative(fn, "weight_decay", opts_.weight_decay());
+  check_in_range(fn, "ema_decay", opts_.ema_decay(), 0.0, 1.0);
+  check_in_range(fn, "reverse_weight", obj_.reverse_weight, 0.0, 1.0);
+  check_positive_int(fn, "eval_every", opts_.eval_every());
+  if (obj_.reverse_weight < 1.0 && !obj_.train.defined())
+    usage_error(fn, "forward KL needs training data (or set reverse_weight to 1 with an energy)");
+  if (obj_.reverse_weight > 0.0 && !obj_.energy)
+    usage_error(fn, "reverse KL needs an energy function");
+  if (obj_.train.defined()) {
+    check_dim(fn, "train", obj_.train, 2);
+    check_size(fn, "train", obj_.train, 1, flow_->dim());
+    check_finite(fn, "train", obj_.train);
+  }
+  if (obj_.val.defined()) {
+    check_dim(fn, "val", obj_.val, 2);
+    check_size(fn, "val", obj_.val, 1, flow_->dim());
+    check_finite(fn, "val", obj_.val);
+  }
+  if (obj_.energy_batch <= 0) obj_.energy_batch = opts_.batch_size();
+  for (const auto& p : flow_->named_parameters(true)) {
+    s_->names.push_back(p.key());
+    s_->params.push_back(p.value());
+    s_->m.push_back(torch::zeros_like(p.value()));
+    s_->v.push_back(torch::zeros_like(p.value()));
+  }
+  for (auto& [name, t] : module_state(*flow_)) {
+    s_->state_names.push_back(name);
+    s_->state.push_back(t);
+  }
+  if (opts_.ema_decay() > 0) s_->ema = clone_all(s_->params);
+  s_->good_state = clone_all(s_->state);
+  s_->good_m = clone_all(s_->m);
+  s_->good_v = clone_all(s_->v);
+}
+
+Trainer::~Trainer() = default;
+
+int64_t Trainer::step() const { return s_->step; }
+
+double Trainer::learning_rate(int64_t step) const {
+  const int64_t warm = opts_.warmup_steps();
+  if (warm > 0 && step < warm) return opts_.lr() * static_cast<double>(step + 1) / warm;
+  const double span = static_cast<double>(std::max<int64_t>(1, opts_.steps() - warm));
+  const double progress = std::min(1.0, static_cast<double>(step - warm) / span);
+  const double f = opts_.min_lr_fraction();
+  return opts_.lr() * (f + (1.0 - f) * 0.5 * (1.0 + std::cos(M_PI * progress)));
+}
+
+namespace {
+torch::Tensor rows(const torch::Tensor& t, const torch::Tensor& idx) {
+  return t.defined() ? t.index_select(0, idx) : torch::Tensor();
+}
+
+double mean_nll(Flow& flow, const torch::Tensor& x, const torch::Tensor& c) {
+  torch::NoGradGuard ng;
+  double total = 0;
+  const int64_t chunk = 8192;
+  for (int64_t i = 0; i < x.size(0); i += chunk) {
+    const int64_t n = std::min(chunk, x.size(0) - i);
+    const auto lp = flow.log_prob(x.narrow(0, i, n), c.defined() ? c.narrow(0, i, n) : c);
+    total -= lp.sum().item<double>();
+  }
+  return total / static_cast<double>(x.size(0));
+}
+}  // namespace
+
+TrainReport Trainer::train() {
+  State& s = *s_;
+  const auto dev_opts = flow_->tensor_options();
+  auto to_model = [&](const torch::Tensor& t) { return t.defined() ? t.to(dev_opts) : t; };
+  const auto train_x = to_model(obj_.train), train_c = to_model(obj_.train_context);
+  const auto val_x = to_model(obj_.val), val_c = to_model(obj_.val_context);
+
+  auto validate = [&]() -> double {
+    flow_->eval();
+    Tensors saved;
+    if (!s.ema.empty()) {
+      saved = clone_all(s.params);
+      copy_into(s.params, s.ema);
+    }
+    double loss;
+    if (val_x.defined()) {
+      loss = mean_nll(*flow_, val_x, val_c);
+    } else {
+      torch::NoGradGuard ng;
+      torch::manual_seed(derive_seed(opts_.seed(), 2, 0));
+      loss = reverse_kl(*flow_, obj_.energy, 4 * obj_.energy_batch).item<double>();
+    }
+    if (!saved.empty()) copy_into(s.params, saved);
+    flow_->train();
+    return loss;
+  };
+
+  TrainReport rep;
+  Progress progress("train", opts_.steps(), ProgressOptions{opts_.quiet()});
+  progress.set_start(s.step);
+  flow_->train();
+  const bool use_fwd = obj_.reverse_weight < 1.0, use_rev = obj_.reverse_weight > 0.0;
+
+  while (s.step < opts_.steps()) {
+    if (should_stop && should_stop(s.step)) {
+      rep.interrupted = true;
+      break;
+    }
+    torch::manual_seed(derive_seed(opts_.seed(), 1, static_cast<uint64_t>(s.step)));
+    torch::Tensor loss = torch::zeros({}, dev_opts);
+    if (use_fwd) {
+      const auto idx = torch::randint(train_x.size(0), {opts_.batch_size()},
+                                      torch::TensorOptions().dtype(torch::kInt64).device(dev_opts.device()));
+      loss = loss + (1.0 - obj_.reverse_weight) * forward_kl(*flow_, rows(train_x, idx), rows(train_c, idx));
+    }
+    if (use_rev) loss = loss + obj_.reverse_weight * reverse_kl(*flow_, obj_.energy, obj_.energy_batch);
+
+    const double loss_v = loss.item<double>();
+    bool bad = !std::isfinite(loss_v);
+    if (!bad) {
+      for (auto& p : s.params) p.mutable_grad() = torch::Tensor();
+      loss.backward();
+      // Global gradient norm over parameters that received a gradient.
+      torch::NoGradGuard ng;
+      Tensors sq;
+      for (auto& p : s.params)
+        if (p.grad().defined()) sq.push_back(p.grad().pow(2).sum().to(torch::kFloat64));
+      const double norm = sq.empty() ? 0.0 : std::sqrt(torch::stack(sq).sum().item<double>());
+      bad = !std::isfinite(norm);
+      if (!bad) {
+        const double clip = opts_.clip_grad_norm();
+        const double scale = (clip > 0 && norm > clip) ? clip / (norm + 1e-12) : 1.0;
+        const double lr = learning_rate(s.step);
+        const double t = static_cast<double>(s.step + 1);
+        const double bc1 = 1.0 - std::pow(opts_.beta1(), t), bc2 = 1.0 - std::pow(opts_.beta2(), t);
+        for (size_t i = 0; i < s.params.size(); ++i) {
+          auto& p = s.params[i];
+          if (!p.grad().defined()) continue;
+          auto g = scale == 1.0 ? p.grad() : p.grad() * scale;
+          s.m[i].mul_(opts_.beta1()).add_(g, 1.0 - opts_.beta1());
+          s.v[i].mul_(opts_.beta2()).addcmul_(g, g, 1.0 - opts_.beta2());
+          if (opts_.weight_decay() > 0) p.mul_(1.0 - lr * opts_.weight_decay());
+          const auto denom = (s.v[i] / bc2).sqrt_().add_(opts_.eps());
+          p.addcdiv_(s.m[i], denom, -lr / bc1);
+        }
+        if (!all_finite(s.params)) {  // overflow in the update: roll back
+          copy_into(s.state, s.good_state);
+          copy_into(s.m, s.good_m);
+          copy_into(s.v, s.good_v);
+          ++s.rollbacks;
+          bad = true;
+        } else if (!s.ema.empty()) {
+          for (size_t i = 0; i < s.params.size(); ++i)
+            s.ema[i].mul_(opts_.ema_decay()).add_(s.params[i].detach(), 1.0 - opts_.ema_decay());
+        }
+      }
+    }
+    ++s.step;
+    if (bad) {
+      ++s.bad_total;
+      if (++s.bad_in_row > opts_.max_bad_steps())
+        runtime_error("train", "the loss or its gradient was not finite for " +
+                                   std::to_string(s.bad_in_row) + " steps in a row (step " +
+                                   std::to_string(s.step) + "); lower --lr or check the data");
+    } else {
+      s.bad_in_row = 0;
+      s.last_train = loss_v;
+    }
+
+    if (s.step % opts_.eval_every() == 0 || s.step == opts_.steps()) {
+      const double val = validate();
+      s.history.emplace_back(s.step, val);
+      if (std::isfinite(val) && (!std::isfinite(s.best_val) || val < s.best_val)) {
+        s.best_val = val;
+        s.best_step = s.step;
+        s.evals_since_best = 0;
+        if (!s.ema.empty()) {
+          Tensors saved = clone_all(s.params);
+          copy_into(s.params, s.ema);
+          s.best = clone_all(s.state);
+          copy_into(s.params, saved);
+        } else {
+          s.best = clone_all(s.state);
+        }
+      } else {
+        ++s.evals_since_best;
+      }
+      if (all_finite(s.state)) {
+        s.good_state = clone_all(s.state);
+        s.good_m = clone_all(s.m);
+        s.good_v = clone_all(s.v);
+      }
+      char buf[128];
+      std::snprintf(buf, sizeof buf, "loss %.4f  val %.4f  best %.4f@%lld", s.last_train, val,
+                    s.best_val, static_cast<long long>(s.best_step));
+      progress.update(s.step, buf);
+      if (opts_.patience() > 0 && s.evals_since_best >= opts_.patience()) {
+        rep.stopped_early = true;
+        break;
+      }
+    } else {
+      progress.update(s.step);
+    }
+    if (opts_.checkpoint_every() > 0 && !opts_.checkpoint_path().empty() &&
+        s.step % opts_.checkpoint_every() == 0)
+      save_checkpoint(opts_.checkpoint_path());
+  }
+  if (rep.interrupted && !opts_.checkpoint_path().empty()) save_checkpoint(opts_.checkpoint_path());
+  progress.finish();
+
+  if (!rep.interrupted) {
+    if (!s.best.empty())
+      copy_into(s.state, s.best);
+    else if (!s.ema.empty())
+      copy_into(s.params, s.ema);
+  }
+  flow_->eval();
+  rep.steps_done = s.step;
+  rep.best_step = s.best_step;
+  rep.best_val = s.best_val;
+  rep.last_train = s.last_train;
+  rep.bad_steps = s.bad_total;
+  rep.rollbacks = s.rollbacks;
+  rep.validation = s.history;
+  return rep;
+}
+
+void Trainer::save_checkpoint(const std::string& path) const {
+  const State& s = *s_;
+  H5Writer w(path, "checkpoint", kCheckpointVersion);
+  write_flow(w, *flow_, metadata_, s.step);
+  for (size_t i = 0; i < s.params.size(); ++i) {
+    w.write("/trainer/adam_m/" + s.names[i], s.m[i]);
+    w.write("/trainer/adam_v/" + s.names[i], s.v[i]);
+    if (!s.ema.empty()) w.write("/trainer/ema/" + s.names[i], s.ema[i]);
+  }
+  for (size_t i = 0; i < s.best.size(); ++i) w.write("/trainer/best/" + s.state_names[i], s.best[i]);
+  json hist = json::array();
+  for (const auto& [st, v] : s.history) hist.push_back({st, v});
+  const json state = {{"step", s.step},
+                      {"best_val", std::isfinite(s.best_val) ? json(s.best_val) : json(nullptr)},
+                      {"best_step", s.best_step},
+                      {"evals_since_best", s.evals_since_best},
+                      {"bad_total", s.bad_total},
+                      {"bad_in_row", s.bad_in_row},
+                      {"rollbacks", s.rollbacks},
+                      {"last_train", std::isfinite(s.last_train) ? json(s.last_train) : json(nullptr)},
+                      {"history", hist},
+                      {"options", opts_.to_json()}};
+  w.set_attr("/trainer", "state", state.dump());
+  w.commit();
+}
+
+void Trainer::load_checkpoint(const std::string& path) {
+  State& s = *s_;
+  H5Reader r(path);
+  r.expect_format("checkpoint", kCheckpointVersion);
+  if (json::parse(r.attr_string("/", "model_config")) != flow_->config())
+    runtime_error(path, "holds a different model configuration than the one being trained");
+  if (!r.has_attr("/trainer", "state"))
+    runtime_error(path, "has no trainer state (a model file, not a training checkpoint)");
+  read_state(r, "/model", *flow_);
+  torch::NoGradGuard ng;
+  auto load = [&](const std::string& group, Tensors& dst, const std::vector<std::string>& names) {
+    for (size_t i = 0; i < dst.size(); ++i) {
+      const std::string p = group + "/" + names[i];
+      if (!r.exists(p)) runtime_error(path, "has no tensor '" + p + "'");
+      dst[i].copy_(r.read(p).to(dst[i].options()));
+    }
+  };
+  load("/trainer/adam_m", s.m, s.names);
+  load("/trainer/adam_v", s.v, s.names);
+  if (!s.ema.empty()) load("/trainer/ema", s.ema, s.names);
+  s.best.clear();
+  if (r.exists("/trainer/best")) {
+    s.best = clone_all(s.state);
+    load("/trainer/best", s.best, s.state_names);
+  }
+  const json st = json::parse(r.attr_string("/trainer", "state"));
+  s.step = st.at("step").get<int64_t>();
+  s.best_val = st.at("best_val").is_null() ? NAN : st.at("best_val").get<double>();
+  s.best_step = st.at("best_step").get<int64_t>();
+  s.evals_since_best = st.at("evals_since_best").get<int64_t>();
+  s.bad_total = st.at("bad_total").get<int64_t>();
+  s.bad_in_row = st.at("bad_in_row").get<int64_t>();
+  s.rollbacks = st.at("rollbacks").get<int64_t>();
+  s.last_train = st.at("last_train").is_null() ? NAN : st.at("last_train").get<double>();
+  s.history.clear();
+  for (const auto& h : st.at("history")) s.history.emplace_back(h[0].get<int64_t>(), h[1].get<double>());
+  s.good_state = clone_all(s.state);
+  s.good_m = clone_all(s.m);
+  s.good_v = clone_all(s.v);
+}
+
+}  // namespace nfkit
