@@ -1,0 +1,39 @@
+#pragma once
+// Shared pieces of the `nfkit flow` commands.
+#include <memory>
+
+#include "cli.h"
+#include "nfkit/core/error.h"
+#include "data_source.h"
+#include "nfkit/flows/distribution.h"
+#include "nfkit/flows/trainer.h"
+
+namespace nfkit::cli {
+
+/// Mean negative log-likelihood [nats/sample] and its standard error over x.
+struct NllStats {
+  double mean = 0, se = 0;
+  int64_t n = 0;
+};
+NllStats nll_stats(Flow& flow, const torch::Tensor& x);
+
+/// Options of `flow train` (and `flow demo`, which sets other defaults).
+po::options_description train_options(const std::string& default_data, int64_t default_steps,
+                                      bool require_out);
+
+struct TrainOutcome {
+  std::shared_ptr<Flow> flow;
+  TrainReport report;
+  DataSource data;
+  NllStats val, test;  ///< test: fresh samples of a built-in density (n = 0 otherwise)
+  double entropy = NAN;
+};
+
+/// Trains a flow as the options say, resuming from "<out>.ckpt" when present (unless
+/// --restart), writes the model to `out` and fills ctx.results.
+TrainOutcome train_flow(const po::variables_map& vm, Context& ctx, const std::string& out);
+
+/// torch dtype from --dtype.
+torch::Dtype parse_dtype(const std::string& s);
+
+}  // namespace nfkit::cli

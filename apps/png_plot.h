@@ -1,0 +1,18 @@
+#pragma once
+// Density images through libpng: panels side by side, each an [n, n] grid of density values
+// (row 0 at the top), colour-mapped with viridis on one shared linear scale from 0 to the
+// largest value, separated by a white gap. Written atomically (temporary name, rename).
+#include <torch/types.h>
+
+#include <string>
+#include <vector>
+
+namespace nfkit::cli {
+
+void write_density_png(const std::string& path, const std::vector<torch::Tensor>& panels);
+
+/// Density of a 2-D log-density function on an n x n grid over [-L, L]^2, row 0 = top (y = L).
+torch::Tensor density_grid(const std::function<torch::Tensor(const torch::Tensor&)>& log_prob,
+                           double L, int64_t n);
+
+}  // namespace nfkit::cli

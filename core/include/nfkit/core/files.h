@@ -1,0 +1,21 @@
+#pragma once
+// Small file helpers that keep the "no partial output" promise.
+//
+//   nfkit::check_writable("out/model.h5");        // fail before hours of work, not after
+//   nfkit::write_file_atomic("x.csv", text);       // temporary name, then rename
+#include <string>
+
+namespace nfkit {
+
+/// Throws RuntimeError naming the path if a file cannot be created there (the directory is
+/// missing or not writable). Leaves nothing behind.
+void check_writable(const std::string& path);
+
+/// Writes content to "<path>.tmp-<pid>" and renames it onto path. RuntimeError on failure;
+/// the temporary file is removed.
+void write_file_atomic(const std::string& path, const std::string& content);
+
+/// Lower-case extension without the dot ("h5" for "a/b.h5"), or "".
+std::string file_extension(const std::string& path);
+
+}  // namespace nfkit

@@ -1,0 +1,48 @@
+#include "nfkit/core/files.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+
+#include "nfkit/core/error.h"
+
+namespace nfkit {
+
+void check_writable(const std::string& path) {
+  const std::string probe = path + ".probe-" + std::to_string(::getpid());
+  std::FILE* f = std::fopen(probe.c_str(), "wb");
+  if (!f) runtime_error(path, "cannot be written (directory missing or not writable?)");
+  std::fclose(f);
+  std::remove(probe.c_str());
+}
+
+void write_file_atomic(const std::string& path, const std::string& content) {
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    if (!out) runtime_error(path, "cannot be written (directory missing or not writable?)");
+    out << content;
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      runtime_error(path, "write failed (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    runtime_error(path, "cannot be renamed into place");
+  }
+}
+
+std::string file_extension(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  const auto dot = path.find_last_of('.');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return "";
+  std::string ext = path.substr(dot + 1);
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  return ext;
+}
+
+}  // namespace nfkit
