@@ -180,6 +180,7 @@ std::string H5Reader::attr_string(const std::string& object, const std::string& 
     char* buf = nullptr;
     Handle mem(H5Tcopy(H5T_C_S1));
     H5Tset_size(mem.id, H5T_VARIABLE);
+    H5Tset_cset(mem.id, H5Tget_cset(type.id));
     if (H5Aread(a.id, mem.id, &buf) < 0) fail(path_, "cannot read attribute '" + name + "'");
     std::string s = buf ? buf : "";
     H5free_memory(buf);
@@ -189,6 +190,7 @@ std::string H5Reader::attr_string(const std::string& object, const std::string& 
   std::string s(n, '\0');
   Handle mem(H5Tcopy(H5T_C_S1));
   H5Tset_size(mem.id, n);
+  H5Tset_cset(mem.id, H5Tget_cset(type.id));
   if (H5Aread(a.id, mem.id, s.data()) < 0) fail(path_, "cannot read attribute '" + name + "'");
   s.resize(std::strlen(s.c_str()));
   return s;

@@ -146,6 +146,9 @@ TrainReport Trainer::train() {
     double loss;
     if (val_x.defined()) {
       loss = mean_nll(*flow_, val_x, val_c);
+    } else if (!obj_.energy) {  // no validation set: the first rows of the training data
+      const int64_t n = std::min<int64_t>(train_x.size(0), 8192);
+      loss = mean_nll(*flow_, train_x.narrow(0, 0, n), train_c.defined() ? train_c.narrow(0, 0, n) : train_c);
     } else {
       torch::NoGradGuard ng;
       torch::manual_seed(derive_seed(opts_.seed(), 2, 0));

@@ -57,7 +57,8 @@ struct TrainerOptions {
 };
 
 /// What to minimise: forward KL on train (validated on val), reverse KL on energy, or the
-/// mix (1 - reverse_weight) forward + reverse_weight reverse.
+/// mix (1 - reverse_weight) forward + reverse_weight reverse. Validation uses val when given,
+/// else the reverse-KL estimate when an energy is given, else the first 8192 training rows.
 struct Objective {
   torch::Tensor train, train_context;
   torch::Tensor val, val_context;

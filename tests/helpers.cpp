@@ -1,0 +1,52 @@
+#include "helpers.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+
+namespace nfkit::test {
+
+std::string temp_path(const std::string& name) {
+  static const std::string dir = [] {
+    char tmpl[] = "/tmp/nfkit-test-XXXXXX";
+    const char* d = ::mkdtemp(tmpl);
+    return std::string(d ? d : "/tmp");
+  }();
+  static std::atomic<int> counter{0};
+  return dir + "/" + std::to_string(counter++) + "-" + name;
+}
+
+void perturb_parameters(torch::nn::Module& m, double scale, uint64_t seed) {
+  torch::NoGradGuard ng;
+  auto gen = torch::make_generator<torch::CPUGeneratorImpl>(seed);
+  for (auto& p : m.parameters()) {
+    auto noise = at::normal(0.0, scale, p.sizes(), gen, torch::TensorOptions().dtype(torch::kFloat64));
+    p.add_(noise.to(p.options()));
+  }
+}
+
+torch::Tensor brute_force_logabsdet(Transform& t, const torch::Tensor& x0, const torch::Tensor& c) {
+  auto x = x0.detach().clone().requires_grad_(true);
+  auto z = std::get<0>(t.forward(x, c));
+  const int64_t D = x.size(1);
+  std::vector<torch::Tensor> rows;
+  for (int64_t i = 0; i < D; ++i) {
+    auto g = torch::autograd::grad({z.select(1, i).sum()}, {x}, {}, /*retain_graph=*/true,
+                                   /*create_graph=*/false, /*allow_unused=*/true)[0];
+    rows.push_back(g.defined() ? g : torch::zeros_like(x));
+  }
+  const auto J = torch::stack(rows, 1);  // [B, D(out), D(in)]
+  return std::get<1>(torch::linalg_slogdet(J));
+}
+
+int run_python(const std::string& code) {
+  if (::access("/usr/bin/python3", X_OK) != 0) return -1;
+  const std::string script = temp_path("check.py");
+  std::ofstream(script) << code;
+  const int rc = std::system(("/usr/bin/python3 " + script + " > /dev/null 2>&1").c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 1;
+}
+
+}  // namespace nfkit::test

@@ -1,0 +1,26 @@
+#pragma once
+// Shared test utilities: temporary paths, parameter perturbation, brute-force Jacobians.
+#include <torch/torch.h>
+
+#include <string>
+
+#include "nfkit/core/error.h"
+#include "nfkit/flows/transform.h"
+
+namespace nfkit::test {
+
+/// A fresh path under the test's temporary directory (removed files, unique names).
+std::string temp_path(const std::string& name);
+
+/// Adds N(0, scale^2) noise to every parameter, so that zero-initialised (identity) layers
+/// become generic bijections.
+void perturb_parameters(torch::nn::Module& m, double scale, uint64_t seed);
+
+/// log|det dz/dx| per sample by autograd: D backward passes over the batch (samples are
+/// independent), then slogdet of each [D, D] Jacobian.
+torch::Tensor brute_force_logabsdet(Transform& t, const torch::Tensor& x, const torch::Tensor& context);
+
+/// Runs `/usr/bin/python3 -c code` and returns its exit status (-1 if python3 is absent).
+int run_python(const std::string& code);
+
+}  // namespace nfkit::test

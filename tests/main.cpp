@@ -1,0 +1,10 @@
+// Catch2 runner: tensor math on all cores (torch starts with one here), float64 by default.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+
+#include "nfkit/core/runtime.h"
+
+int main(int argc, char** argv) {
+  nfkit::set_threads(0);
+  return Catch::Session().run(argc, argv);
+}

@@ -1,0 +1,221 @@
+// The command line, in-process (run_cli) and through the binary: exit codes, --json, and
+// bad input that must get one clear line and no partial output file.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <sstream>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "cli.h"
+#include "helpers.h"
+#include "nfkit/core/h5.h"
+
+using namespace nfkit;
+using namespace nfkit::test;
+
+namespace {
+
+struct Run {
+  int code;
+  std::string out, err;
+};
+
+Run run(std::vector<std::string> args) {
+  std::ostringstream out, err;
+  const int code = nfkit::cli::run_cli(args, out, err);
+  return {code, out.str(), err.str()};
+}
+
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+std::string write_text(const std::string& name, const std::string& text) {
+  const auto p = test::temp_path(name);
+  std::ofstream(p) << text;
+  return p;
+}
+
+// Small, fast training options.
+std::vector<std::string> quick(std::vector<std::string> args) {
+  for (const char* a : {"--steps", "60", "--n-samples", "600", "--layers", "2", "--hidden", "16",
+                        "--eval-every", "30", "--quiet", "--warmup", "10"})
+    args.push_back(a);
+  return args;
+}
+
+}  // namespace
+
+TEST_CASE("cli: help, version, unknown commands and options", "[cli]") {
+  auto r = run({"--version"});
+  CHECK(r.code == 0);
+  CHECK(r.out.find("nfkit 0.") == 0);
+  r = run({"--help"});
+  CHECK(r.code == 0);
+  CHECK(r.out.find("flow train") != std::string::npos);
+  r = run({"flow", "--help"});
+  CHECK(r.code == 0);
+  CHECK(r.out.find("sample") != std::string::npos);
+  r = run({"flow", "train", "--help"});
+  CHECK(r.code == 0);
+  CHECK(r.out.find("--flow") != std::string::npos);
+  CHECK(r.out.find("--seed") != std::string::npos);
+
+  r = run({});
+  CHECK(r.code == 2);
+  r = run({"bogus"});
+  CHECK(r.code == 2);
+  CHECK(lines(r.err) == 1);
+  r = run({"flow", "fly"});
+  CHECK(r.code == 2);
+  CHECK(r.err.find("unknown verb 'fly'") != std::string::npos);
+  r = run({"flow", "train", "--data", "gmm", "--out", test::temp_path("m.h5"), "--frobnicate"});
+  CHECK(r.code == 2);
+  CHECK(lines(r.err) == 1);
+  r = run({"flow", "train", "--data", "gmm", "--out", test::temp_path("m.h5"), "--steps", "abc"});
+  CHECK(r.code == 2);
+  r = run({"flow", "train", "--data", "gmm"});
+  CHECK(r.code == 2);
+  CHECK(r.err.find("out") != std::string::npos);
+  r = run({"flow", "train", "--data", "gmm", "--out", test::temp_path("m.h5"), "--device", "tpu"});
+  CHECK(r.code == 2);
+  CHECK(r.err.find("--device") != std::string::npos);
+}
+
+TEST_CASE("cli: bad data and outputs get one line, the right exit code and no file", "[cli]") {
+  const auto out = test::temp_path("model.h5");
+  auto check_fails = [&](std::vector<std::string> args, int code, const std::string& needle) {
+    auto r = run(args);
+    INFO(r.err);
+    CHECK(r.code == code);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find(needle) != std::string::npos);
+    CHECK(r.err.find("nfkit: ") == 0);
+    CHECK_FALSE(exists(out));
+  };
+  check_fails(quick({"flow", "train", "--data", "moons", "--out", out}), 2, "not a built-in dataset");
+  check_fails(quick({"flow", "train", "--data", "nowhere.csv", "--out", out}), 1, "nowhere.csv: cannot be read");
+  check_fails(quick({"flow", "train", "--data", "nowhere.h5:/x", "--out", out}), 1, "nowhere.h5");
+  const auto junk = write_text("junk.h5", "garbage");
+  check_fails(quick({"flow", "train", "--data", junk + ":/x", "--out", out}), 1, "is not an HDF5 file");
+  const auto ragged = write_text("ragged.csv", "a,b\n1,2\n3,4,5\n");
+  check_fails(quick({"flow", "train", "--data", ragged, "--out", out}), 1, "line 3 has 3 columns, but line 1 has 2");
+  const auto words = write_text("words.csv", "1,2\n3,x\n");
+  check_fails(quick({"flow", "train", "--data", words, "--out", out}), 1, "line 2 column 2 is 'x'");
+  const auto nan = write_text("nan.csv", "x,y\n1,2\n3,nan\n5,6\n");
+  check_fails(quick({"flow", "train", "--data", nan, "--out", out}), 1, "data row 2 column 2 is nan, but must be finite");
+  check_fails(quick({"flow", "train", "--data", "gmm", "--out", "/nonexistent-dir/model.h5"}), 1, "cannot be written");
+  check_fails(quick({"flow", "train", "--data", "gmm", "--out", out, "--flow", "glow"}), 2, "not a flow kind");
+  check_fails(quick({"flow", "train", "--data", "gmm", "--out", out, "--lr", "-1"}), 2, "--lr");
+  check_fails({"flow", "eval", "--model", test::temp_path("none.h5"), "--data", "gmm"}, 1, "cannot be read");
+  check_fails({"flow", "sample", "--model", junk, "-n", "5", "--out", out}, 1, "is not an HDF5 file");
+}
+
+TEST_CASE("cli: train, eval and sample with --json; CSV and HDF5 inputs and outputs", "[cli]") {
+  // CSV input with a header: a correlated 2-D Gaussian.
+  std::ostringstream csv;
+  csv << "x,y\n";
+  torch::manual_seed(3);
+  auto g = torch::randn({600, 2}, torch::kFloat64);
+  for (int64_t i = 0; i < 600; ++i)
+    csv << g[i][0].item<double>() << "," << 0.5 * g[i][0].item<double>() + g[i][1].item<double>() << "\n";
+  const auto data = write_text("data.csv", csv.str());
+  const auto model = test::temp_path("model.h5");
+  auto r = run(quick({"flow", "train", "--data", data, "--flow", "maf", "--out", model, "--json"}));
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto last = r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1);
+  const auto j = nlohmann::json::parse(last);
+  CHECK(j["flow"] == "maf");
+  CHECK(j["dim"] == 2);
+  CHECK(j["steps"] == 60);
+  CHECK(std::isfinite(j["val_nll"].get<double>()));
+  CHECK(lines(r.out) == 1);  // --json: the JSON object is the only stdout line
+  CHECK(H5Reader(model).expect_format("checkpoint", 1) == 1);
+  CHECK_FALSE(exists(model + ".ckpt"));  // finished: no checkpoint left behind
+
+  r = run({"flow", "eval", "--model", model, "--data", data, "--json"});
+  REQUIRE(r.code == 0);
+  const auto je = nlohmann::json::parse(r.out);
+  CHECK(je["n"] == 600);
+  CHECK(je["nll"].get<double>() == Approx(j["val_nll"].get<double>()).margin(0.3));
+
+  // Same data as HDF5.
+  const auto h5data = test::temp_path("data.h5");
+  {
+    H5Writer w(h5data, "samples", 1);
+    w.write("/x", g);
+    w.commit();
+  }
+  r = run({"flow", "eval", "--model", model, "--data", h5data + ":/x"});
+  CHECK(r.code == 0);
+  CHECK(r.out.find("NLL ") == 0);
+  // Wrong column count for the model.
+  r = run({"flow", "eval", "--model", model, "--data", "banana:3"});
+  CHECK(r.code == 1);
+  CHECK(r.err.find("the model expects 2") != std::string::npos);
+
+  const auto samples = test::temp_path("samples.h5");
+  r = run({"flow", "sample", "--model", model, "-n", "100", "--out", samples, "--temperature", "0.5"});
+  REQUIRE(r.code == 0);
+  H5Reader s(samples);
+  s.expect_format("samples", 1);
+  CHECK(s.read("/x").sizes() == torch::IntArrayRef({100, 2}));
+  CHECK(s.read("/log_q").sizes() == torch::IntArrayRef({100}));
+  CHECK(s.attr_double("/", "temperature") == 0.5);
+  const auto scsv = test::temp_path("samples.csv");
+  r = run({"flow", "sample", "--model", model, "-n", "10", "--out", scsv});
+  REQUIRE(r.code == 0);
+  std::ifstream in(scsv);
+  std::string header;
+  std::getline(in, header);
+  CHECK(header == "x0,x1,log_q");
+  r = run({"flow", "sample", "--model", model, "-n", "10", "--out", test::temp_path("s.txt")});
+  CHECK(r.code == 2);
+  r = run({"flow", "sample", "--model", model, "-n", "10", "--out", scsv, "--temperature", "2"});
+  CHECK(r.code == 2);
+}
+
+TEST_CASE("cli: same seed, same model; --config files", "[cli]") {
+  const auto a = test::temp_path("a.h5"), b = test::temp_path("b.h5");
+  auto ra = run(quick({"flow", "train", "--data", "rings", "--flow", "realnvp", "--out", a, "--seed", "5", "--json"}));
+  auto rb = run(quick({"flow", "train", "--data", "rings", "--flow", "realnvp", "--out", b, "--seed", "5", "--json"}));
+  REQUIRE(ra.code == 0);
+  REQUIRE(rb.code == 0);
+  CHECK(nlohmann::json::parse(ra.out)["val_nll"] == nlohmann::json::parse(rb.out)["val_nll"]);
+  const auto cfg = write_text("train.cfg", "data = rings\nflow = realnvp\nseed = 5\nsteps = 60\nn-samples = 600\n"
+                                           "layers = 2\nhidden = 16\neval-every = 30\nwarmup = 10\n");
+  const auto c = test::temp_path("c.h5");
+  auto rc = run({"flow", "train", "--config", cfg, "--out", c, "--json", "--quiet"});
+  REQUIRE(rc.code == 0);
+  CHECK(nlohmann::json::parse(rc.out)["val_nll"] == nlohmann::json::parse(ra.out)["val_nll"]);
+  auto bad = run({"flow", "train", "--config", test::temp_path("none.cfg"), "--out", c});
+  CHECK(bad.code == 1);
+}
+
+TEST_CASE("cli: the binary itself: exit codes and stderr", "[cli]") {
+  auto sh = [](const std::string& cmd) {
+    const int rc = std::system(cmd.c_str());
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  };
+  const std::string bin = NFKIT_BINARY;
+  const auto err = test::temp_path("stderr.txt");
+  CHECK(sh(bin + " --version > /dev/null") == 0);
+  CHECK(sh(bin + " flow train --bogus 2> " + err) == 2);
+  std::ifstream in(err);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  CHECK(lines(text) == 1);
+  CHECK(text.find("bogus") != std::string::npos);
+  CHECK(sh(bin + " flow eval --model /nonexistent.h5 --data gmm 2> /dev/null") == 1);
+  const auto model = test::temp_path("bin.h5");
+  CHECK(sh(bin + " flow train --data gmm --out " + model +
+           " --steps 20 --n-samples 300 --layers 1 --hidden 8 --quiet --json > " + err) == 0);
+  std::ifstream jin(err);
+  std::string last, line;
+  while (std::getline(jin, line)) last = line;
+  CHECK(nlohmann::json::parse(last)["steps"] == 20);
+}

@@ -1,0 +1,182 @@
+// core/: checks and their messages, device/threads/seeding, progress, the HDF5 layer.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <sys/stat.h>
+
+#include "helpers.h"
+#include "nfkit/core/checks.h"
+#include "nfkit/core/files.h"
+#include "nfkit/core/h5.h"
+#include "nfkit/core/progress.h"
+#include "nfkit/core/runtime.h"
+
+using namespace nfkit;
+using namespace nfkit::test;
+
+namespace {
+bool file_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+}  // namespace
+
+TEST_CASE("checks throw one-line messages naming function, argument, value and expectation", "[core]") {
+  auto w = torch::zeros({20}, torch::kFloat64);
+  w[17] = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_AS(check_finite("ess", "log_weights", w), RuntimeError);
+  CHECK_THROWS_WITH(check_finite("ess", "log_weights", w), "ess: log_weights[17] is nan, but must be finite");
+  CHECK_NOTHROW(check_finite("ess", "log_weights", torch::ones({3})));
+  CHECK_THROWS_AS(check_positive("StandardNormal", "temperature", 0.0), UsageError);
+  CHECK_THROWS_WITH(check_positive("f", "sigma", -2.0), "f: sigma is -2, but must be positive and finite");
+  CHECK_THROWS_WITH(check_in_range("f", "T", 1.5, 0.0, 1.0, true), "f: T is 1.5, but must be in (0, 1]");
+  CHECK_THROWS_WITH(check_dim("f", "x", torch::zeros({2, 3, 4}), 2), "f: x has shape [2, 3, 4], but must have 2 dimensions");
+  CHECK_THROWS_WITH(check_dtype("f", "x", torch::zeros({2}, torch::kInt64), torch::kFloat64),
+                    Catch::Contains("has dtype Long, but must be Double"));
+  // Usage and runtime errors are distinct types with distinct exit codes.
+  try {
+    usage_error("f", "bad");
+  } catch (const Error& e) {
+    CHECK(e.exit_code() == 2);
+  }
+  try {
+    runtime_error("f", "bad");
+  } catch (const Error& e) {
+    CHECK(e.exit_code() == 1);
+  }
+  // Internal invariants say "bug".
+  CHECK_THROWS_WITH([] { NFKIT_ASSERT(1 == 2, "impossible"); }(), Catch::Contains("bug"));
+}
+
+TEST_CASE("device parsing, threads and seeding", "[core]") {
+  CHECK(parse_device("cpu") == c10::Device(c10::kCPU));
+  CHECK_THROWS_WITH(parse_device("gpu"), Catch::Contains("expected cpu, cuda or cuda:N"));
+  CHECK_THROWS_AS(parse_device("cpu:1"), UsageError);
+  if (!torch::cuda::is_available()) {
+    CHECK_THROWS_WITH(parse_device("cuda"), Catch::Contains("CUDA is not available"));
+    CHECK_THROWS_AS(parse_device("cuda:1"), UsageError);
+  }
+  const int before = torch::get_num_threads();
+  CHECK(set_threads(1) == 1);
+  CHECK(torch::get_num_threads() == 1);
+  CHECK(set_threads(0) == hardware_threads());
+  set_threads(before);
+  seed_all(42);
+  auto a = torch::randn({5});
+  seed_all(42);
+  CHECK(torch::equal(a, torch::randn({5})));
+  CHECK(derive_seed(1, 2, 3) == derive_seed(1, 2, 3));
+  CHECK(derive_seed(1, 2, 3) != derive_seed(1, 2, 4));
+  CHECK(derive_seed(1, 2, 3) != derive_seed(2, 2, 3));
+  CHECK(static_cast<int64_t>(derive_seed(99, 1, 1)) >= 0);
+}
+
+TEST_CASE("progress: plain periodic lines off a terminal, silent when quiet", "[core]") {
+  const auto path = test::temp_path("progress.txt");
+  {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    Progress p("train", 10, ProgressOptions{false, 0.0, 0, f});
+    for (int i = 1; i <= 10; ++i) p.update(i, "loss 1.0");
+    p.finish();
+    std::fclose(f);
+  }
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  CHECK(text.find("train: 10/10 (100%)") != std::string::npos);
+  CHECK(text.find("loss 1.0") != std::string::npos);
+  CHECK(text.find('\r') == std::string::npos);  // no terminal control off a terminal
+  const auto quiet = test::temp_path("quiet.txt");
+  {
+    std::FILE* f = std::fopen(quiet.c_str(), "w");
+    Progress p("train", 10, ProgressOptions{true, 0.0, 0, f});
+    p.update(5);
+    p.finish();
+    std::fclose(f);
+  }
+  std::ifstream qin(quiet);
+  CHECK(std::string((std::istreambuf_iterator<char>(qin)), {}).empty());
+  CHECK(format_duration(3725) == "1h02m");
+  CHECK(format_duration(65) == "1m05s");
+}
+
+TEST_CASE("HDF5 layer: tensors and attributes round trip; formats are checked", "[core]") {
+  const auto path = test::temp_path("roundtrip.h5");
+  const auto f32 = torch::randn({3, 4});
+  const auto f64 = torch::randn({2, 3, 2}, torch::kFloat64);
+  const auto i64 = torch::arange(7, torch::kInt64);
+  const auto scalar = torch::tensor(2.5, torch::kFloat64);
+  {
+    H5Writer w(path, "samples", 1);
+    w.write("/a/f32", f32);
+    w.write("/f64", f64);
+    w.write("/deep/er/i64", i64);
+    w.write("/scalar", scalar);
+    w.write("/empty", torch::zeros({0, 3}, torch::kFloat64));
+    w.set_attr("/", "note", std::string("hello"));
+    w.set_attr("/a", "count", int64_t{42});
+    w.set_attr("/a", "value", 0.125);
+    w.commit();
+  }
+  H5Reader r(path);
+  CHECK(r.expect_format("samples", 1) == 1);
+  CHECK(torch::equal(r.read("/a/f32"), f32));
+  CHECK(r.read("/a/f32").dtype() == torch::kFloat32);
+  CHECK(torch::equal(r.read("/f64"), f64));
+  CHECK(torch::equal(r.read("/deep/er/i64"), i64));
+  CHECK(r.read("/scalar").item<double>() == 2.5);
+  CHECK(r.read("/empty").sizes() == torch::IntArrayRef({0, 3}));
+  CHECK(r.attr_string("/", "note") == "hello");
+  CHECK(r.attr_int("/a", "count") == 42);
+  CHECK(r.attr_double("/a", "value") == 0.125);
+  CHECK(r.list("/a") == std::vector<std::string>{"f32"});
+  CHECK_FALSE(r.exists("/nothing/here"));
+  CHECK_THROWS_WITH(r.read("/nothing"), Catch::Contains("has no dataset '/nothing'"));
+  CHECK_THROWS_WITH(r.expect_format("checkpoint", 1), Catch::Contains("is an nfkit 'samples' file"));
+  CHECK_THROWS_WITH(r.expect_format("samples", 0), Catch::Contains("format_version 1"));
+
+  // The same file through h5py, where available.
+  const int rc = test::run_python("import h5py\nf = h5py.File('" + path + "', 'r')\n"
+                                  "assert f.attrs['nfkit_format'] == 'samples'\n"
+                                  "assert f['deep/er/i64'][()].tolist() == list(range(7))\n"
+                                  "assert f['a'].attrs['count'] == 42\n");
+  if (rc >= 0) CHECK(rc == 0);
+}
+
+TEST_CASE("HDF5 writes are atomic: no file under the final name until commit", "[core]") {
+  const auto path = test::temp_path("atomic.h5");
+  {
+    H5Writer w(path, "samples", 1);
+    w.write("/x", torch::ones({2}));
+    CHECK_FALSE(file_exists(path));
+  }  // destroyed without commit
+  CHECK_FALSE(file_exists(path));
+  // An existing file survives a failed rewrite.
+  {
+    H5Writer w(path, "samples", 1);
+    w.commit();
+  }
+  {
+    H5Writer w(path, "samples", 1);
+    w.set_attr("/", "partial", int64_t{1});
+  }
+  CHECK_FALSE(H5Reader(path).has_attr("/", "partial"));
+  CHECK_THROWS_WITH(H5Writer("/nonexistent-dir/x.h5", "samples", 1), Catch::Contains("cannot be written"));
+  // Missing, non-HDF5 and unknown files.
+  CHECK_THROWS_WITH(H5Reader(test::temp_path("missing.h5")), Catch::Contains("cannot be read"));
+  const auto junk = test::temp_path("junk.h5");
+  std::ofstream(junk) << "not hdf5 at all";
+  CHECK_THROWS_WITH(H5Reader(junk), Catch::Contains("is not an HDF5 file"));
+  const auto plain = test::temp_path("plain.h5");
+  {
+    H5Writer w(plain, "samples", 1);
+    w.commit();
+  }
+  CHECK_THROWS_WITH(H5Reader(plain).expect_format("checkpoint", 1), Catch::Contains("'samples'"));
+  // Text files too.
+  const auto txt = test::temp_path("a.csv");
+  write_file_atomic(txt, "1,2\n");
+  CHECK(file_exists(txt));
+  CHECK_THROWS_AS(write_file_atomic("/nonexistent-dir/a.csv", "x"), RuntimeError);
+  CHECK(file_extension("dir.v2/file.H5") == "h5");
+  CHECK(file_extension("dir.v2/file") == "");
+}
