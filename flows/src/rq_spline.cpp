@@ -23,9 +23,10 @@ std::tuple<torch::Tensor, torch::Tensor> knots(const torch::Tensor& unnormalised
 
 torch::Tensor bin_index(const torch::Tensor& knots, const torch::Tensor& v) {
   const int64_t K = knots.size(-1) - 1;
-  // Number of interior knots <= v: index of the bin holding v, clamped to [0, K-1].
-  auto interior = knots.narrow(-1, 1, K - 1);
-  return (v.unsqueeze(-1) >= interior).sum(-1, /*keepdim=*/true).clamp_max(K - 1);
+  // Index of the bin holding v: the number of interior knots <= v, in [0, K-1].
+  const auto interior = knots.narrow(-1, 1, K - 1).contiguous();
+  return torch::searchsorted(interior, v.unsqueeze(-1).contiguous(), /*out_int32=*/false,
+                             /*right=*/true);
 }
 
 }  // namespace
@@ -54,13 +55,9 @@ std::tuple<torch::Tensor, torch::Tensor> rational_quadratic_spline(
   const auto sk = hk / wk;
   const auto dsum = dk1 + dk - 2.0 * sk;
 
-  torch::Tensor out, logdet, xi;
+  torch::Tensor out, xi;
   if (!inverse) {
     xi = ((v - xk) / wk).clamp(0.0, 1.0);
-    const auto xi1 = xi * (1.0 - xi);
-    const auto num = hk * (sk * xi * xi + dk * xi1);
-    const auto den = sk + dsum * xi1;
-    out = yk + num / den;
   } else {
     const auto dy = v - yk;
     const auto a = hk * (sk - dk) + dy * dsum;
@@ -70,10 +67,14 @@ std::tuple<torch::Tensor, torch::Tensor> rational_quadratic_spline(
     xi = ((2.0 * c) / (-b - torch::sqrt(disc))).clamp(0.0, 1.0);
     out = xi * wk + xk;
   }
-  const auto xi1 = xi * (1.0 - xi);
+  const auto xi2 = xi * xi;
+  const auto xi1 = xi - xi2;  // xi (1 - xi)
   const auto den = sk + dsum * xi1;
-  const auto dnum = sk * sk * (dk1 * xi * xi + 2.0 * sk * xi1 + dk * (1.0 - xi) * (1.0 - xi));
-  auto lad = torch::log(dnum) - 2.0 * torch::log(den);  // log dy/dx
+  if (!inverse) out = yk + hk * (sk * xi2 + dk * xi1) / den;
+  // dy/dx = s^2 (d_{k+1} xi^2 + 2 s xi (1 - xi) + d_k (1 - xi)^2) / den^2
+  const auto one_minus = 1.0 - xi;
+  const auto dnum = (sk * sk) * (dk1 * xi2 + 2.0 * sk * xi1 + dk * one_minus * one_minus);
+  auto lad = torch::log(dnum / (den * den));  // log dy/dx
   if (inverse) lad = -lad;
   if (circular) return {out, lad};
   return {torch::where(inside, out, input), torch::where(inside, lad, torch::zeros_like(lad))};

@@ -21,10 +21,14 @@ json TrainerOptions::to_json() const {
 
 using Tensors = std::vector<torch::Tensor>;
 
+// Parameters, gradients and optimizer state live in flat buffers (the parameters and their
+// .grad become views into them), so that the optimizer update, gradient norm, clipping and
+// EMA are a handful of vectorised ops per step instead of a few per parameter tensor.
 struct Trainer::State {
   int64_t step = 0;
   std::vector<std::string> names;  // parameter names
-  Tensors params, m, v, ema;
+  Tensors params, m, v, ema;       // per-parameter views into the flat buffers below
+  torch::Tensor flat, flat_grad, flat_m, flat_v, flat_ema;
   std::vector<std::string> state_names;  // parameters + buffers
   Tensors state;                         // live references
   Tensors best, good_state, good_m, good_v;
@@ -82,17 +86,46 @@ Trainer::Trainer(std::shared_ptr<Flow> flow, TrainerOptions opts, Objective obje
     check_finite(fn, "val", obj_.val);
   }
   if (obj_.energy_batch <= 0) obj_.energy_batch = opts_.batch_size();
+  const auto popts = flow_->tensor_options();
+  int64_t total = 0;
   for (const auto& p : flow_->named_parameters(true)) {
+    if (p.value().scalar_type() != popts.dtype().toScalarType() || p.value().device() != popts.device())
+      usage_error(fn, "parameter '" + p.key() + "' has another dtype or device than the model; "
+                      "call flow->to(...) before building the trainer");
     s_->names.push_back(p.key());
     s_->params.push_back(p.value());
-    s_->m.push_back(torch::zeros_like(p.value()));
-    s_->v.push_back(torch::zeros_like(p.value()));
+    total += p.value().numel();
+  }
+  // Flatten: copy each parameter into the flat buffer and make it a view of it.
+  torch::NoGradGuard ng;
+  s_->flat = torch::empty({total}, popts);
+  s_->flat_grad = torch::zeros({total}, popts);
+  s_->flat_m = torch::zeros({total}, popts);
+  s_->flat_v = torch::zeros({total}, popts);
+  auto view = [](const torch::Tensor& flat, int64_t off, const torch::Tensor& like) {
+    return flat.narrow(0, off, like.numel()).view(like.sizes());
+  };
+  int64_t off = 0;
+  for (auto& p : s_->params) {
+    s_->flat.narrow(0, off, p.numel()).copy_(p.detach().reshape({-1}));
+    p.set_data(view(s_->flat, off, p));
+    p.mutable_grad() = view(s_->flat_grad, off, p);
+    s_->m.push_back(view(s_->flat_m, off, p));
+    s_->v.push_back(view(s_->flat_v, off, p));
+    off += p.numel();
+  }
+  if (opts_.ema_decay() > 0) {
+    s_->flat_ema = s_->flat.clone();
+    off = 0;
+    for (auto& p : s_->params) {
+      s_->ema.push_back(view(s_->flat_ema, off, p));
+      off += p.numel();
+    }
   }
   for (auto& [name, t] : module_state(*flow_)) {
     s_->state_names.push_back(name);
     s_->state.push_back(t);
   }
-  if (opts_.ema_decay() > 0) s_->ema = clone_all(s_->params);
   s_->good_state = clone_all(s_->state);
   s_->good_m = clone_all(s_->m);
   s_->good_v = clone_all(s_->v);
@@ -171,52 +204,39 @@ TrainReport Trainer::train() {
       break;
     }
     torch::manual_seed(derive_seed(opts_.seed(), 1, static_cast<uint64_t>(s.step)));
-    torch::Tensor loss = torch::zeros({}, dev_opts);
+    torch::Tensor loss;
+    auto add = [&loss](const torch::Tensor& term, double weight) {
+      const auto t = weight == 1.0 ? term : weight * term;
+      loss = loss.defined() ? loss + t : t;
+    };
     if (use_fwd) {
       const auto idx = torch::randint(train_x.size(0), {opts_.batch_size()},
                                       torch::TensorOptions().dtype(torch::kInt64).device(dev_opts.device()));
-      loss = loss + (1.0 - obj_.reverse_weight) * forward_kl(*flow_, rows(train_x, idx), rows(train_c, idx));
+      add(forward_kl(*flow_, rows(train_x, idx), rows(train_c, idx)), 1.0 - obj_.reverse_weight);
     }
-    if (use_rev) loss = loss + obj_.reverse_weight * reverse_kl(*flow_, obj_.energy, obj_.energy_batch);
+    if (use_rev) add(reverse_kl(*flow_, obj_.energy, obj_.energy_batch), obj_.reverse_weight);
 
     const double loss_v = loss.item<double>();
     bool bad = !std::isfinite(loss_v);
     if (!bad) {
-      for (auto& p : s.params) p.mutable_grad() = torch::Tensor();
+      s.flat_grad.zero_();
       loss.backward();
-      // Global gradient norm over parameters that received a gradient.
       torch::NoGradGuard ng;
-      Tensors sq;
-      for (auto& p : s.params)
-        if (p.grad().defined()) sq.push_back(p.grad().pow(2).sum().to(torch::kFloat64));
-      const double norm = sq.empty() ? 0.0 : std::sqrt(torch::stack(sq).sum().item<double>());
-      bad = !std::isfinite(norm);
+      const double norm = s.flat_grad.norm().item<double>();
+      bad = !std::isfinite(norm);  // a non-finite gradient is never applied
       if (!bad) {
         const double clip = opts_.clip_grad_norm();
-        const double scale = (clip > 0 && norm > clip) ? clip / (norm + 1e-12) : 1.0;
+        if (clip > 0 && norm > clip) s.flat_grad.mul_(clip / (norm + 1e-12));
         const double lr = learning_rate(s.step);
         const double t = static_cast<double>(s.step + 1);
         const double bc1 = 1.0 - std::pow(opts_.beta1(), t), bc2 = 1.0 - std::pow(opts_.beta2(), t);
-        for (size_t i = 0; i < s.params.size(); ++i) {
-          auto& p = s.params[i];
-          if (!p.grad().defined()) continue;
-          auto g = scale == 1.0 ? p.grad() : p.grad() * scale;
-          s.m[i].mul_(opts_.beta1()).add_(g, 1.0 - opts_.beta1());
-          s.v[i].mul_(opts_.beta2()).addcmul_(g, g, 1.0 - opts_.beta2());
-          if (opts_.weight_decay() > 0) p.mul_(1.0 - lr * opts_.weight_decay());
-          const auto denom = (s.v[i] / bc2).sqrt_().add_(opts_.eps());
-          p.addcdiv_(s.m[i], denom, -lr / bc1);
-        }
-        if (!all_finite(s.params)) {  // overflow in the update: roll back
-          copy_into(s.state, s.good_state);
-          copy_into(s.m, s.good_m);
-          copy_into(s.v, s.good_v);
-          ++s.rollbacks;
-          bad = true;
-        } else if (!s.ema.empty()) {
-          for (size_t i = 0; i < s.params.size(); ++i)
-            s.ema[i].mul_(opts_.ema_decay()).add_(s.params[i].detach(), 1.0 - opts_.ema_decay());
-        }
+        const auto& g = s.flat_grad;
+        s.flat_m.mul_(opts_.beta1()).add_(g, 1.0 - opts_.beta1());
+        s.flat_v.mul_(opts_.beta2()).addcmul_(g, g, 1.0 - opts_.beta2());
+        if (opts_.weight_decay() > 0) s.flat.mul_(1.0 - lr * opts_.weight_decay());
+        const auto denom = s.flat_v.div(bc2).sqrt_().add_(opts_.eps());
+        s.flat.addcdiv_(s.flat_m, denom, -lr / bc1);
+        if (s.flat_ema.defined()) s.flat_ema.mul_(opts_.ema_decay()).add_(s.flat, 1.0 - opts_.ema_decay());
       }
     }
     ++s.step;
@@ -249,10 +269,19 @@ TrainReport Trainer::train() {
       } else {
         ++s.evals_since_best;
       }
+      // Updates use finite gradients only, so weights can turn non-finite only by overflow;
+      // checked here, at each validation: roll back to the last good state if it happened.
       if (all_finite(s.state)) {
         s.good_state = clone_all(s.state);
         s.good_m = clone_all(s.m);
         s.good_v = clone_all(s.v);
+      } else {
+        copy_into(s.state, s.good_state);
+        copy_into(s.m, s.good_m);
+        copy_into(s.v, s.good_v);
+        if (s.flat_ema.defined()) copy_into(s.ema, s.params);
+        ++s.rollbacks;
+        ++s.bad_total;
       }
       char buf[128];
       std::snprintf(buf, sizeof buf, "loss %.4f  val %.4f  best %.4f@%lld", s.last_train, val,
