@@ -115,7 +115,7 @@ TEST_CASE("cli: bad data and outputs get one line, the right exit code and no fi
   check_fails({"flow", "sample", "--model", junk, "-n", "5", "--out", out}, 1, "is not an HDF5 file");
 }
 
-TEST_CASE("cli: train, eval and sample with --json; CSV and HDF5 inputs and outputs", "[cli]") {
+TEST_CASE("cli: train, eval and sample with --json, CSV and HDF5 inputs and outputs", "[cli]") {
   // CSV input with a header: a correlated 2-D Gaussian.
   std::ostringstream csv;
   csv << "x,y\n";
@@ -180,7 +180,7 @@ TEST_CASE("cli: train, eval and sample with --json; CSV and HDF5 inputs and outp
   CHECK(r.code == 2);
 }
 
-TEST_CASE("cli: same seed, same model; --config files", "[cli]") {
+TEST_CASE("cli: same seed, same model, --config files", "[cli]") {
   const auto a = test::temp_path("a.h5"), b = test::temp_path("b.h5");
   auto ra = run(quick({"flow", "train", "--data", "rings", "--flow", "realnvp", "--out", a, "--seed", "5", "--json"}));
   auto rb = run(quick({"flow", "train", "--data", "rings", "--flow", "realnvp", "--out", b, "--seed", "5", "--json"}));

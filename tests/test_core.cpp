@@ -99,7 +99,7 @@ TEST_CASE("progress: plain periodic lines off a terminal, silent when quiet", "[
   CHECK(format_duration(65) == "1m05s");
 }
 
-TEST_CASE("HDF5 layer: tensors and attributes round trip; formats are checked", "[core]") {
+TEST_CASE("HDF5 layer: tensors and attributes round trip, formats are checked", "[core]") {
   const auto path = test::temp_path("roundtrip.h5");
   const auto f32 = torch::randn({3, 4});
   const auto f64 = torch::randn({2, 3, 2}, torch::kFloat64);

@@ -127,7 +127,7 @@ TEST_CASE("sample_and_log_prob agrees with log_prob of the samples", "[flows]") 
   }
 }
 
-TEST_CASE("model files: save_flow/load_flow rebuild the model exactly; bad files are rejected", "[flows]") {
+TEST_CASE("model files: save_flow/load_flow rebuild the model exactly, bad files are rejected", "[flows]") {
   FlowRecipe r;
   r.kind = "nsf";
   r.dim = 3;

@@ -83,7 +83,7 @@ TEST_CASE("resume: interrupted + resumed training equals the uninterrupted run e
   CHECK_THROWS_WITH(wrong.load_checkpoint(ckpt), Catch::Contains("different model configuration"));
 }
 
-TEST_CASE("non-finite losses are skipped, weights stay finite; persistent NaN is an error", "[trainer]") {
+TEST_CASE("non-finite losses are skipped, weights stay finite, persistent NaN is an error", "[trainer]") {
   // Reverse KL against a standard normal whose energy is NaN on every 3rd call.
   int calls = 0;
   EnergyFn flaky = [&calls](const torch::Tensor& x) {

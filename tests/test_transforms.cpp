@@ -161,7 +161,7 @@ TEST_CASE("transforms reject wrong shapes and contexts with one-line usage error
   CHECK_THROWS_AS(std::make_shared<AffineCoupling>(CouplingOptions(1)), UsageError);
 }
 
-TEST_CASE("autoregressive inverse is iterative and says so; IAF swaps the directions", "[transforms]") {
+TEST_CASE("autoregressive inverse is iterative and says so, IAF swaps the directions", "[transforms]") {
   auto maf = std::make_shared<MaskedAffineAutoregressive>(AutoregressiveOptions(4));
   CHECK(maf->forward_is_single_pass());
   CHECK_FALSE(maf->inverse_is_single_pass());
@@ -177,6 +177,7 @@ TEST_CASE("MADE masks make the transform autoregressive: dz_i/dx_j = 0 for j > i
                             : TransformPtr(std::make_shared<MaskedAffineAutoregressive>(o));
     t->to(torch::kFloat64);
     perturb_parameters(*t, 0.5, 3);
+    torch::manual_seed(4);
     auto x = torch::randn({1, 6}, torch::kFloat64).requires_grad_(true);
     auto c = torch::randn({1, 2}, torch::kFloat64);
     auto z = std::get<0>(t->forward(x, c));
@@ -185,10 +186,11 @@ TEST_CASE("MADE masks make the transform autoregressive: dz_i/dx_j = 0 for j > i
       for (int64_t j = i + 1; j < 6; ++j) CHECK(g[0][j].item<double>() == 0.0);
       if (i > 0) CHECK(g[0].narrow(0, 0, i).abs().sum().item<double>() > 0);
     }
-    // The first coordinate's parameters depend on the context.
-    auto cc = c.clone().requires_grad_(true);
-    auto z1 = std::get<0>(t->forward(x.detach(), cc));
-    auto gc = torch::autograd::grad({z1[0][0]}, {cc}, {}, false, false, true)[0];
+    // The first coordinate's parameters depend on the context (summed over a batch, so that
+    // a few inactive ReLU units cannot hide it).
+    auto cc = torch::randn({16, 2}, torch::kFloat64).requires_grad_(true);
+    auto z1 = std::get<0>(t->forward(0.5 * torch::randn({16, 6}, torch::kFloat64), cc));
+    auto gc = torch::autograd::grad({z1.select(1, 0).sum()}, {cc}, {}, false, false, true)[0];
     CHECK(gc.defined());
     CHECK(gc.abs().sum().item<double>() > 0);
   }
@@ -214,4 +216,37 @@ TEST_CASE("rational-quadratic spline: identity tails, fixed boundaries, circular
   CHECK(yc[0].item<double>() == Approx(-M_PI).margin(1e-12));
   CHECK(yc[1].item<double>() == Approx(M_PI).margin(1e-12));
   CHECK(ladc[0].item<double>() == Approx(ladc[1].item<double>()).margin(1e-12));
+}
+
+TEST_CASE("fused CPU spline kernel equals the ATen reference: values and gradients", "[transforms]") {
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  for (bool circular : {false, true}) {
+    for (bool inverse : {false, true}) {
+      INFO("circular " << circular << ", inverse " << inverse);
+      torch::manual_seed(circular * 2 + inverse);
+      const int64_t K = 6, n = 400;
+      const double B = circular ? M_PI : 2.5;
+      auto x = circular ? (torch::rand({n}, f64) * 2 - 1) * B : torch::randn({n}, f64) * 2.0;
+      auto w = torch::randn({n, K}, f64), h = torch::randn({n, K}, f64);
+      auto d = torch::randn({n, spline_derivative_count(K, circular)}, f64);
+      auto run = [&](bool reference) {
+        std::vector<torch::Tensor> in{x.clone().requires_grad_(true), w.clone().requires_grad_(true),
+                                      h.clone().requires_grad_(true), d.clone().requires_grad_(true)};
+        auto [y, lad] = reference
+                            ? rational_quadratic_spline_reference(in[0], in[1], in[2], in[3], inverse, B, circular)
+                            : rational_quadratic_spline(in[0], in[1], in[2], in[3], inverse, B, circular);
+        // An arbitrary scalar of both outputs, so both upstream gradients are non-trivial.
+        ((y * torch::cos(x)).sum() + (lad * torch::sin(x)).sum()).backward();
+        std::vector<torch::Tensor> out{y.detach(), lad.detach()};
+        for (auto& t : in) out.push_back(t.grad());
+        return out;
+      };
+      const auto ref = run(true), fused = run(false);
+      const char* names[] = {"y", "lad", "dx", "dwidths", "dheights", "dderivatives"};
+      for (size_t i = 0; i < ref.size(); ++i) {
+        INFO(names[i]);
+        CHECK((ref[i] - fused[i]).abs().max().item<double>() < 1e-9);
+      }
+    }
+  }
 }

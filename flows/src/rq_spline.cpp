@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "rq_spline_kernel.h"
+
 namespace nfkit {
 namespace {
 
@@ -32,6 +34,20 @@ torch::Tensor bin_index(const torch::Tensor& knots, const torch::Tensor& v) {
 }  // namespace
 
 std::tuple<torch::Tensor, torch::Tensor> rational_quadratic_spline(
+    const torch::Tensor& x, const torch::Tensor& widths, const torch::Tensor& heights,
+    const torch::Tensor& derivatives, bool inverse, double bound, bool circular,
+    SplineLimits limits) {
+  const bool kernel = x.device().is_cpu() && widths.size(-1) <= detail::kMaxKernelBins &&
+                      (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64) &&
+                      widths.scalar_type() == x.scalar_type();
+  if (kernel)
+    return detail::rq_spline_cpu(x, widths, heights, derivatives, inverse, bound, circular,
+                                 limits.min_bin, limits.min_derivative);
+  return rational_quadratic_spline_reference(x, widths, heights, derivatives, inverse, bound,
+                                             circular, limits);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> rational_quadratic_spline_reference(
     const torch::Tensor& input, const torch::Tensor& uw, const torch::Tensor& uh,
     const torch::Tensor& ud, bool inverse, double bound, bool circular, SplineLimits lim) {
   auto [cw, w] = knots(uw, bound, lim.min_bin);

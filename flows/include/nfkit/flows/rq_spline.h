@@ -29,6 +29,15 @@ std::tuple<torch::Tensor, torch::Tensor> rational_quadratic_spline(
     const torch::Tensor& derivatives, bool inverse, double bound, bool circular,
     SplineLimits limits = {});
 
+/// The same map written with ATen tensor operations: the reference that tests check the
+/// fused CPU kernel against, and the path on other devices and for higher-order gradients.
+/// rational_quadratic_spline() uses the fused kernel (hand-derived first-order gradients) for
+/// float32/float64 CPU tensors with at most 64 bins.
+std::tuple<torch::Tensor, torch::Tensor> rational_quadratic_spline_reference(
+    const torch::Tensor& x, const torch::Tensor& widths, const torch::Tensor& heights,
+    const torch::Tensor& derivatives, bool inverse, double bound, bool circular,
+    SplineLimits limits = {});
+
 /// Number of unconstrained derivative parameters per element for K bins.
 inline int64_t spline_derivative_count(int64_t bins, bool circular) {
   return circular ? bins : bins - 1;
