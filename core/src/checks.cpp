@@ -131,4 +131,25 @@ void check_same_batch(const std::string& fn, const std::string& a_name, const to
                         a_name + "'s " + shape_string(a));
 }
 
+void check_context(const std::string& fn, const torch::Tensor& context, int64_t context_dim,
+                   int64_t rows, const torch::Tensor& like) {
+  if (context_dim == 0) {
+    if (context.defined())
+      usage_error(fn, "a context was given, but this module was built without context_dim");
+    return;
+  }
+  if (!context.defined())
+    usage_error(fn, "context is missing, but this module was built with context_dim " +
+                        std::to_string(context_dim));
+  check_dim(fn, "context", context, 2);
+  check_size(fn, "context", context, 1, context_dim);
+  if (context.size(0) != rows)
+    usage_error(fn, "context has " + std::to_string(context.size(0)) + " rows, but " +
+                        std::to_string(rows) + " are needed (one per sample)");
+  if (like.defined()) {
+    check_dtype(fn, "context", context, like.scalar_type());
+    check_device(fn, "context", context, like.device());
+  }
+}
+
 }  // namespace nfkit

@@ -22,8 +22,8 @@ AutoregressiveOptions AutoregressiveOptions::from_json(const json& j) {
 }
 
 AutoregressiveTransform::AutoregressiveTransform(const AutoregressiveOptions& opts,
-                                                 std::unique_ptr<ElementwiseMap> map)
-    : Transform(opts.dim(), opts.context_dim()), opts_(opts), map_(std::move(map)) {
+                                                 std::unique_ptr<ElementwiseMap> map, std::string type)
+    : Transform(opts.dim(), opts.context_dim()), opts_(opts), map_(std::move(map)), type_(std::move(type)) {
   std::vector<int64_t> degrees;
   const int reps = map_->circular() ? 2 : 1;  // cos and sin features of each angle
   for (int r = 0; r < reps; ++r)
@@ -52,18 +52,12 @@ ValueAndLogDet AutoregressiveTransform::inverse_impl(const torch::Tensor& z,
   return {x, lad.sum(1)};
 }
 
-MaskedAffineAutoregressive::MaskedAffineAutoregressive(const AutoregressiveOptions& opts)
-    : AutoregressiveTransform(opts, std::make_unique<AffineMap>(opts.scale_clamp())) {}
+json AutoregressiveTransform::config() const { return {{"type", type_}, {"options", opts_.to_json()}}; }
 
-json MaskedAffineAutoregressive::config() const {
-  return {{"type", "affine_autoregressive"}, {"options", options().to_json()}};
-}
+MaskedAffineAutoregressive::MaskedAffineAutoregressive(const AutoregressiveOptions& opts)
+    : AutoregressiveTransform(opts, std::make_unique<AffineMap>(opts.scale_clamp()), "affine_autoregressive") {}
 
 SplineAutoregressive::SplineAutoregressive(const AutoregressiveOptions& opts)
-    : AutoregressiveTransform(opts, std::make_unique<SplineMap>(opts.bins(), opts.bound(), opts.circular())) {}
-
-json SplineAutoregressive::config() const {
-  return {{"type", "spline_autoregressive"}, {"options", options().to_json()}};
-}
+    : AutoregressiveTransform(opts, std::make_unique<SplineMap>(opts.bins(), opts.bound(), opts.circular()), "spline_autoregressive") {}
 
 }  // namespace nfkit

@@ -26,8 +26,8 @@ CouplingOptions CouplingOptions::from_json(const json& j) {
 }
 
 CouplingTransform::CouplingTransform(const CouplingOptions& opts,
-                                     std::unique_ptr<ElementwiseMap> map)
-    : Transform(opts.dim(), opts.context_dim()), opts_(opts), map_(std::move(map)) {
+                                     std::unique_ptr<ElementwiseMap> map, std::string type)
+    : Transform(opts.dim(), opts.context_dim()), opts_(opts), map_(std::move(map)), type_(std::move(type)) {
   if (opts.dim() < 2)
     usage_error("Coupling", "dim is " + std::to_string(opts.dim()) + ", but a coupling needs >= 2");
   if (opts.parity() != 0 && opts.parity() != 1)
@@ -67,18 +67,12 @@ ValueAndLogDet CouplingTransform::inverse_impl(const torch::Tensor& z, const tor
   return apply(z, c, true);
 }
 
-AffineCoupling::AffineCoupling(const CouplingOptions& opts)
-    : CouplingTransform(opts, std::make_unique<AffineMap>(opts.scale_clamp())) {}
+json CouplingTransform::config() const { return {{"type", type_}, {"options", opts_.to_json()}}; }
 
-json AffineCoupling::config() const {
-  return {{"type", "affine_coupling"}, {"options", options().to_json()}};
-}
+AffineCoupling::AffineCoupling(const CouplingOptions& opts)
+    : CouplingTransform(opts, std::make_unique<AffineMap>(opts.scale_clamp()), "affine_coupling") {}
 
 SplineCoupling::SplineCoupling(const CouplingOptions& opts)
-    : CouplingTransform(opts, std::make_unique<SplineMap>(opts.bins(), opts.bound(), opts.circular())) {}
-
-json SplineCoupling::config() const {
-  return {{"type", "spline_coupling"}, {"options", options().to_json()}};
-}
+    : CouplingTransform(opts, std::make_unique<SplineMap>(opts.bins(), opts.bound(), opts.circular()), "spline_coupling") {}
 
 }  // namespace nfkit

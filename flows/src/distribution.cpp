@@ -13,32 +13,12 @@ Distribution::Distribution(int64_t dim, int64_t context_dim)
   check_positive_int("Distribution", "dim", dim);
 }
 
-void Distribution::check_context(const char* fn, int64_t n, const torch::Tensor& context) const {
-  if (context_dim_ == 0) {
-    if (context.defined())
-      usage_error(fn, "a context was given, but this distribution is unconditional");
-    return;
-  }
-  if (!context.defined())
-    usage_error(fn, "context is missing, but this distribution was built with context_dim " +
-                        std::to_string(context_dim_));
-  check_dim(fn, "context", context, 2);
-  check_size(fn, "context", context, 1, context_dim_);
-  if (context.size(0) != n)
-    usage_error(fn, "context has " + std::to_string(context.size(0)) + " rows, but " +
-                        std::to_string(n) + " are needed (one per sample)");
-}
-
 torch::Tensor Distribution::log_prob(const torch::Tensor& x, const torch::Tensor& context) {
   const char* fn = "Distribution::log_prob";
   check_dim(fn, "x", x, 2);
   check_size(fn, "x", x, 1, dim_);
   check_floating(fn, "x", x);
-  check_context(fn, x.size(0), context);
-  if (context.defined()) {
-    check_dtype(fn, "context", context, x.scalar_type());
-    check_device(fn, "context", context, x.device());
-  }
+  check_context(fn, context, context_dim_, x.size(0), x);
   return log_prob_impl(x, context);
 }
 
@@ -50,7 +30,7 @@ std::tuple<torch::Tensor, torch::Tensor> Distribution::sample_and_log_prob(
     int64_t n, const torch::Tensor& context) {
   const char* fn = "Distribution::sample";
   check_positive_int(fn, "n", n);
-  check_context(fn, n, context);
+  check_context(fn, context, context_dim_, n);
   return sample_impl(n, context);
 }
 

@@ -17,19 +17,7 @@ void Transform::check_input(const char* fn, const char* name, const torch::Tenso
   check_dim(fn, name, x, 2);
   check_size(fn, name, x, 1, dim_);
   check_floating(fn, name, x);
-  if (context_dim_ == 0) {
-    if (context.defined())
-      usage_error(fn, "a context was given, but this transform was built without context_dim");
-    return;
-  }
-  if (!context.defined())
-    usage_error(fn, "context is missing, but this transform was built with context_dim " +
-                        std::to_string(context_dim_));
-  check_dim(fn, "context", context, 2);
-  check_size(fn, "context", context, 1, context_dim_);
-  check_same_batch(fn, name, x, "context", context);
-  check_dtype(fn, "context", context, x.scalar_type());
-  check_device(fn, "context", context, x.device());
+  check_context(fn, context, context_dim_, x.size(0), x);
 }
 
 ValueAndLogDet Transform::forward(const torch::Tensor& x, const torch::Tensor& context) {

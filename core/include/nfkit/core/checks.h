@@ -48,6 +48,12 @@ void check_device(const std::string& fn, const std::string& name, const torch::T
 void check_same_batch(const std::string& fn, const std::string& a_name, const torch::Tensor& a,
                       const std::string& b_name, const torch::Tensor& b);
 
+/// The conditioning contract of DESIGN.md: a module built with context_dim == 0 refuses a
+/// context; one built with context_dim > 0 requires a context [rows, context_dim], of the
+/// dtype and device of `like` when that is defined.
+void check_context(const std::string& fn, const torch::Tensor& context, int64_t context_dim,
+                   int64_t rows, const torch::Tensor& like = {});
+
 /// "[2, 3]" for messages.
 std::string shape_string(const torch::Tensor& t);
 

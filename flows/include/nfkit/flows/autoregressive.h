@@ -38,8 +38,11 @@ struct AutoregressiveOptions {
 
 class AutoregressiveTransform : public Transform {
  public:
-  AutoregressiveTransform(const AutoregressiveOptions& opts, std::unique_ptr<ElementwiseMap> map);
+  /// type: the name config() reports and make_transform() dispatches on.
+  AutoregressiveTransform(const AutoregressiveOptions& opts, std::unique_ptr<ElementwiseMap> map,
+      std::string type);
   const AutoregressiveOptions& options() const { return opts_; }
+  json config() const override;
   bool inverse_is_single_pass() const override { return dim() == 1; }
 
  protected:
@@ -50,19 +53,18 @@ class AutoregressiveTransform : public Transform {
   torch::Tensor params(const torch::Tensor& x, const torch::Tensor& context);
   AutoregressiveOptions opts_;
   std::unique_ptr<ElementwiseMap> map_;
+  std::string type_;
   MADE made_{nullptr};
 };
 
 class MaskedAffineAutoregressive : public AutoregressiveTransform {
  public:
   explicit MaskedAffineAutoregressive(const AutoregressiveOptions& opts);
-  json config() const override;
 };
 
 class SplineAutoregressive : public AutoregressiveTransform {
  public:
   explicit SplineAutoregressive(const AutoregressiveOptions& opts);
-  json config() const override;
 };
 
 }  // namespace nfkit

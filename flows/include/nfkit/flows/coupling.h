@@ -47,8 +47,11 @@ struct CouplingOptions {
 
 class CouplingTransform : public Transform {
  public:
-  CouplingTransform(const CouplingOptions& opts, std::unique_ptr<ElementwiseMap> map);
+  /// type: the name config() reports and make_transform() dispatches on.
+  CouplingTransform(const CouplingOptions& opts, std::unique_ptr<ElementwiseMap> map,
+      std::string type);
   const CouplingOptions& options() const { return opts_; }
+  json config() const override;
 
  protected:
   ValueAndLogDet forward_impl(const torch::Tensor& x, const torch::Tensor& context) override;
@@ -58,6 +61,7 @@ class CouplingTransform : public Transform {
   ValueAndLogDet apply(const torch::Tensor& x, const torch::Tensor& context, bool inverse);
   CouplingOptions opts_;
   std::unique_ptr<ElementwiseMap> map_;
+  std::string type_;
   torch::Tensor identity_idx_, transform_idx_;  // int64 indices, moved with the input
   MLP net_{nullptr};
 };
@@ -65,13 +69,11 @@ class CouplingTransform : public Transform {
 class AffineCoupling : public CouplingTransform {
  public:
   explicit AffineCoupling(const CouplingOptions& opts);
-  json config() const override;
 };
 
 class SplineCoupling : public CouplingTransform {
  public:
   explicit SplineCoupling(const CouplingOptions& opts);
-  json config() const override;
 };
 
 }  // namespace nfkit

@@ -48,7 +48,6 @@ class Distribution : public torch::nn::Module {
                                                                const torch::Tensor& context) = 0;
 
  private:
-  void check_context(const char* fn, int64_t n, const torch::Tensor& context) const;
   int64_t dim_, context_dim_;
 };
 
