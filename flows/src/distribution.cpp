@@ -56,6 +56,9 @@ json Normal::config() const {
 }
 
 torch::Tensor Normal::log_prob_impl(const torch::Tensor& x, const torch::Tensor&) {
+  const double log_norm = 0.5 * dim() * std::log(2.0 * M_PI * temperature_);
+  // Standard normal (fixed zero loc and log-scale): N(0, T I) in four tensor ops.
+  if (!learnable_) return (x * x).sum(1).mul(-0.5 / temperature_).sub(log_norm);
   // N(loc, T sigma^2): the temperature adds 0.5 log T to each log-scale.
   const auto log_sigma = log_scale_ + 0.5 * std::log(temperature_);
   const auto u = (x - loc_) * torch::exp(-log_sigma);

@@ -11,7 +11,7 @@ ValueAndLogDet AffineMap::apply(const torch::Tensor& x, const torch::Tensor& par
   auto s = params.select(-1, 0);
   const auto t = params.select(-1, 1);
   if (clamp_ > 0) s = clamp_ * torch::tanh(s / clamp_);
-  if (!inverse) return {x * torch::exp(s) + t, s};
+  if (!inverse) return {torch::addcmul(t, x, torch::exp(s)), s};
   return {(x - t) * torch::exp(-s), -s};
 }
 

@@ -53,8 +53,9 @@ class Distribution : public torch::nn::Module {
 
 using DistributionPtr = std::shared_ptr<Distribution>;
 
-/// Normal with diagonal covariance: N(loc, diag(exp(log_scale))^2). Fixed (StandardNormal)
-/// or learnable loc and log-scale (DiagonalNormal).
+/// Normal with diagonal covariance: N(loc, diag(exp(log_scale))^2). Fixed (StandardNormal:
+/// loc 0 and log-scale 0, kept as buffers for dtype and device only) or learnable loc and
+/// log-scale (DiagonalNormal).
 class Normal : public Distribution {
  public:
   Normal(int64_t dim, bool learnable);
