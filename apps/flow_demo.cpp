@@ -37,7 +37,7 @@ Command flow_demo_command() {
             const std::string png = dir + "/density.png";
             write_density_png(png, {truth, learned});
             ctx.results["png"] = png;
-            ctx.out << "density plot    " << png << " (left: true density, right: learned flow, [-"
+            ctx.out << std::defaultfloat << "density plot    " << png << " (left: true density, right: learned flow, [-"
                     << L << ", " << L << "]^2)\n";
           }};
 }
