@@ -4,18 +4,32 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <stdexcept>
 
 namespace nfkit::test {
 
+namespace {
+std::string& temp_dir() {
+  static std::string dir;
+  return dir;
+}
+}  // namespace
+
 std::string temp_path(const std::string& name) {
-  static const std::string dir = [] {
+  static std::atomic<int> counter{0};
+  if (temp_dir().empty()) {
     char tmpl[] = "/tmp/nfkit-test-XXXXXX";
     const char* d = ::mkdtemp(tmpl);
-    return std::string(d ? d : "/tmp");
-  }();
-  static std::atomic<int> counter{0};
-  return dir + "/" + std::to_string(counter++) + "-" + name;
+    if (!d) throw std::runtime_error("cannot create a temporary directory under /tmp");
+    temp_dir() = d;
+  }
+  return temp_dir() + "/" + std::to_string(counter++) + "-" + name;
+}
+
+void remove_temp_dir() {
+  if (!temp_dir().empty()) std::filesystem::remove_all(temp_dir());
 }
 
 void perturb_parameters(torch::nn::Module& m, double scale, uint64_t seed) {

@@ -9,8 +9,10 @@
 
 namespace nfkit::test {
 
-/// A fresh path under the test's temporary directory (removed files, unique names).
+/// A fresh path under this run's temporary directory (unique names).
 std::string temp_path(const std::string& name);
+/// Removes this run's temporary directory (called once, at the end of the run).
+void remove_temp_dir();
 
 /// Adds N(0, scale^2) noise to every parameter, so that zero-initialised (identity) layers
 /// become generic bijections.
