@@ -15,14 +15,7 @@
 namespace nfkit::cli {
 
 NllStats nll_stats(Flow& flow, const torch::Tensor& x) {
-  torch::NoGradGuard ng;
-  std::vector<torch::Tensor> parts;
-  const auto opts = flow.tensor_options();
-  for (int64_t i = 0; i < x.size(0); i += 8192) {
-    const int64_t n = std::min<int64_t>(8192, x.size(0) - i);
-    parts.push_back(-flow.log_prob(x.narrow(0, i, n).to(opts)).to(torch::kFloat64).cpu());
-  }
-  const auto nll = torch::cat(parts);
+  const auto nll = negative_log_likelihood(flow, x);
   NllStats s;
   s.n = nll.size(0);
   s.mean = nll.mean().item<double>();
@@ -108,8 +101,7 @@ TrainOutcome train_flow(const po::variables_map& vm, Context& ctx, const std::st
   check_positive_int("--batch-size", "value", opts.batch_size());
   check_positive("--lr", "value", opts.lr());
   check_positive_int("--eval-every", "value", opts.eval_every());
-  if (!(recipe.kind == "realnvp" || recipe.kind == "maf" || recipe.kind == "nsf" || recipe.kind == "nsf-ar"))
-    usage_error("--flow", "'" + recipe.kind + "' is not a flow kind, expected realnvp, maf, nsf or nsf-ar");
+  check_flow_kind(recipe.kind);  // before loading data: fail fast
 
   TrainOutcome res;
   seed_all(derive_seed(ctx.globals.seed, 3, 0));

@@ -63,13 +63,17 @@ const std::vector<std::string>& flow_kinds() {
   return kinds;
 }
 
+void check_flow_kind(const std::string& kind) {
+  const auto& kinds = flow_kinds();
+  if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end())
+    usage_error("--flow", "'" + kind + "' is not a flow kind, expected realnvp, maf, nsf or nsf-ar");
+}
+
 std::shared_ptr<Flow> build_flow(const FlowRecipe& r, const torch::Tensor& train_x) {
   const char* fn = "build_flow";
   check_positive_int(fn, "dim", r.dim);
   check_positive_int(fn, "layers", r.layers);
-  const auto& kinds = flow_kinds();
-  if (std::find(kinds.begin(), kinds.end(), r.kind) == kinds.end())
-    usage_error("--flow", "'" + r.kind + "' is not a flow kind, expected realnvp, maf, nsf or nsf-ar");
+  check_flow_kind(r.kind);
   const bool coupling = r.kind == "realnvp" || r.kind == "nsf";
   if (coupling && r.dim < 2)
     usage_error("--flow", r.kind + " is a coupling flow and needs dim >= 2; use maf or nsf-ar for 1-D data");

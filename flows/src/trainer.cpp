@@ -149,17 +149,6 @@ torch::Tensor rows(const torch::Tensor& t, const torch::Tensor& idx) {
   return t.defined() ? t.index_select(0, idx) : torch::Tensor();
 }
 
-double mean_nll(Flow& flow, const torch::Tensor& x, const torch::Tensor& c) {
-  torch::NoGradGuard ng;
-  double total = 0;
-  const int64_t chunk = 8192;
-  for (int64_t i = 0; i < x.size(0); i += chunk) {
-    const int64_t n = std::min(chunk, x.size(0) - i);
-    const auto lp = flow.log_prob(x.narrow(0, i, n), c.defined() ? c.narrow(0, i, n) : c);
-    total -= lp.sum().item<double>();
-  }
-  return total / static_cast<double>(x.size(0));
-}
 }  // namespace
 
 TrainReport Trainer::train() {
@@ -178,10 +167,13 @@ TrainReport Trainer::train() {
     }
     double loss;
     if (val_x.defined()) {
-      loss = mean_nll(*flow_, val_x, val_c);
+      loss = negative_log_likelihood(*flow_, val_x, val_c).mean().item<double>();
     } else if (!obj_.energy) {  // no validation set: the first rows of the training data
       const int64_t n = std::min<int64_t>(train_x.size(0), 8192);
-      loss = mean_nll(*flow_, train_x.narrow(0, 0, n), train_c.defined() ? train_c.narrow(0, 0, n) : train_c);
+      loss = negative_log_likelihood(*flow_, train_x.narrow(0, 0, n),
+                                      train_c.defined() ? train_c.narrow(0, 0, n) : train_c)
+                 .mean()
+                 .item<double>();
     } else {
       torch::NoGradGuard ng;
       torch::manual_seed(derive_seed(opts_.seed(), 2, 0));

@@ -38,6 +38,9 @@ struct FlowRecipe {
 /// The flow kinds build_flow knows, for help texts and validation.
 const std::vector<std::string>& flow_kinds();
 
+/// Throws UsageError (naming --flow) unless kind is one of flow_kinds().
+void check_flow_kind(const std::string& kind);
+
 /// Builds a recipe's flow; with train_x [N, dim] the first layer standardises by its mean
 /// and standard deviation. Float32; call ->to(torch::kFloat64) for double precision.
 std::shared_ptr<Flow> build_flow(const FlowRecipe& recipe, const torch::Tensor& train_x = {});
