@@ -1,10 +1,10 @@
 #include "helpers.h"
 
+#include <ftw.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
@@ -29,7 +29,14 @@ std::string temp_path(const std::string& name) {
 }
 
 void remove_temp_dir() {
-  if (!temp_dir().empty()) std::filesystem::remove_all(temp_dir());
+  // POSIX nftw rather than std::filesystem::remove_all: the pip wheels' libtorch.so (2.x)
+  // exports its own std::filesystem symbols, and remove_all resolved to them crashes (seen on
+  // the CUDA check machine, torch 2.11).
+  if (temp_dir().empty()) return;
+  ::nftw(
+      temp_dir().c_str(),
+      [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }, 16,
+      FTW_DEPTH | FTW_PHYS);
 }
 
 void perturb_parameters(torch::nn::Module& m, double scale, uint64_t seed) {
@@ -55,11 +62,17 @@ torch::Tensor brute_force_logabsdet(Transform& t, const torch::Tensor& x0, const
   return std::get<1>(torch::linalg_slogdet(J));
 }
 
+std::string python_interpreter() {
+  const char* env = std::getenv("NFKIT_TEST_PYTHON");
+  return env != nullptr && *env != '\0' ? std::string(env) : std::string("/usr/bin/python3");
+}
+
 int run_python(const std::string& code) {
-  if (::access("/usr/bin/python3", X_OK) != 0) return -1;
+  const std::string python = python_interpreter();
+  if (::access(python.c_str(), X_OK) != 0) return -1;
   const std::string script = temp_path("check.py");
   std::ofstream(script) << code;
-  const int rc = std::system(("/usr/bin/python3 " + script + " > /dev/null 2>&1").c_str());
+  const int rc = std::system((python + " " + script + " > /dev/null 2>&1").c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 1;
 }
 

@@ -22,7 +22,10 @@ void perturb_parameters(torch::nn::Module& m, double scale, uint64_t seed);
 /// independent), then slogdet of each [D, D] Jacobian.
 torch::Tensor brute_force_logabsdet(Transform& t, const torch::Tensor& x, const torch::Tensor& context);
 
-/// Runs `/usr/bin/python3 -c code` and returns its exit status (-1 if python3 is absent).
+/// The Python used for cross-checks: $NFKIT_TEST_PYTHON, else /usr/bin/python3 (Debian's, with
+/// python3-torch, h5py, scipy and OpenMM).
+std::string python_interpreter();
+/// Runs code with python_interpreter() and returns its exit status (-1 if it is absent).
 int run_python(const std::string& code);
 
 }  // namespace nfkit::test
