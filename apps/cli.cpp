@@ -98,8 +98,10 @@ bool stop_requested() { return g_stop.load(); }
 void clear_stop() { g_stop = false; }
 
 const std::vector<Command>& commands() {
-  static const std::vector<Command> all{flow_train_command(), flow_eval_command(),
-                                        flow_sample_command(), flow_demo_command()};
+  static const std::vector<Command> all{
+      flow_train_command(), flow_eval_command(),  flow_sample_command(), flow_demo_command(),
+      md_command(),         bg_train_command(),   bg_sample_command(),   bg_eval_command(),
+      bg_run_command()};
   return all;
 }
 
@@ -115,6 +117,8 @@ int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostrea
     }
     const std::string& area = args[0];
     if (!area_exists(area)) usage_error("nfkit", "unknown command '" + area + "'; see nfkit --help");
+    if (const Command* single = find_command(area, ""))  // one-word commands: nfkit md
+      return run_command(*single, std::vector<std::string>(args.begin() + 1, args.end()), out, err);
     if (args.size() < 2 || args[1] == "--help" || args[1] == "-h") {
       std::ostream& o = args.size() < 2 ? err : out;
       o << "Usage: nfkit " << area << " <verb> [options]\n\nVerbs:\n";

@@ -65,5 +65,10 @@ Command flow_train_command();
 Command flow_eval_command();
 Command flow_sample_command();
 Command flow_demo_command();
+Command md_command();
+Command bg_train_command();
+Command bg_sample_command();
+Command bg_eval_command();
+Command bg_run_command();
 
 }  // namespace nfkit::cli

@@ -45,6 +45,9 @@ DistributionPtr make_distribution(const json& c) {
   const std::string type = c.at("type").get<std::string>();
   if (type == "standard_normal") return std::make_shared<StandardNormal>(c.at("dim").get<int64_t>());
   if (type == "diagonal_normal") return std::make_shared<DiagonalNormal>(c.at("dim").get<int64_t>());
+  if (type == "normal_torus")
+    return std::make_shared<NormalTorus>(c.at("dim").get<int64_t>(),
+                                         c.at("circular_dims").get<std::vector<int64_t>>());
   if (type == "box_uniform")
     return std::make_shared<BoxUniform>(
         torch::tensor(c.at("low").get<std::vector<double>>(), torch::kFloat64),

@@ -114,6 +114,46 @@ std::shared_ptr<BoxUniform> torus_uniform(int64_t dim) {
                                       torch::full({dim}, M_PI, torch::kFloat64));
 }
 
+// ------------------------------------------------------------------ normal x torus
+
+NormalTorus::NormalTorus(int64_t dim, const std::vector<int64_t>& circular_dims)
+    : Distribution(dim, 0), dims_(circular_dims) {
+  auto c = torch::zeros({dim}, torch::kFloat32);
+  for (int64_t i : circular_dims) {
+    if (i < 0 || i >= dim)
+      usage_error("NormalTorus", "circular dimension " + std::to_string(i) +
+                                     " is outside [0, " + std::to_string(dim) + ")");
+    c[i] = 1.0;
+  }
+  circular_ = register_buffer("circular", c);
+}
+
+void NormalTorus::set_temperature(double T) {
+  check_in_range("NormalTorus::set_temperature", "T", T, 0.0, 1.0, /*open_lo=*/true);
+  temperature_ = T;
+}
+
+json NormalTorus::config() const {
+  return {{"type", "normal_torus"}, {"dim", dim()}, {"circular_dims", dims_}};
+}
+
+torch::Tensor NormalTorus::log_prob_impl(const torch::Tensor& x, const torch::Tensor&) {
+  const auto c = circular_.to(x.dtype());
+  const double T = temperature_;
+  const auto normal = (-0.5 * x.pow(2) / T - 0.5 * std::log(2.0 * M_PI * T)) * (1.0 - c);
+  const auto lp = normal.sum(1) - c.sum() * std::log(2.0 * M_PI);
+  const auto outside = ((x.abs() > M_PI * (1.0 + 1e-6)) & (c > 0.5)).any(1);
+  return torch::where(outside, torch::full_like(lp, -INFINITY), lp);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> NormalTorus::sample_impl(int64_t n, const torch::Tensor& ctx) {
+  const auto opts = circular_.options();
+  const auto c = circular_;
+  const auto z = torch::randn({n, dim()}, opts) * std::sqrt(temperature_) * (1.0 - c) +
+                 (torch::rand({n, dim()}, opts) * 2.0 - 1.0) * M_PI * c;
+  return {z, log_prob_impl(z, ctx)};
+}
+
 // ------------------------------------------------------------------ flow
 
 Flow::Flow(DistributionPtr base, TransformPtr transform)

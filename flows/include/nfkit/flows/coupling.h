@@ -11,12 +11,17 @@
 //       [-bound, bound) (bound = pi for radians), the conditioner then seeing cos and sin.
 //
 // Coordinates i with i % 2 == parity are transformed; the others condition. Alternate the
-// parity between layers. The conditioner is an MLP on [x_a, context] whose last layer is
+// parity between layers. Or name the transformed coordinates with mask(...), and the
+// conditioning coordinates that are angles in radians with circular_dims(...), which the
+// conditioner then sees as cos and sin (mixed spaces such as internal coordinates, where
+// torsions are circular and bonds and angles are not). The conditioner is an MLP on [x_a, context] whose last layer is
 // zero-initialised, so a new layer is the identity.
 //
 //   auto t = std::make_shared<nfkit::SplineCoupling>(
 //       nfkit::CouplingOptions(2).bins(8).bound(4.0).parity(1));
 #include <torch/arg.h>
+
+#include <vector>
 
 #include "nfkit/flows/elementwise.h"
 #include "nfkit/flows/nets.h"
@@ -39,6 +44,11 @@ struct CouplingOptions {
   TORCH_ARG(double, bound) = 4.0;
   /// Spline only: circular spline on [-bound, bound).
   TORCH_ARG(bool, circular) = false;
+  /// The transformed coordinates (empty: those with index % 2 == parity).
+  TORCH_ARG(std::vector<int64_t>, mask) = {};
+  /// Conditioning coordinates that are angles in radians, fed to the network as cos and sin
+  /// (empty: all of them when the map is circular, none otherwise).
+  TORCH_ARG(std::vector<int64_t>, circular_dims) = {};
 
  public:
   json to_json() const;
@@ -63,6 +73,7 @@ class CouplingTransform : public Transform {
   std::unique_ptr<ElementwiseMap> map_;
   std::string type_;
   torch::Tensor identity_idx_, transform_idx_;  // int64 indices, moved with the input
+  torch::Tensor plain_feat_, circ_feat_;         // positions within the identity part
   MLP net_{nullptr};
 };
 

@@ -105,6 +105,29 @@ class BoxUniform : public Distribution {
 
 std::shared_ptr<BoxUniform> torus_uniform(int64_t dim);
 
+/// Product of a standard normal over most coordinates and the uniform on [-pi, pi) over the
+/// circular ones (angles in radians): the base of flows on mixed spaces such as internal
+/// coordinates (bonds and angles normal, torsions uniform). Temperature T scales the normal
+/// part's variance by T and leaves the uniform part unchanged (q_T ∝ q^(1/T)).
+class NormalTorus : public Distribution {
+ public:
+  NormalTorus(int64_t dim, const std::vector<int64_t>& circular_dims);
+  double temperature() const override { return temperature_; }
+  void set_temperature(double T) override;
+  json config() const override;
+  torch::TensorOptions tensor_options() const override { return circular_.options(); }
+  const std::vector<int64_t>& circular_dims() const { return dims_; }
+
+ protected:
+  torch::Tensor log_prob_impl(const torch::Tensor& x, const torch::Tensor& context) override;
+  std::tuple<torch::Tensor, torch::Tensor> sample_impl(int64_t n, const torch::Tensor& context) override;
+
+ private:
+  double temperature_ = 1.0;
+  std::vector<int64_t> dims_;
+  torch::Tensor circular_;  // [dim], 1 for circular coordinates (float buffer)
+};
+
 /// Flow = base distribution + transform (data -> latent):
 ///   log q(x) = log p_base(z) + log|det dz/dx|,   z = transform.forward(x).
 /// Sampling draws z from the base and returns x = transform.inverse(z).

@@ -1,0 +1,66 @@
+#pragma once
+// Shared stages of the Boltzmann-generator commands (nfkit md, nfkit bg train|sample|eval|run).
+// Each stage reads and writes files, so `bg run` chains them with caching and each command can
+// run alone.
+#include <string>
+
+#include "cli.h"
+#include "nfkit/boltzmann/analysis.h"
+#include "nfkit/boltzmann/generator.h"
+#include "nfkit/boltzmann/md.h"
+#include "nfkit/flows/trainer.h"
+#include "nfkit/physics/molecule.h"
+
+namespace nfkit::cli {
+
+/// A molecule ready for Boltzmann generation: structure, System, temperature, Z-matrix.
+struct MoleculeSpec {
+  std::string pdb, system;
+  double temperature = 300.0;  ///< K
+  Molecule mol;
+  ZMatrix z;
+};
+/// Reads the PDB and checks it against the System (atom count); Z-matrix from the PDB's bonds.
+MoleculeSpec load_molecule(const std::string& pdb, const std::string& system, double temperature);
+
+/// Options shared by the commands that need a molecule: --pdb --system --temperature.
+po::options_description molecule_options();
+MoleculeSpec molecule_from(const po::variables_map& vm);
+
+/// md options (all but the molecule) and their MDOptions.
+po::options_description md_options(int64_t default_frames, int64_t default_walkers);
+MDOptions md_from(const po::variables_map& vm, const Context& ctx);
+
+/// A trajectory file: configurations x [T, 3N] nm, potential energies [T] kJ/mol, walker [T].
+struct Trajectory {
+  torch::Tensor x, energy, walker;
+  double temperature = 0.0;
+};
+Trajectory read_trajectory(const std::string& path, int64_t atoms);
+/// Frames held out for testing: the last `fraction` of each walker's frames (time-separated
+/// from training). Returns {train+val indices, test indices}.
+std::pair<torch::Tensor, torch::Tensor> split_held_out(const Trajectory& t, double fraction);
+
+po::options_description bg_train_options();
+/// Trains a Boltzmann generator on MD frames (and/or the energy), resuming from <out>.ckpt.
+json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::string& md_path,
+              const std::string& out, Context& ctx);
+
+/// Loads a model written by bg_train (the Z-matrix from its metadata).
+BoltzmannGenerator load_generator(const std::string& path, json* metadata = nullptr);
+
+po::options_description bg_sample_options();
+json bg_sample(const po::variables_map& vm, const MoleculeSpec& m, const std::string& model,
+               const std::string& out, Context& ctx);
+
+po::options_description bg_eval_options();
+/// Metrics of samples (from bg_sample) against a reference trajectory; figures into fig_dir
+/// ("" = none). model = "" skips the held-out NLL.
+json bg_eval(const po::variables_map& vm, const MoleculeSpec& m, const std::string& samples,
+             const std::string& reference, const std::string& model, const std::string& fig_prefix,
+             Context& ctx);
+
+/// Prints the human-readable report of bg_eval's results.
+void print_report(const json& r, std::ostream& os);
+
+}  // namespace nfkit::cli

@@ -1,0 +1,69 @@
+#pragma once
+// Sampling metrics of Boltzmann generators for peptides (as in Tan et al., ICML 2025, and
+// Rehman et al. 2026):
+//
+//   * Ramachandran basins of alanine dipeptide, a partition of the (phi, psi) torus
+//     (degrees, phi and psi in [-180, 180)):
+//       alpha_L/C7ax : phi >= 0
+//       alpha_R      : phi < 0 and -120 <= psi < 50
+//       C7eq/beta    : phi < 0 and (psi >= 50 or psi < -120)
+//     Free-energy differences Delta F(A - B) = -ln(P_A / P_B) in k_B T, with bootstrap errors.
+//   * E-W2: the 1-D Wasserstein-2 distance between two samples of reduced energies (exact,
+//     from the quantile functions of the empirical distributions).
+//   * T-W2: the Wasserstein-2 distance on the (phi, psi) torus with the wrap-around distance
+//     d^2 = sum_k min(|dk|, 2 pi - |dk|)^2, exact for equal-size samples by optimal assignment
+//     (Hungarian algorithm, Kuhn 1955 / Munkres 1957, O(n^3)).
+//   * KL(reference || model) between Ramachandran histograms (pseudo-count 1e-10 per bin).
+#include <torch/types.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "nfkit/boltzmann/reweight.h"
+#include "nfkit/physics/molecule.h"
+
+namespace nfkit {
+
+/// Atom indices of the backbone dihedrals of a dipeptide: phi = C(prev)-N-CA-C, psi =
+/// N-CA-C-N(next).
+struct BackboneDihedrals {
+  std::array<int64_t, 4> phi{}, psi{};
+};
+/// From a molecule with residues ACE-ALA-NME (or any X-Y-Z with the usual atom names; the
+/// middle residue is the second). Throws naming the missing atom.
+BackboneDihedrals backbone_dihedrals(const Molecule& mol);
+
+/// (phi, psi) in radians [B, 2] of configurations x [B, 3N] nm.
+torch::Tensor ramachandran(const torch::Tensor& x, const BackboneDihedrals& d);
+
+/// The basins' names, in basin_index order: {"C7eq/beta", "alpha_R", "alpha_L/C7ax"}.
+const std::vector<std::string>& basin_names();
+/// Basin index [B] (int64) of (phi, psi) [B, 2] radians.
+torch::Tensor basin_index(const torch::Tensor& phi_psi);
+
+struct BasinStats {
+  std::string name;
+  Estimate probability;
+  Estimate delta_f;  ///< -ln(P_basin / P_C7eq) in k_B T (0 for C7eq itself)
+};
+/// Basin probabilities and free energies relative to C7eq/beta; log_w undefined = unweighted.
+std::vector<BasinStats> basin_free_energies(const torch::Tensor& phi_psi,
+                                            const torch::Tensor& log_w, int64_t rounds,
+                                            uint64_t seed);
+
+/// Exact 1-D W2 between the empirical distributions of a [n] and b [m].
+double wasserstein2_1d(const torch::Tensor& a, const torch::Tensor& b);
+
+/// Exact W2 on the torus between equal-size samples a, b [n, 2] (radians).
+double torus_wasserstein2(const torch::Tensor& a, const torch::Tensor& b);
+
+/// KL(P_a || P_b) of (phi, psi) histograms with bins x bins cells on [-pi, pi)^2.
+double ramachandran_kl(const torch::Tensor& a, const torch::Tensor& b, int64_t bins = 36);
+
+/// Histogram counts [bins, bins] (phi rows, psi columns) of (phi, psi) [n, 2] radians,
+/// weighted by normalized_weights(log_w) when log_w is defined.
+torch::Tensor ramachandran_histogram(const torch::Tensor& phi_psi, int64_t bins,
+                                     const torch::Tensor& log_w = {});
+
+}  // namespace nfkit

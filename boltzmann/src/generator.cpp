@@ -1,0 +1,140 @@
+#include "nfkit/boltzmann/generator.h"
+
+#include <torch/torch.h>
+
+#include <random>
+
+#include "nfkit/core/checks.h"
+#include "nfkit/flows/coupling.h"
+#include "nfkit/flows/normalization.h"
+
+namespace nfkit {
+
+// ---- InternalCoordinateTransform ------------------------------------------------------------
+
+InternalCoordinateTransform::InternalCoordinateTransform(ZMatrix z)
+    : Transform(3 * z.atoms(), 0), z_(std::move(z)) {
+  z_.validate();
+}
+
+json InternalCoordinateTransform::config() const {
+  return {{"type", "internal_coordinates"}, {"zmatrix", z_.to_json()}};
+}
+
+ValueAndLogDet InternalCoordinateTransform::forward_impl(const torch::Tensor& x,
+                                                         const torch::Tensor&) {
+  auto r = to_internal(z_, x, /*with_globals=*/true);
+  return {r.q, r.logdet};
+}
+
+ValueAndLogDet InternalCoordinateTransform::inverse_impl(const torch::Tensor& q,
+                                                         const torch::Tensor&) {
+  auto r = from_internal(z_, q);
+  return {r.x, r.logdet};
+}
+
+// ---- the flow -------------------------------------------------------------------------------
+
+std::shared_ptr<Flow> build_ic_flow(const ZMatrix& z, const torch::Tensor& q_train,
+                                    const ICFlowRecipe& r) {
+  const int64_t D = z.internal_dim();
+  check_dim("build_ic_flow", "q_train", q_train, 2);
+  check_size("build_ic_flow", "q_train", q_train, 1, D);
+  check_positive_int("build_ic_flow", "layers", r.layers);
+  const int64_t t0 = z.torsions_begin();
+  std::vector<int64_t> torsions, others;
+  for (int64_t i = 0; i < D; ++i) (i >= t0 ? torsions : others).push_back(i);
+
+  // Fixed z-scoring of bonds and angles; torsions untouched.
+  const auto q = q_train.to(torch::kFloat64);
+  auto shift = torch::zeros({D}, torch::kFloat64);
+  auto log_scale = torch::zeros({D}, torch::kFloat64);
+  const auto ba = q.slice(1, 0, t0);
+  shift.slice(0, 0, t0).copy_(ba.mean(0));
+  log_scale.slice(0, 0, t0).copy_(torch::log(ba.std(0).clamp_min(1e-6)));
+  std::vector<TransformPtr> layers;
+  layers.push_back(std::make_shared<ElementwiseAffine>(shift, log_scale, /*learnable=*/false));
+
+  std::mt19937_64 rng(r.seed);
+  auto halves = [&](std::vector<int64_t> v) {
+    std::shuffle(v.begin(), v.end(), rng);
+    const size_t h = v.size() / 2;
+    std::vector<int64_t> a(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(h));
+    std::vector<int64_t> b(v.begin() + static_cast<std::ptrdiff_t>(h), v.end());
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    return std::make_pair(a, b);
+  };
+  auto coupling = [&](const std::vector<int64_t>& mask, bool circular) {
+    auto o = CouplingOptions(D)
+                 .hidden(r.hidden)
+                 .hidden_layers(r.hidden_layers)
+                 .bins(r.bins)
+                 .bound(circular ? M_PI : r.bound)
+                 .circular(circular)
+                 .mask(mask)
+                 .circular_dims(torsions);
+    return std::make_shared<SplineCoupling>(o);
+  };
+  for (int64_t l = 0; l < r.layers; ++l) {
+    auto [ta, tb] = halves(torsions);
+    auto [oa, ob] = halves(others);
+    if (!ta.empty()) layers.push_back(coupling(ta, true));
+    if (!tb.empty()) layers.push_back(coupling(tb, true));
+    if (!oa.empty()) layers.push_back(coupling(oa, false));
+    if (!ob.empty()) layers.push_back(coupling(ob, false));
+  }
+  auto transform = std::make_shared<CompositeTransform>(layers);
+  auto base = std::make_shared<NormalTorus>(D, torsions);
+  return std::make_shared<Flow>(base, transform);
+}
+
+// ---- BoltzmannGenerator ---------------------------------------------------------------------
+
+BoltzmannGenerator::BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow)
+    : z_(std::move(z)), flow_(std::move(flow)) {
+  z_.validate();
+  if (flow_->dim() != z_.internal_dim())
+    usage_error("BoltzmannGenerator", "the flow has dimension " + std::to_string(flow_->dim()) +
+                                          ", but the Z-matrix has " +
+                                          std::to_string(z_.internal_dim()) +
+                                          " internal coordinates");
+}
+
+torch::Tensor BoltzmannGenerator::internal(const torch::Tensor& x) const {
+  const auto opts = flow_->tensor_options();
+  return to_internal(z_, x.to(opts)).q;
+}
+
+torch::Tensor BoltzmannGenerator::log_prob(const torch::Tensor& x) {
+  const auto opts = flow_->tensor_options();
+  auto ic = to_internal(z_, x.to(opts));
+  return flow_->log_prob(ic.q) + ic.logdet;
+}
+
+std::pair<torch::Tensor, torch::Tensor> BoltzmannGenerator::sample(int64_t n, int64_t chunk) {
+  check_positive_int("BoltzmannGenerator::sample", "n", n);
+  torch::NoGradGuard ng;
+  std::vector<torch::Tensor> xs, lqs;
+  for (int64_t done = 0; done < n; done += chunk) {
+    const int64_t m = std::min(chunk, n - done);
+    auto [q, lq] = flow_->sample_and_log_prob(m);
+    auto c = from_internal(z_, q);
+    xs.push_back(c.x.to(torch::kCPU, torch::kFloat64));
+    lqs.push_back((lq - c.logdet).to(torch::kCPU, torch::kFloat64));
+  }
+  return {torch::cat(xs), torch::cat(lqs)};
+}
+
+std::pair<torch::Tensor, torch::Tensor> BoltzmannGenerator::sample_internal(int64_t n) {
+  auto [q, lq] = flow_->sample_and_log_prob(n);
+  return {q, lq};
+}
+
+torch::Tensor internal_energy(const ZMatrix& z, const torch::Tensor& q,
+                              const std::function<torch::Tensor(const torch::Tensor&)>& energy_x) {
+  auto c = from_internal(z, q);
+  return energy_x(c.x) - c.logdet;
+}
+
+}  // namespace nfkit

@@ -1,0 +1,248 @@
+#include "nfkit/boltzmann/md.h"
+
+#include <OpenMM.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <thread>
+
+#include "nfkit/core/checks.h"
+#include "nfkit/core/error.h"
+#include "nfkit/core/files.h"
+#include "nfkit/core/h5.h"
+#include "nfkit/core/progress.h"
+#include "nfkit/core/runtime.h"
+#include "nfkit/physics/openmm_energy.h"
+
+namespace nfkit {
+
+nlohmann::json MDOptions::to_json() const {
+  return {{"temperature", temperature}, {"friction", friction}, {"timestep", timestep},
+          {"walkers", walkers}, {"steps_per_frame", steps_per_frame}, {"frames", frames},
+          {"equilibration_frames", equilibration_frames}, {"platform", platform},
+          {"seed", seed}};
+}
+
+namespace {
+
+struct Walker {
+  std::unique_ptr<OpenMM::LangevinMiddleIntegrator> integrator;
+  std::unique_ptr<OpenMM::Context> context;
+  std::vector<double> positions;  // frames * N * 3
+  std::vector<double> energies;   // frames
+};
+
+bool file_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+}  // namespace
+
+MDReport run_md(const std::string& system_xml, const torch::Tensor& positions,
+                const MDOptions& o, const std::string& out,
+                const std::function<bool()>& should_stop) {
+  check_positive("md", "temperature", o.temperature);
+  check_positive("md", "friction", o.friction);
+  check_positive("md", "timestep", o.timestep);
+  check_positive_int("md", "walkers", o.walkers);
+  check_positive_int("md", "steps_per_frame", o.steps_per_frame);
+  check_positive_int("md", "frames", o.frames);
+  check_nonnegative("md", "equilibration_frames", static_cast<double>(o.equilibration_frames));
+  check_writable(out);
+  auto system = read_openmm_system(system_xml);
+  const int64_t N = system->getNumParticles();
+  check_dim("md", "positions", positions, 2);
+  if (positions.size(0) != N || positions.size(1) != 3)
+    usage_error("md", "the structure has " + std::to_string(positions.size(0)) +
+                          " atoms, but " + system_xml + " has " + std::to_string(N));
+  OpenMMEnergy probe(system_xml, o.temperature, OpenMMOptions{o.platform, 1});  // checks platform
+  OpenMM::Platform& platform = OpenMM::Platform::getPlatformByName(o.platform);
+  std::map<std::string, std::string> props;
+  if (o.platform == "CPU") props["Threads"] = "1";
+
+  const int64_t W = o.walkers;
+  const int64_t total_frames = o.equilibration_frames + o.frames;  // per walker
+  std::vector<Walker> walkers(W);
+  const auto pos0 = positions.to(torch::kFloat64).contiguous();
+  std::vector<OpenMM::Vec3> start(N);
+  for (int64_t i = 0; i < N; ++i)
+    start[i] = OpenMM::Vec3(pos0[i][0].item<double>(), pos0[i][1].item<double>(),
+                            pos0[i][2].item<double>());
+  for (int64_t w = 0; w < W; ++w) {
+    auto& wk = walkers[w];
+    wk.integrator = std::make_unique<OpenMM::LangevinMiddleIntegrator>(o.temperature, o.friction,
+                                                                       o.timestep);
+    wk.context = std::make_unique<OpenMM::Context>(*system, *wk.integrator, platform, props);
+  }
+
+  // Resume or start.
+  const std::string part = out + ".part";
+  int64_t done = 0;  // frames per walker done (equilibration included)
+  MDReport rep;
+  if (file_exists(part)) {
+    H5Reader r(part);
+    r.expect_format("md-state", 1);
+    if (nlohmann::json::parse(r.attr_string("/", "options")) != o.to_json())
+      usage_error("md", part + " was written with other options; delete it or rerun with the same options");
+    done = r.attr_int("/", "frames_done");
+    const auto P = r.read("/positions").contiguous();    // [W, done, N, 3]
+    const auto E = r.read("/potential_energy").contiguous();  // [W, done]
+    const auto SP = r.read("/state_positions").contiguous();  // [W, N, 3]
+    const auto SV = r.read("/state_velocities").contiguous();
+    for (int64_t w = 0; w < W; ++w) {
+      auto& wk = walkers[w];
+      const double* pp = P.data_ptr<double>() + w * done * N * 3;
+      wk.positions.assign(pp, pp + done * N * 3);
+      const double* ep = E.data_ptr<double>() + w * done;
+      wk.energies.assign(ep, ep + done);
+      std::vector<OpenMM::Vec3> p(N), v(N);
+      const double* sp = SP.data_ptr<double>() + w * N * 3;
+      const double* sv = SV.data_ptr<double>() + w * N * 3;
+      for (int64_t i = 0; i < N; ++i) {
+        p[i] = OpenMM::Vec3(sp[3 * i], sp[3 * i + 1], sp[3 * i + 2]);
+        v[i] = OpenMM::Vec3(sv[3 * i], sv[3 * i + 1], sv[3 * i + 2]);
+      }
+      wk.context->setPositions(p);
+      wk.context->setVelocities(v);
+    }
+    rep.resumed = true;
+  } else {
+    for (int64_t w = 0; w < W; ++w) {
+      auto& wk = walkers[w];
+      wk.context->setPositions(start);
+      OpenMM::LocalEnergyMinimizer::minimize(*wk.context, 1.0, 500);
+      wk.context->setVelocitiesToTemperature(o.temperature,
+                                             static_cast<int>(derive_seed(o.seed, 21, w) & 0x7fffffff));
+    }
+  }
+
+  auto save_part = [&]() {
+    H5Writer wr(part, "md-state", 1);
+    wr.set_attr("/", "options", o.to_json().dump());
+    wr.set_attr("/", "frames_done", done);
+    auto P = torch::empty({W, done, N, 3}, torch::kFloat64);
+    auto E = torch::empty({W, done}, torch::kFloat64);
+    auto SP = torch::empty({W, N, 3}, torch::kFloat64);
+    auto SV = torch::empty({W, N, 3}, torch::kFloat64);
+    for (int64_t w = 0; w < W; ++w) {
+      auto& wk = walkers[w];
+      if (done > 0) {
+        std::copy(wk.positions.begin(), wk.positions.end(), P[w].data_ptr<double>());
+        std::copy(wk.energies.begin(), wk.energies.end(), E[w].data_ptr<double>());
+      }
+      const auto st = wk.context->getState(OpenMM::State::Positions | OpenMM::State::Velocities);
+      const auto& p = st.getPositions();
+      const auto& v = st.getVelocities();
+      double* sp = SP.data_ptr<double>() + w * N * 3;
+      double* sv = SV.data_ptr<double>() + w * N * 3;
+      for (int64_t i = 0; i < N; ++i)
+        for (int d = 0; d < 3; ++d) {
+          sp[3 * i + d] = p[i][d];
+          sv[3 * i + d] = v[i][d];
+        }
+    }
+    wr.write("/positions", P);
+    wr.write("/potential_energy", E);
+    wr.write("/state_positions", SP);
+    wr.write("/state_velocities", SV);
+    wr.commit();
+  };
+
+  const int threads = o.threads > 0 ? o.threads : hardware_threads();
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(total_frames / 100 + 1, 50));
+  ProgressOptions po;
+  po.quiet = o.quiet;
+  Progress progress("md", total_frames, po);
+  progress.set_start(done);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto last_save = t0;
+  int64_t blocks_run = 0;
+  while (done < total_frames) {
+    if (should_stop && should_stop()) {
+      save_part();
+      rep.interrupted = true;
+      break;
+    }
+    const int64_t m = std::min(block, total_frames - done);
+    auto work = [&](int64_t w) {
+      auto& wk = walkers[w];
+      wk.integrator->setRandomNumberSeed(
+          static_cast<int>(derive_seed(o.seed, 22 + static_cast<uint64_t>(w), done) & 0x7fffffff));
+      for (int64_t f = 0; f < m; ++f) {
+        wk.integrator->step(static_cast<int>(o.steps_per_frame));
+        const auto st = wk.context->getState(OpenMM::State::Positions | OpenMM::State::Energy);
+        const auto& p = st.getPositions();
+        for (int64_t i = 0; i < N; ++i)
+          for (int d = 0; d < 3; ++d) wk.positions.push_back(p[i][d]);
+        wk.energies.push_back(st.getPotentialEnergy());
+      }
+    };
+    for (int64_t w0 = 0; w0 < W; w0 += threads) {
+      std::vector<std::thread> pool;
+      const int64_t w1 = std::min<int64_t>(W, w0 + threads);
+      for (int64_t w = w0 + 1; w < w1; ++w) pool.emplace_back(work, w);
+      work(w0);
+      for (auto& t : pool) t.join();
+    }
+    done += m;
+    ++blocks_run;
+    rep.ns_simulated += static_cast<double>(W * m * o.steps_per_frame) * o.timestep / 1000.0;
+    const double e = walkers[0].energies.back();
+    char status[96];
+    std::snprintf(status, sizeof status, "%lld walkers, E = %.1f kJ/mol",
+                  static_cast<long long>(W), e);
+    progress.update(done, status);
+    const auto now = std::chrono::steady_clock::now();
+    if (done < total_frames &&
+        std::chrono::duration<double>(now - last_save).count() > o.checkpoint_seconds) {
+      save_part();
+      last_save = now;
+    }
+  }
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (rep.interrupted) return rep;
+  progress.finish();
+
+  // Write the trajectory without the equilibration frames.
+  const int64_t F = o.frames, skip = o.equilibration_frames;
+  auto P = torch::empty({W * F, N, 3}, torch::kFloat64);
+  auto E = torch::empty({W * F}, torch::kFloat64);
+  auto T = torch::empty({W * F}, torch::kFloat64);
+  auto Wk = torch::empty({W * F}, torch::kInt64);
+  const double frame_ps = static_cast<double>(o.steps_per_frame) * o.timestep;
+  for (int64_t w = 0; w < W; ++w) {
+    const auto& wk = walkers[w];
+    std::copy(wk.positions.begin() + skip * N * 3, wk.positions.end(),
+              P.data_ptr<double>() + w * F * N * 3);
+    std::copy(wk.energies.begin() + skip, wk.energies.end(), E.data_ptr<double>() + w * F);
+    for (int64_t f = 0; f < F; ++f) {
+      T[w * F + f] = static_cast<double>(f + 1) * frame_ps;
+      Wk[w * F + f] = w;
+    }
+  }
+  {
+    H5Writer wr(out, "trajectory", 1);
+    wr.write("/positions", P);
+    wr.write("/potential_energy", E);
+    wr.write("/time", T);
+    wr.write("/walker", Wk);
+    wr.set_attr("/", "temperature", o.temperature);
+    wr.set_attr("/", "timestep", o.timestep);
+    wr.set_attr("/", "friction", o.friction);
+    wr.set_attr("/", "steps_per_frame", o.steps_per_frame);
+    wr.set_attr("/", "walkers", W);
+    wr.set_attr("/", "system", system_xml);
+    wr.set_attr("/", "platform", o.platform);
+    wr.set_attr("/", "openmm_version", OpenMM::Platform::getOpenMMVersion());
+    wr.set_attr("/", "options", o.to_json().dump());
+    wr.commit();
+  }
+  std::remove(part.c_str());
+  rep.frames = W * F;
+  return rep;
+}
+
+}  // namespace nfkit

@@ -1,0 +1,94 @@
+#include "nfkit/boltzmann/reweight.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <vector>
+
+#include "nfkit/core/checks.h"
+#include "nfkit/core/error.h"
+
+namespace nfkit {
+
+namespace {
+torch::Tensor checked(const char* fn, const torch::Tensor& log_w) {
+  check_dim(fn, "log_w", log_w, 1);
+  const auto lw = log_w.detach().to(torch::kCPU, torch::kFloat64);
+  const auto nan = torch::isnan(lw);
+  if (nan.any().item<bool>()) {
+    const int64_t i = nan.nonzero()[0][0].item<int64_t>();
+    runtime_error(fn, "log_w[" + std::to_string(i) + "] is nan, but must be a number or -inf");
+  }
+  return lw;
+}
+}  // namespace
+
+torch::Tensor normalized_weights(const torch::Tensor& log_w) {
+  auto lw = checked("normalized_weights", log_w);
+  lw = torch::where(lw == INFINITY, torch::full_like(lw, -INFINITY), lw);  // +inf: bug guard
+  const double m = lw.max().item<double>();
+  if (!std::isfinite(m))
+    runtime_error("normalized_weights", "every weight is zero (all log-weights are -inf)");
+  const auto w = torch::exp(lw - m);
+  return w / w.sum();
+}
+
+double ess_fraction(const torch::Tensor& log_w) {
+  const auto w = normalized_weights(log_w);
+  return 1.0 / (w.pow(2).sum().item<double>() * static_cast<double>(w.size(0)));
+}
+
+torch::Tensor clip_log_weights(const torch::Tensor& log_w, double quantile) {
+  check_in_range("clip_log_weights", "quantile", quantile, 0.0, 1.0, /*open_lo=*/true);
+  const auto lw = checked("clip_log_weights", log_w);
+  const auto finite = lw.masked_select(torch::isfinite(lw));
+  if (finite.numel() == 0) return lw;
+  const double cap = torch::quantile(finite, quantile).item<double>();
+  return torch::clamp_max(lw, cap);
+}
+
+torch::Tensor resample(const torch::Tensor& log_w, int64_t m, uint64_t seed) {
+  check_positive_int("resample", "m", m);
+  const auto w = normalized_weights(log_w);
+  auto gen = torch::make_generator<torch::CPUGeneratorImpl>(seed);
+  return torch::multinomial(w, m, /*replacement=*/true, gen);
+}
+
+double weighted_mean(const torch::Tensor& f, const torch::Tensor& log_w) {
+  const auto w = normalized_weights(log_w);
+  check_size("weighted_mean", "f", f, 0, w.size(0));
+  const auto fd = f.to(torch::kFloat64);
+  const auto used = w > 0;
+  return (fd.masked_select(used) * w.masked_select(used)).sum().item<double>();
+}
+
+Estimate bootstrap(int64_t n, const std::function<double(const torch::Tensor& idx)>& statistic,
+                   int64_t rounds, uint64_t seed) {
+  check_positive_int("bootstrap", "n", n);
+  Estimate e;
+  e.value = statistic(torch::arange(n, torch::kInt64));
+  if (rounds < 2) {
+    e.error = NAN;
+    return e;
+  }
+  auto gen = torch::make_generator<torch::CPUGeneratorImpl>(seed);
+  std::vector<double> vals;
+  for (int64_t r = 0; r < rounds; ++r) {
+    const auto idx = torch::randint(0, n, {n}, gen, torch::kInt64);
+    const double v = statistic(idx);
+    if (std::isfinite(v)) vals.push_back(v);
+  }
+  if (vals.size() < 2) {
+    e.error = NAN;
+    return e;
+  }
+  double mean = 0;
+  for (double v : vals) mean += v;
+  mean /= static_cast<double>(vals.size());
+  double ss = 0;
+  for (double v : vals) ss += (v - mean) * (v - mean);
+  e.error = std::sqrt(ss / static_cast<double>(vals.size() - 1));
+  return e;
+}
+
+}  // namespace nfkit

@@ -1,0 +1,380 @@
+// physics/ and boltzmann/: OpenMM energies against Python OpenMM and finite differences,
+// internal coordinates against autograd, the analytic targets, reweighting, ESS, the W2
+// metrics, MD resume, and the bg commands end to end on a small run.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <sstream>
+#include <sys/stat.h>
+
+#include "cli.h"
+#include "helpers.h"
+#include "nfkit/boltzmann/analysis.h"
+#include "nfkit/boltzmann/generator.h"
+#include "nfkit/boltzmann/md.h"
+#include "nfkit/boltzmann/reweight.h"
+#include "nfkit/core/h5.h"
+#include "nfkit/physics/analytic.h"
+#include "nfkit/physics/internal_coordinates.h"
+#include "nfkit/physics/molecule.h"
+#include "nfkit/physics/openmm_energy.h"
+
+using namespace nfkit;
+using namespace nfkit::test;
+
+namespace {
+
+const std::string kPdb = std::string(NFKIT_SOURCE_DIR) + "/data/alanine_dipeptide/ala2.pdb";
+const std::string kSystem = std::string(NFKIT_SOURCE_DIR) + "/data/alanine_dipeptide/system.xml";
+
+// ala2 positions [B, 66] nm: the PDB structure plus N(0, scale^2) noise per row after the first.
+torch::Tensor ala2_batch(int64_t B, double scale, uint64_t seed) {
+  const auto x0 = read_pdb(kPdb).positions().reshape({1, -1});
+  auto gen = torch::make_generator<torch::CPUGeneratorImpl>(seed);
+  auto noise = at::normal(0.0, scale, {B, x0.size(1)}, gen, torch::TensorOptions().dtype(torch::kFloat64));
+  noise[0].zero_();
+  return x0 + noise;
+}
+
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+std::string write_text(const std::string& name, const std::string& text) {
+  const auto p = temp_path(name);
+  std::ofstream(p) << text;
+  return p;
+}
+
+}  // namespace
+
+// ---- OpenMM ---------------------------------------------------------------------------------
+
+TEST_CASE("openmm: energies and forces equal Python OpenMM's", "[physics][openmm]") {
+  const auto x = ala2_batch(4, 0.01, 1);
+  const auto in = temp_path("pos.h5"), out = temp_path("ref.h5");
+  {
+    H5Writer w(in, "samples", 1);
+    w.write("/x", x);
+    w.commit();
+  }
+  const int rc = run_python(
+      "import h5py, numpy as np\n"
+      "try:\n  import openmm as mm\nexcept ImportError:\n  from simtk import openmm as mm\n"
+      "sys_ = mm.XmlSerializer.deserialize(open('" + kSystem + "').read())\n"
+      "ctx = mm.Context(sys_, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName('Reference'))\n"
+      "x = h5py.File('" + in + "', 'r')['x'][()]\n"
+      "E, F = [], []\n"
+      "for r in x:\n"
+      "  ctx.setPositions(r.reshape(-1, 3))\n"
+      "  s = ctx.getState(getEnergy=True, getForces=True)\n"
+      "  E.append(s.getPotentialEnergy()._value); F.append(np.asarray(s.getForces()._value).ravel())\n"
+      "f = h5py.File('" + out + "', 'w'); f['e'] = np.array(E); f['f'] = np.array(F)\n");
+  if (rc == -1) {
+    WARN("no Python for the cross-check");
+    return;
+  }
+  REQUIRE(rc == 0);
+  H5Reader r(out);
+  const auto e_ref = r.read("/e"), f_ref = r.read("/f");
+  OpenMMEnergy energy(kSystem, 300.0, OpenMMOptions{"Reference", 2});
+  torch::Tensor forces;
+  const auto e = energy.evaluate_serial(x, &forces);
+  CHECK(((e - e_ref).abs() / e_ref.abs().clamp_min(1.0)).max().item<double>() < 1e-6);
+  CHECK(((forces - f_ref).abs().max() / f_ref.abs().max()).item<double>() < 1e-6);
+  // The pool gives the serial loop's numbers, reduced by k_B T.
+  torch::Tensor pool_forces;
+  const auto u = energy.evaluate(x, &pool_forces);
+  CHECK(torch::allclose(u, e / energy.kT(), 1e-12, 0.0));
+  CHECK(torch::allclose(pool_forces, forces / energy.kT(), 1e-12, 1e-12));
+}
+
+TEST_CASE("openmm: forces are minus the gradient of the energy", "[physics][openmm]") {
+  OpenMMEnergy energy(kSystem, 300.0, OpenMMOptions{"Reference", 1});
+  const auto x = ala2_batch(2, 0.005, 2).narrow(0, 1, 1).contiguous();
+  torch::Tensor f;
+  energy.evaluate(x, &f);
+  const double h = 1e-5;
+  for (int64_t i : {0, 7, 20, 33, 50, 65}) {
+    auto xp = x.clone(), xm = x.clone();
+    xp[0][i] += h;
+    xm[0][i] -= h;
+    const double fd = -(energy.evaluate(xp)[0].item<double>() - energy.evaluate(xm)[0].item<double>()) / (2 * h);
+    CHECK(fd == Approx(f[0][i].item<double>()).epsilon(1e-4).margin(1e-3));
+  }
+  // reduced_energy's backward pass returns minus the forces.
+  auto xr = x.clone().requires_grad_(true);
+  reduced_energy(energy, xr).sum().backward();
+  CHECK(torch::allclose(xr.grad(), -f, 1e-12, 1e-12));
+}
+
+TEST_CASE("openmm: bad files, platforms, atom counts and coordinates", "[physics][openmm]") {
+  CHECK_THROWS_WITH(OpenMMEnergy("/nonexistent/system.xml", 300.0),
+                    Catch::Contains("/nonexistent/system.xml: cannot open"));
+  const auto bad = write_text("bad.xml", "<System openmmVersion=\"7.7\"><Particles><Particle mass=\"oops\"");
+  CHECK_THROWS_AS(OpenMMEnergy(bad, 300.0), RuntimeError);
+  const auto notxml = write_text("not.xml", "hello\n");
+  CHECK_THROWS_WITH(OpenMMEnergy(notxml, 300.0), Catch::Contains("not a serialized OpenMM System"));
+  CHECK_THROWS_WITH(OpenMMEnergy(kSystem, 300.0, OpenMMOptions{"Quantum", 1}),
+                    Catch::Contains("unknown platform 'Quantum'"));
+  OpenMMEnergy energy(kSystem, 300.0, OpenMMOptions{"Reference", 2});
+  CHECK_THROWS_WITH(energy.evaluate(torch::zeros({2, 60}, torch::kFloat64)),
+                    Catch::Contains("the System has 22 atoms"));
+  auto x = ala2_batch(3, 0.0, 3);
+  x[1][5] = NAN;
+  x[2] = x[0];
+  x[2][3] = x[2][0];  // atom 1 on top of atom 0 in x: a clash
+  x[2][4] = x[2][1];
+  x[2][5] = x[2][2];
+  torch::Tensor f;
+  const auto u = energy.evaluate(x, &f);
+  CHECK(std::isfinite(u[0].item<double>()));
+  CHECK(u[1].item<double>() == INFINITY);
+  CHECK(!torch::isnan(u).any().item<bool>());
+  CHECK(torch::isfinite(f).all().item<bool>());
+}
+
+// ---- geometry -------------------------------------------------------------------------------
+
+TEST_CASE("pdb: reads alanine dipeptide; malformed lines get file:line errors", "[physics]") {
+  const auto mol = read_pdb(kPdb);
+  REQUIRE(mol.size() == 22);
+  CHECK(mol.atoms[8].name == "CA");
+  CHECK(mol.atoms[8].residue == "ALA");
+  CHECK(mol.atoms[8].element == "C");
+  CHECK(mol.atoms[0].x == Approx(1.5908));
+  const auto bad = write_text("bad.pdb", "ATOM      1  N   ALA A   1      11.104   abc      1.00  1.00           N\n");
+  CHECK_THROWS_WITH(read_pdb(bad), Catch::Contains("bad.pdb:1: coordinate y"));
+  const auto empty = write_text("empty.pdb", "REMARK nothing\nEND\n");
+  CHECK_THROWS_WITH(read_pdb(empty), Catch::Contains("no ATOM or HETATM records"));
+  CHECK_THROWS_WITH(read_pdb("/nonexistent.pdb"), Catch::Contains("cannot open"));
+  // Bonds from covalent radii equal the force field's bonds.
+  auto guessed = guess_bonds(mol);
+  auto ff = OpenMMEnergy(kSystem, 300.0, OpenMMOptions{"Reference", 1}).bonds();
+  std::sort(guessed.begin(), guessed.end());
+  std::sort(ff.begin(), ff.end());
+  CHECK((guessed == ff));
+}
+
+TEST_CASE("dihedral: IUPAC sign, and phi/psi of the PDB structure", "[physics]") {
+  const double deg = M_PI / 180.0;
+  for (double phi : {60.0, -60.0, 180.0, 100.0, -150.0}) {
+    auto x = torch::tensor({1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0,
+                            std::cos(phi * deg), std::sin(phi * deg), 1.0}, torch::kFloat64).reshape({1, 12});
+    // Looking along j->k (+z), the front bond (+x) turned clockwise by +phi reaches the back bond.
+    const double got = dihedral(x, 0, 1, 2, 3)[0].item<double>() / deg;
+    CHECK(std::remainder(got - phi, 360.0) == Approx(0.0).margin(1e-9));
+  }
+  const auto mol = read_pdb(kPdb);
+  const auto d = backbone_dihedrals(mol);
+  CHECK((d.phi == std::array<int64_t, 4>{4, 6, 8, 14}));
+  CHECK((d.psi == std::array<int64_t, 4>{6, 8, 14, 16}));
+}
+
+TEST_CASE("internal coordinates: round trip, and log|det| equals the autograd Jacobian's", "[physics]") {
+  const auto mol = read_pdb(kPdb);
+  std::vector<bool> heavy;
+  for (const auto& a : mol.atoms) heavy.push_back(a.element != "H");
+  const auto z = zmatrix_from_bonds(mol.size(), guess_bonds(mol), heavy);
+  CHECK(z.internal_dim() == 60);
+  CHECK((ZMatrix::from_json(z.to_json()).rows == z.rows));
+  const auto x = ala2_batch(5, 0.01, 4);
+  const auto ic = to_internal(z, x, /*with_globals=*/true);
+  const auto back = from_internal(z, ic.q);
+  CHECK((back.x - x).abs().max().item<double>() < 1e-6);
+  CHECK(torch::allclose(back.logdet, -ic.logdet, 1e-10, 1e-10));
+  // Torsions in [-pi, pi], angles in (0, pi).
+  const auto t = ic.q.slice(1, 6 + z.torsions_begin());
+  CHECK((t.abs() <= M_PI).all().item<bool>());
+  // The full map as a Transform: log|det| against the 66 x 66 autograd Jacobian.
+  InternalCoordinateTransform T(z);
+  const auto bf = brute_force_logabsdet(T, x, {});
+  const auto [q, ld] = T.forward(x);
+  CHECK(torch::allclose(ld, bf, 1e-8, 1e-8));
+  // Reduced coordinates: the canonical frame reproduces the internal coordinates.
+  const auto red = to_internal(z, x);
+  const auto xc = from_internal(z, red.q);
+  CHECK(torch::allclose(to_internal(z, xc.x).q, red.q, 1e-9, 1e-9));
+  CHECK(torch::allclose(xc.logdet, -red.logdet, 1e-10, 1e-10));
+  // Bad Z-matrices are refused with the row named.
+  ZMatrix broken = z;
+  broken.rows[5][1] = broken.rows[10][0];
+  CHECK_THROWS_WITH(broken.validate(), Catch::Contains("row 5"));
+}
+
+// ---- analytic targets -----------------------------------------------------------------------
+
+TEST_CASE("analytic energies: quadrature log Z, exact samples, forces", "[physics]") {
+  // int exp(-x^4) dx = 2 Gamma(5/4).
+  CHECK(log_integral_1d([](double t) { return t * t * t * t; }, -6, 6) ==
+        Approx(std::log(2.0 * std::tgamma(1.25))).epsilon(1e-10));
+  // Many-Well: log Z of D = 2 against a 2-D grid sum; D = 32 is 16 copies.
+  ManyWell mw2(2), mw32(32);
+  double s = 0;
+  const double h = 0.01;
+  for (double a = -5; a < 5; a += h)
+    for (double b = -9; b < 9; b += h) s += std::exp(-(a * a * a * a - 6 * a * a - 0.5 * a + 0.5 * b * b));
+  CHECK(mw2.log_z() == Approx(std::log(s * h * h)).epsilon(1e-6));
+  CHECK(mw32.log_z() == Approx(16 * mw2.log_z()).epsilon(1e-12));
+  // Exact samples: mean energy of the 2-D well against quadrature of E[u].
+  const auto xs = mw2.sample(200000, 7);
+  const double mean_u = reduced_energy(mw2, xs).mean().item<double>();
+  double zu = 0, z0 = 0;
+  for (double a = -5; a < 5; a += 1e-3) {
+    const double f = a * a * a * a - 6 * a * a - 0.5 * a;
+    z0 += std::exp(-f);
+    zu += f * std::exp(-f);
+  }
+  CHECK(mean_u == Approx(zu / z0 + 0.5).margin(0.02));
+  // Forces by autograd; +inf for non-finite rows.
+  DoubleWell dw(2);
+  torch::Tensor f;
+  auto x = torch::tensor({{1.0, 2.0}, {double(NAN), 0.0}}, torch::kFloat64);
+  const auto u = dw.evaluate(x, &f);
+  CHECK(u[0].item<double>() == Approx(-4 + 1 + 2));
+  CHECK(u[1].item<double>() == INFINITY);
+  CHECK(f[0][0].item<double>() == Approx(-(-8.0 + 4.0)));
+  CHECK(f[0][1].item<double>() == Approx(-2.0));
+  GaussianMixture40 gmm(0);
+  CHECK(gmm.means().size(0) == 40);
+  MuellerBrown mb;
+  CHECK(mb.evaluate(torch::tensor({{-0.558, 1.442}}, torch::kFloat64))[0].item<double>() ==
+        Approx(-146.7 / 10.0).epsilon(1e-3));
+}
+
+// ---- reweighting and metrics ----------------------------------------------------------------
+
+TEST_CASE("reweighting: Kish ESS, clipping and resampling on hand-made weights", "[boltzmann]") {
+  CHECK(ess_fraction(torch::zeros({10}, torch::kFloat64)) == Approx(1.0));
+  auto one = torch::full({10}, -INFINITY, torch::kFloat64);
+  one[3] = 0.0;
+  CHECK(ess_fraction(one) == Approx(0.1));
+  CHECK(ess_fraction(torch::tensor({0.0, 0.0, -double(INFINITY), -double(INFINITY)}, torch::kFloat64)) == Approx(0.5));
+  // w = (1, 2, 3): (sum w)^2 / sum w^2 / n = 36 / 14 / 3.
+  CHECK(ess_fraction(torch::log(torch::tensor({1.0, 2.0, 3.0}, torch::kFloat64))) == Approx(36.0 / 14.0 / 3.0));
+  CHECK_THROWS_WITH(ess_fraction(torch::tensor({0.0, double(NAN)}, torch::kFloat64)), Catch::Contains("log_w[1] is nan"));
+  CHECK_THROWS_AS(ess_fraction(torch::full({3}, -INFINITY, torch::kFloat64)), RuntimeError);
+  const auto clipped = clip_log_weights(torch::arange(100, torch::kFloat64), 0.9);
+  CHECK(clipped.max().item<double>() == Approx(89.1));
+  const auto idx = resample(torch::log(torch::tensor({0.0, 1.0, 3.0}, torch::kFloat64)), 40000, 5);
+  CHECK((idx == 0).sum().item<int64_t>() == 0);
+  CHECK((idx == 2).to(torch::kFloat64).mean().item<double>() == Approx(0.75).margin(0.01));
+}
+
+TEST_CASE("reweighting recovers an exact expectation of a 1-D double well from a wrong proposal", "[boltzmann]") {
+  DoubleWell dw(1);  // u = x^4 - 4 x^2: wells at +-sqrt(2)
+  double z = 0, zx2 = 0;
+  for (double a = -6; a < 6; a += 1e-4) {
+    const double p = std::exp(-(a * a * a * a - 4 * a * a));
+    z += p;
+    zx2 += a * a * p;
+  }
+  const double exact = zx2 / z;
+  // Proposal N(0.5, 1.5^2): off-centre and too narrow for the wells' tails.
+  auto gen = torch::make_generator<torch::CPUGeneratorImpl>(11);
+  const auto x = at::normal(0.5, 1.5, {200000, 1}, gen, torch::TensorOptions().dtype(torch::kFloat64));
+  const auto log_q = -0.5 * ((x.squeeze(1) - 0.5) / 1.5).pow(2) - std::log(1.5 * std::sqrt(2 * M_PI));
+  const auto log_w = -dw.evaluate(x) - log_q;
+  const auto f = x.squeeze(1).pow(2);
+  const auto est = bootstrap(x.size(0), [&](const torch::Tensor& i) {
+    return weighted_mean(f.index_select(0, i), log_w.index_select(0, i)); }, 50, 3);
+  CHECK(std::abs(est.value - exact) < 4 * est.error);
+  CHECK(std::abs(est.value - exact) < 0.02);
+  CHECK(std::abs(f.mean().item<double>() - exact) > 0.1);  // the unweighted mean is wrong
+}
+
+TEST_CASE("W2 metrics: shifted samples and wrap-around on the torus", "[boltzmann]") {
+  auto gen = torch::make_generator<torch::CPUGeneratorImpl>(2);
+  const auto a = at::normal(0.0, 1.0, {3000}, gen, torch::TensorOptions().dtype(torch::kFloat64));
+  CHECK(wasserstein2_1d(a, a + 1.5) == Approx(1.5).epsilon(1e-12));
+  // Unequal sizes: {0, 1} vs {0, 0, 1, 1} are the same distribution.
+  CHECK(wasserstein2_1d(torch::tensor({0.0, 1.0}, torch::kFloat64),
+                        torch::tensor({1.0, 0.0, 0.0, 1.0}, torch::kFloat64)) == Approx(0.0).margin(1e-15));
+  // Torus: points near +pi and near -pi are close.
+  const auto p = torch::tensor({{3.1, 0.0}, {-3.1, 1.0}}, torch::kFloat64);
+  const auto q = torch::tensor({{-3.1, 1.0}, {3.1, 0.0}}, torch::kFloat64);
+  CHECK(torus_wasserstein2(p, q) == Approx(0.0).margin(1e-12));
+  const auto r = torch::tensor({{-3.1, 0.0}, {3.1, 1.0}}, torch::kFloat64);
+  CHECK(torus_wasserstein2(p, r) == Approx(2 * M_PI - 6.2).epsilon(1e-9));
+  // Assignment is optimal: a shift of the whole sample costs exactly the shift.
+  const auto s = torch::rand({200, 2}, gen, torch::kFloat64) - 0.5;
+  CHECK(torus_wasserstein2(s, s.flip(0) + 0.1) == Approx(0.1 * std::sqrt(2.0)).epsilon(1e-9));
+  // Basin free energies: 60% C7eq, 30% alpha_R, 10% alpha_L.
+  std::vector<double> v;
+  for (int i = 0; i < 60; ++i) v.insert(v.end(), {-2.5, 2.5});
+  for (int i = 0; i < 30; ++i) v.insert(v.end(), {-1.2, -0.7});
+  for (int i = 0; i < 10; ++i) v.insert(v.end(), {1.0, 0.5});
+  const auto pp = torch::tensor(v, torch::kFloat64).reshape({100, 2});
+  const auto b = basin_free_energies(pp, {}, 20, 1);
+  CHECK(b[1].delta_f.value == Approx(-std::log(0.5)));
+  CHECK(b[2].delta_f.value == Approx(-std::log(1.0 / 6.0)));
+  CHECK(ramachandran_kl(pp, pp) == Approx(0.0).margin(1e-8));  // 1e-10 pseudo-counts
+}
+
+// ---- MD and the command line ----------------------------------------------------------------
+
+TEST_CASE("md: an interrupted run resumes to the full trajectory", "[boltzmann][md]") {
+  const auto mol = read_pdb(kPdb);
+  MDOptions o;
+  o.walkers = 2;
+  o.frames = 30;
+  o.equilibration_frames = 2;
+  o.steps_per_frame = 50;
+  o.quiet = true;
+  const auto out = temp_path("md.h5");
+  int calls = 0;
+  auto rep = run_md(kSystem, mol.positions(), o, out, [&] { return ++calls > 1; });
+  CHECK(rep.interrupted);
+  CHECK(exists(out + ".part"));
+  CHECK(!exists(out));
+  rep = run_md(kSystem, mol.positions(), o, out);
+  CHECK(rep.resumed);
+  CHECK(!exists(out + ".part"));
+  H5Reader r(out);
+  r.expect_format("trajectory", 1);
+  CHECK(r.shape("/positions") == std::vector<int64_t>{60, 22, 3});
+  const auto e = r.read("/potential_energy");
+  CHECK(torch::isfinite(e).all().item<bool>());
+  CHECK(e.mean().item<double>() < 0);  // alanine dipeptide at 300 K: about -50 kJ/mol
+  CHECK(r.read("/time")[29].item<double>() == Approx(30 * 50 * 0.001));
+}
+
+TEST_CASE("bg: run the pipeline on a tiny setting, cached stages, clear errors", "[boltzmann][cli]") {
+  const auto dir = temp_path("run");
+  auto run = [](std::vector<std::string> args) {
+    std::ostringstream out, err;
+    const int code = nfkit::cli::run_cli(args, out, err);
+    return std::make_tuple(code, out.str(), err.str());
+  };
+  const std::vector<std::string> base = {"bg", "run", "--pdb", kPdb, "--system", kSystem,
+      "--out", dir, "--frames", "150", "--steps-per-frame", "200", "--steps", "40",
+      "--layers", "1", "--hidden", "32", "--eval-every", "20", "-n", "400", "--bootstrap", "10",
+      "--w2-samples", "100", "--threads", "2"};
+  auto [code, out, err] = run(base);
+  INFO(err);
+  REQUIRE(code == 0);
+  CHECK(out.find("Kish ESS") != std::string::npos);
+  for (const char* f : {"md.h5", "model.h5", "samples.h5", "report.json", "ramachandran.png", "energy.png"})
+    CHECK(exists(dir + "/" + f));
+  H5Reader s(dir + "/samples.h5");
+  for (const char* d : {"/x", "/log_q", "/u", "/log_w"}) CHECK(s.exists(d));
+  // log_w = -u - log_q where finite.
+  const auto lw = s.read("/log_w"), u = s.read("/u"), lq = s.read("/log_q");
+  const auto fin = torch::isfinite(u);
+  CHECK(torch::allclose(lw.masked_select(fin), (-u - lq).masked_select(fin)));
+  auto [code2, out2, err2] = run(base);
+  CHECK(code2 == 0);
+  CHECK(err2.find("md.h5 exists, skipping") != std::string::npos);
+  CHECK(err2.find("model.h5 exists, skipping") != std::string::npos);
+  // Errors: a missing trajectory (runtime, 1) and a System of another molecule (usage, 2).
+  auto [c3, o3, e3] = run({"bg", "train", "--pdb", kPdb, "--system", kSystem, "--md", "/nonexistent.h5", "--out", temp_path("m.h5")});
+  CHECK(c3 == 1);
+  CHECK(std::count(e3.begin(), e3.end(), '\n') == 1);
+  const auto two = write_text("two.pdb",
+      "ATOM      1  C   ACE A   1       0.000   0.000   0.000  1.00  0.00           C\n"
+      "ATOM      2  O   ACE A   1       1.200   0.000   0.000  1.00  0.00           O\n");
+  auto [c4, o4, e4] = run({"md", "--pdb", two, "--system", kSystem, "--out", temp_path("md2.h5")});
+  CHECK(c4 == 2);
+  CHECK(e4.find("has 22 atoms, but") != std::string::npos);
+}
