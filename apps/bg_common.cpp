@@ -63,12 +63,13 @@ MoleculeSpec molecule_from(const po::variables_map& vm) {
 
 // ---- md -------------------------------------------------------------------------------------
 
-po::options_description md_options(int64_t default_frames, int64_t default_walkers) {
+po::options_description md_options(int64_t default_frames, int64_t default_walkers,
+                                   int64_t default_steps_per_frame) {
   po::options_description o("molecular dynamics");
   o.add_options()
       ("walkers", po::value<int64_t>()->default_value(default_walkers), "independent walkers (run in parallel)")
       ("frames", po::value<int64_t>()->default_value(default_frames), "saved frames per walker")
-      ("steps-per-frame", po::value<int64_t>()->default_value(1000), "integration steps between frames")
+      ("steps-per-frame", po::value<int64_t>()->default_value(default_steps_per_frame), "integration steps between frames")
       ("equilibration", po::value<int64_t>()->default_value(20), "frames discarded per walker at the start")
       ("timestep", po::value<double>()->default_value(0.001, "0.001"), "time step in ps")
       ("friction", po::value<double>()->default_value(1.0), "Langevin friction in 1/ps")
@@ -152,6 +153,7 @@ po::options_description bg_train_options() {
       ("checkpoint-every", po::value<int64_t>()->default_value(250), "steps between checkpoints (<out>.ckpt)")
       ("held-out", po::value<double>()->default_value(0.2, "0.2"), "fraction of each walker's last frames held out for testing")
       ("dtype", po::value<std::string>()->default_value("float32"), "float32 or float64 for training (weights are evaluated in float64 for reweighting)")
+      ("init", po::value<std::string>()->default_value(""), "start from this model's weights (fine-tuning), not a fresh flow")
       ("restart", po::bool_switch(), "ignore an existing checkpoint");
   return o;
 }
@@ -203,7 +205,17 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
   const auto train = q_all.index_select(0, perm.narrow(0, n_val, N - n_val));
 
   seed_all(derive_seed(ctx.globals.seed, 32, 1));
-  auto flow = build_ic_flow(m.z, train, recipe);
+  std::shared_ptr<Flow> flow;
+  const std::string init = vm["init"].as<std::string>();
+  if (!init.empty()) {
+    json init_meta;
+    auto g = load_generator(init, &init_meta);
+    if (g.zmatrix().rows != m.z.rows)
+      usage_error("--init", init + " was trained with another Z-matrix (another molecule?)");
+    flow = g.flow_ptr();
+  } else {
+    flow = build_ic_flow(m.z, train, recipe);
+  }
   flow->to(ctx.globals.device, dtype);
 
   std::unique_ptr<OpenMMEnergy> energy;
@@ -211,7 +223,8 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
   obj.reverse_weight = rw;
   if (rw < 1.0) {
     obj.train = train;
-    obj.val = val;
+    // With an energy term, validation is the reverse-KL estimate (it tracks the weights).
+    if (rw == 0.0) obj.val = val;
   }
   if (rw > 0.0) {
     energy = std::make_unique<OpenMMEnergy>(m.system, m.temperature,
@@ -219,14 +232,15 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
     OpenMMEnergy* e = energy.get();
     const ZMatrix z = m.z;
     obj.energy = [e, z](const torch::Tensor& q) {
-      return internal_energy(z, q, [e](const torch::Tensor& x) { return reduced_energy(*e, x); });
+      return linlog_cut(
+          internal_energy(z, q, [e](const torch::Tensor& x) { return reduced_energy(*e, x); }));
     };
   }
   const json metadata = {
       {"kind", "boltzmann_generator"}, {"zmatrix", m.z.to_json()}, {"pdb", m.pdb},
       {"system", m.system}, {"temperature", m.temperature}, {"md", md_path},
       {"held_out", held}, {"n_train", train.size(0)}, {"n_val", val.size(0)},
-      {"reverse_weight", rw},
+      {"reverse_weight", rw}, {"init", init},
       {"recipe", {{"layers", recipe.layers}, {"hidden", recipe.hidden},
                   {"hidden_layers", recipe.hidden_layers}, {"bins", recipe.bins}}},
       {"trainer", opts.to_json()}, {"nfkit_version", version_string()}};

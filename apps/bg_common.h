@@ -28,7 +28,8 @@ po::options_description molecule_options();
 MoleculeSpec molecule_from(const po::variables_map& vm);
 
 /// md options (all but the molecule) and their MDOptions.
-po::options_description md_options(int64_t default_frames, int64_t default_walkers);
+po::options_description md_options(int64_t default_frames, int64_t default_walkers,
+                                   int64_t default_steps_per_frame);
 MDOptions md_from(const po::variables_map& vm, const Context& ctx);
 
 /// A trajectory file: configurations x [T, 3N] nm, potential energies [T] kJ/mol, walker [T].

@@ -12,7 +12,7 @@ Command md_command() {
   return {"md", "", "molecular dynamics reference data with OpenMM (HDF5 trajectory)",
           [] {
             po::options_description o;
-            o.add(molecule_options()).add(md_options(2000, 2));
+            o.add(molecule_options()).add(md_options(2000, 2, 1000));
             o.add_options()("out", po::value<std::string>()->required(), "trajectory file (.h5)");
             return o;
           },

@@ -137,4 +137,13 @@ torch::Tensor internal_energy(const ZMatrix& z, const torch::Tensor& q,
   return energy_x(c.x) - c.logdet;
 }
 
+torch::Tensor linlog_cut(const torch::Tensor& u, double high, double max) {
+  const auto big = (u > max) | ~torch::isfinite(u);
+  const auto safe = torch::where(big, torch::full_like(u, high), u);
+  const auto soft = high + torch::log1p(torch::clamp_min(safe - high, 0.0));
+  auto out = torch::where(safe > high, soft, safe);
+  const double cap = high + std::log1p(max - high);
+  return torch::where(big, torch::full_like(u, cap), out);
+}
+
 }  // namespace nfkit

@@ -118,7 +118,17 @@ ZMatrix zmatrix_from_bonds(int64_t n, const std::vector<std::pair<int64_t, int64
     if (idx >= 3) {
       const int64_t j = row[1];
       int64_t k = parent[j] >= 0 ? parent[j] : pick(adj[j], {i});
-      int64_t l = pick(adj[k], {i, j});
+      // A sibling already placed on j (e.g. the first hydrogen of a methyl group) is the
+      // torsion reference: the torsion is then the nearly constant offset (about +-120 deg)
+      // from that sibling rather than a copy of the rotor angle, which decorrelates the
+      // internal coordinates (as bgflow's Z-matrices for peptides do).
+      int64_t l = -1;
+      for (int64_t c : adj[j])
+        if (placed[c] && c != i && c != k && parent[c] == j) {
+          l = c;
+          break;
+        }
+      if (l < 0) l = pick(adj[k], {i, j});
       if (l < 0) l = pick(adj[j], {i, k});
       if (k < 0 || l < 0)
         usage_error("zmatrix_from_bonds", "cannot find torsion references for atom " +

@@ -84,4 +84,10 @@ class BoltzmannGenerator {
 torch::Tensor internal_energy(const ZMatrix& z, const torch::Tensor& q,
                               const std::function<torch::Tensor(const torch::Tensor&)>& energy_x);
 
+/// Training-time regularisation of reduced energies for reverse KL (Noé et al. 2019, "lin-log"
+/// cut): u below `high` unchanged, above it high + log(1 + u - high), and +inf or anything above
+/// `max` replaced by the value at `max` with zero gradient. Keeps clashing samples from
+/// dominating the gradient; never used for importance weights.
+torch::Tensor linlog_cut(const torch::Tensor& u, double high = 1000.0, double max = 1e9);
+
 }  // namespace nfkit

@@ -6,7 +6,9 @@
 // A Z-matrix places atoms in order: the root a0, then a1 bonded to a0, then a2 bonded to a0 or
 // a1, then every further atom i by a bond b (i-j), an angle theta (i-j-k) and a torsion phi
 // (i-j-k-l) to atoms placed before it. zmatrix_from_bonds() builds one from the bond graph by
-// breadth-first search (heavy atoms first, torsions referenced to heavy atoms when possible).
+// breadth-first search (heavy atoms first); an atom whose parent already carries a placed
+// child takes that sibling as its torsion reference (a phase offset, nearly constant for
+// methyl hydrogens), else the parent of its angle partner.
 //
 // Coordinates. Cartesian x [B, 3N] (nm) <-> q = [t (3), alpha, beta, gamma, bonds (N-1),
 // angles (N-2), torsions (N-3)], a bijection of R^{3N} (up to measure-zero sets):
