@@ -140,18 +140,18 @@ po::options_description bg_train_options() {
   po::options_description o("training");
   o.add_options()
       ("layers", po::value<int64_t>()->default_value(4), "blocks of four spline couplings")
-      ("hidden", po::value<int64_t>()->default_value(256), "hidden units per conditioner layer")
+      ("hidden", po::value<int64_t>()->default_value(128), "hidden units per conditioner layer")
       ("hidden-layers", po::value<int64_t>()->default_value(2), "hidden layers per conditioner")
       ("bins", po::value<int64_t>()->default_value(8), "spline bins")
-      ("steps", po::value<int64_t>()->default_value(3000), "optimizer steps")
-      ("batch-size", po::value<int64_t>()->default_value(256), "minibatch size")
+      ("steps", po::value<int64_t>()->default_value(1500), "optimizer steps")
+      ("batch-size", po::value<int64_t>()->default_value(512), "minibatch size")
       ("lr", po::value<double>()->default_value(1e-3, "0.001"), "peak learning rate (AdamW)")
       ("warmup", po::value<int64_t>()->default_value(100), "warm-up steps")
       ("ema", po::value<double>()->default_value(0.0), "EMA decay (0 = off)")
       ("reverse-weight", po::value<double>()->default_value(0.0), "weight of the reverse KL on the energy (0 = forward KL on MD only, 1 = energy only)")
-      ("eval-every", po::value<int64_t>()->default_value(250), "steps between validations")
+      ("eval-every", po::value<int64_t>()->default_value(100), "steps between validations (the best validated weights are kept)")
       ("checkpoint-every", po::value<int64_t>()->default_value(250), "steps between checkpoints (<out>.ckpt)")
-      ("held-out", po::value<double>()->default_value(0.2, "0.2"), "fraction of each walker's last frames held out for testing")
+      ("held-out", po::value<double>()->default_value(0.1, "0.1"), "fraction of each walker's last frames held out for testing")
       ("dtype", po::value<std::string>()->default_value("float32"), "float32 or float64 for training (weights are evaluated in float64 for reweighting)")
       ("init", po::value<std::string>()->default_value(""), "start from this model's weights (fine-tuning), not a fresh flow")
       ("restart", po::bool_switch(), "ignore an existing checkpoint");
@@ -364,7 +364,8 @@ torch::Tensor rama_image(const torch::Tensor& phi_psi, const torch::Tensor& log_
   auto h = ramachandran_histogram(phi_psi, 90, log_w);
   h = h / h.max();
   auto img = torch::clamp_min(torch::log(h + 1e-30) + 8.0, 0.0);
-  return img.t().flip(0).contiguous();
+  // 3x3 pixels per bin: 270 x 270 panels.
+  return img.t().flip(0).repeat_interleave(3, 0).repeat_interleave(3, 1).contiguous();
 }
 
 }  // namespace

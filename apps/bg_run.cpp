@@ -25,7 +25,7 @@ Command bg_run_command() {
   return {"bg", "run", "the whole pipeline: MD, training, sampling, reweighting, report (cached stages)",
           [] {
             po::options_description o;
-            o.add(molecule_options()).add(md_options(40000, 2, 100)).add(bg_train_options())
+            o.add(molecule_options()).add(md_options(80000, 2, 100)).add(bg_train_options())
                 .add(bg_sample_options()).add(bg_eval_options());
             o.add_options()
                 ("out", po::value<std::string>()->default_value("runs/ala2"), "output directory")
