@@ -14,6 +14,7 @@
 #include "nfkit/core/h5.h"
 #include "nfkit/core/progress.h"
 #include "nfkit/core/runtime.h"
+#include "nfkit/flows/builder.h"
 #include "nfkit/flows/checkpoint.h"
 #include "nfkit/flows/losses.h"
 #include "nfkit/physics/openmm_energy.h"
@@ -153,6 +154,7 @@ po::options_description bg_train_options() {
       ("checkpoint-every", po::value<int64_t>()->default_value(250), "steps between checkpoints (<out>.ckpt)")
       ("held-out", po::value<double>()->default_value(0.1, "0.1"), "fraction of each walker's last frames held out for testing")
       ("dtype", po::value<std::string>()->default_value("float32"), "float32 or float64 for training (weights are evaluated in float64 for reweighting)")
+      ("coordinates", po::value<std::string>()->default_value("internal"), "what the flow models: internal (bonds, angles, torsions) or cartesian (free coordinates in the canonical frame)")
       ("init", po::value<std::string>()->default_value(""), "start from this model's weights (fine-tuning), not a fresh flow")
       ("restart", po::bool_switch(), "ignore an existing checkpoint");
   return o;
@@ -193,9 +195,13 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
   check_positive("--lr", "value", opts.lr());
   check_writable(out);
 
+  const std::string coords = vm["coordinates"].as<std::string>();
+  if (coords != "internal" && coords != "cartesian")
+    usage_error("--coordinates", "'" + coords + "', expected internal or cartesian");
   const auto traj = read_trajectory(md_path, m.mol.size());
   auto [fit_idx, test_idx] = split_held_out(traj, held);
-  const auto q_all = to_internal(m.z, traj.x.index_select(0, fit_idx)).q;
+  const auto x_fit = traj.x.index_select(0, fit_idx);
+  const auto q_all = coords == "cartesian" ? to_canonical(m.z, x_fit).c : to_internal(m.z, x_fit).q;
   const int64_t N = q_all.size(0);
   if (N < 20) runtime_error(md_path, "has " + std::to_string(N) + " training frames, too few");
   seed_all(derive_seed(ctx.globals.seed, 32, 0));
@@ -212,9 +218,24 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
     auto g = load_generator(init, &init_meta);
     if (g.zmatrix().rows != m.z.rows)
       usage_error("--init", init + " was trained with another Z-matrix (another molecule?)");
+    if (g.coordinates() != coords)
+      usage_error("--init", init + " models " + g.coordinates() + " coordinates, not " + coords);
     flow = g.flow_ptr();
   } else {
-    flow = build_ic_flow(m.z, train, recipe);
+    if (coords == "cartesian") {
+      FlowRecipe fr;
+      fr.kind = "nsf";
+      fr.dim = m.z.internal_dim();
+      fr.layers = 4 * recipe.layers;  // as many couplings as the internal-coordinate flow
+      fr.hidden = recipe.hidden;
+      fr.hidden_layers = recipe.hidden_layers;
+      fr.bins = recipe.bins;
+      fr.bound = 5.0;
+      fr.seed = recipe.seed;
+      flow = build_flow(fr, train);
+    } else {
+      flow = build_ic_flow(m.z, train, recipe);
+    }
   }
   flow->to(ctx.globals.device, dtype);
 
@@ -231,13 +252,23 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
                                             OpenMMOptions{"Reference", ctx.globals.threads});
     OpenMMEnergy* e = energy.get();
     const ZMatrix z = m.z;
-    obj.energy = [e, z](const torch::Tensor& q) {
-      return linlog_cut(
-          internal_energy(z, q, [e](const torch::Tensor& x) { return reduced_energy(*e, x); }));
-    };
+    if (coords == "cartesian") {
+      obj.energy = [e, z](const torch::Tensor& c) {
+        torch::Tensor x;
+        const auto cc = from_canonical(z, c, &x);
+        // Outside the canonical frame: the cut's maximum (zero gradient).
+        const auto u = reduced_energy(*e, x) + torch::nan_to_num(cc.logdet, 1e12);
+        return linlog_cut(u);
+      };
+    } else {
+      obj.energy = [e, z](const torch::Tensor& q) {
+        return linlog_cut(
+            internal_energy(z, q, [e](const torch::Tensor& x) { return reduced_energy(*e, x); }));
+      };
+    }
   }
   const json metadata = {
-      {"kind", "boltzmann_generator"}, {"zmatrix", m.z.to_json()}, {"pdb", m.pdb},
+      {"kind", "boltzmann_generator"}, {"coordinates", coords}, {"zmatrix", m.z.to_json()}, {"pdb", m.pdb},
       {"system", m.system}, {"temperature", m.temperature}, {"md", md_path},
       {"held_out", held}, {"n_train", train.size(0)}, {"n_val", val.size(0)},
       {"reverse_weight", rw}, {"init", init},
@@ -274,7 +305,8 @@ BoltzmannGenerator load_generator(const std::string& path, json* metadata) {
     runtime_error(path, "is not a Boltzmann-generator model (no zmatrix in its metadata)");
   if (metadata) *metadata = loaded.metadata;
   loaded.flow->to(torch::kCPU, torch::kFloat64);
-  return BoltzmannGenerator(ZMatrix::from_json(loaded.metadata.at("zmatrix")), loaded.flow);
+  return BoltzmannGenerator(ZMatrix::from_json(loaded.metadata.at("zmatrix")), loaded.flow,
+                            loaded.metadata.value("coordinates", std::string("internal")));
 }
 
 // ---- sample ---------------------------------------------------------------------------------

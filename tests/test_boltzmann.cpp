@@ -14,6 +14,7 @@
 #include "nfkit/boltzmann/md.h"
 #include "nfkit/boltzmann/reweight.h"
 #include "nfkit/core/h5.h"
+#include "nfkit/flows/builder.h"
 #include "nfkit/physics/analytic.h"
 #include "nfkit/physics/internal_coordinates.h"
 #include "nfkit/physics/molecule.h"
@@ -236,6 +237,26 @@ TEST_CASE("analytic energies: quadrature log Z, exact samples, forces", "[physic
   CHECK(u[1].item<double>() == INFINITY);
   CHECK(f[0][0].item<double>() == Approx(-(-8.0 + 4.0)));
   CHECK(f[0][1].item<double>() == Approx(-2.0));
+  // DW-4: one pair at d0 has energy c; at the wells d0 +- sqrt(-b / 2a) it is c - b^2 / 4a.
+  PairDoubleWell dw4;
+  auto two = torch::zeros({1, 8}, torch::kFloat64);
+  two[0][2] = 4.0;                           // particle 1 at (4, 0): d01 = 4
+  two[0][4] = 100.0, two[0][6] = -100.0;     // particles 2, 3 far away on the x axis
+  const auto dd = pair_distances(two, 4, 2);
+  CHECK(dd[0][0].item<double>() == Approx(4.0));
+  double expect = 0;
+  for (int64_t k = 0; k < dd.size(1); ++k) {
+    const double r = dd[0][k].item<double>() - 4.0;
+    expect += 0.9 * r * r * r * r - 4.0 * r * r;
+  }
+  CHECK(dw4.evaluate(two)[0].item<double>() == Approx(expect));
+  CHECK(dw4.dim() == 8);
+  // LJ: a pair at rm has -eps, plus the oscillator 0.5 * (0.5^2 + 0.5^2).
+  LennardJones lj2(2, 3);
+  CHECK(lj2.evaluate(torch::tensor({{0.5, 0.0, 0.0, -0.5, 0.0, 0.0}}, torch::kFloat64))[0].item<double>() ==
+        Approx(-1.0 + 0.5 * 0.5));
+  LennardJones lj13;
+  CHECK(lj13.dim() == 39);
   GaussianMixture40 gmm(0);
   CHECK(gmm.means().size(0) == 40);
   MuellerBrown mb;
@@ -377,4 +398,50 @@ TEST_CASE("bg: run the pipeline on a tiny setting, cached stages, clear errors",
   auto [c4, o4, e4] = run({"md", "--pdb", two, "--system", kSystem, "--out", temp_path("md2.h5")});
   CHECK(c4 == 2);
   CHECK(e4.find("has 22 atoms, but") != std::string::npos);
+}
+
+TEST_CASE("generators: log q of samples equals log_prob, internal and Cartesian", "[boltzmann]") {
+  const auto mol = read_pdb(kPdb);
+  std::vector<bool> heavy;
+  for (const auto& a : mol.atoms) heavy.push_back(a.element != "H");
+  const auto z = zmatrix_from_bonds(mol.size(), guess_bonds(mol), heavy);
+  const auto x = ala2_batch(300, 0.004, 9);
+  // The canonical Cartesian coordinates: log|det dq/dc| by autograd equals the bookkeeping.
+  {
+    const auto cc = to_canonical(z, x.narrow(0, 0, 3));
+    auto c = cc.c.clone().requires_grad_(true);
+    torch::Tensor xc;
+    from_canonical(z, c, &xc);
+    const auto red = to_internal(z, xc);
+    std::vector<torch::Tensor> rows;
+    for (int64_t i = 0; i < red.q.size(1); ++i)
+      rows.push_back(torch::autograd::grad({red.q.select(1, i).sum()}, {c}, {}, true)[0]);
+    const auto J = torch::stack(rows, 1);
+    const auto logabs = std::get<1>(torch::linalg_slogdet(J));
+    CHECK(torch::allclose(logabs, red.logdet.detach() - cc.logdet, 1e-8, 1e-8));
+    CHECK((xc - from_internal(z, to_internal(z, x.narrow(0, 0, 3)).q).x).abs().max().item<double>() < 1e-9);
+  }
+  for (const std::string coords : {"internal", "cartesian"}) {
+    torch::manual_seed(3);
+    std::shared_ptr<Flow> flow;
+    if (coords == "internal") {
+      flow = build_ic_flow(z, to_internal(z, x).q, ICFlowRecipe{1, 16, 1, 4, 5.0, 1});
+    } else {
+      FlowRecipe r;
+      r.dim = 60;
+      r.layers = 2;
+      r.hidden = 16;
+      flow = build_flow(r, to_canonical(z, x).c);
+    }
+    flow->to(torch::kFloat64);
+    perturb_parameters(*flow, 0.02, 4);
+    BoltzmannGenerator g(z, flow, coords);
+    auto [xs, lq] = g.sample(64);
+    const auto fin = torch::isfinite(lq);
+    CHECK(fin.sum().item<int64_t>() > 32);
+    torch::NoGradGuard ng;
+    const auto back = g.log_prob(xs);
+    INFO(coords);
+    CHECK(torch::allclose(back.masked_select(fin), lq.masked_select(fin), 1e-6, 1e-6));
+  }
 }

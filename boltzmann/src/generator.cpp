@@ -91,9 +91,57 @@ std::shared_ptr<Flow> build_ic_flow(const ZMatrix& z, const torch::Tensor& q_tra
 
 // ---- BoltzmannGenerator ---------------------------------------------------------------------
 
-BoltzmannGenerator::BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow)
-    : z_(std::move(z)), flow_(std::move(flow)) {
+namespace {
+// Indices of the free canonical coordinates in the flattened [3N] positions.
+std::vector<int64_t> free_indices(const ZMatrix& z) {
+  const int64_t a0 = z.rows[0][0], a1 = z.rows[1][0], a2 = z.rows[2][0];
+  std::vector<int64_t> idx;
+  for (int64_t i = 0; i < z.atoms(); ++i) {
+    if (i == a0) continue;
+    if (i == a1) {
+      idx.push_back(3 * i + 2);
+      continue;
+    }
+    if (i == a2) {
+      idx.push_back(3 * i);
+      idx.push_back(3 * i + 2);
+      continue;
+    }
+    for (int d = 0; d < 3; ++d) idx.push_back(3 * i + d);
+  }
+  return idx;
+}
+}  // namespace
+
+CanonicalResult to_canonical(const ZMatrix& z, const torch::Tensor& x) {
+  const auto q = to_internal(z, x).q;
+  const auto placed = from_internal(z, q).x;  // the canonical frame
+  const auto idx = torch::tensor(free_indices(z), torch::kInt64).to(x.device());
+  const int64_t a2 = z.rows[2][0];
+  const auto rho2 = placed.select(1, 3 * a2);
+  return {placed.index_select(1, idx), -2.0 * torch::log(q.select(1, 0)) - torch::log(rho2)};
+}
+
+CanonicalResult from_canonical(const ZMatrix& z, const torch::Tensor& c, torch::Tensor* x) {
+  check_dim("from_canonical", "c", c, 2);
+  check_size("from_canonical", "c", c, 1, z.internal_dim());
+  const auto idx = torch::tensor(free_indices(z), torch::kInt64).to(c.device());
+  *x = torch::zeros({c.size(0), 3 * z.atoms()}, c.options()).index_copy(1, idx, c);
+  const int64_t a1 = z.rows[1][0], a2 = z.rows[2][0];
+  const auto b1 = x->select(1, 3 * a1 + 2);
+  const auto rho2 = x->select(1, 3 * a2);
+  auto ld = -2.0 * torch::log(b1) - torch::log(rho2);
+  ld = torch::where((b1 > 0) & (rho2 > 0), ld, torch::full_like(ld, NAN));
+  return {c, ld};
+}
+
+BoltzmannGenerator::BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow,
+                                       std::string coordinates)
+    : z_(std::move(z)), flow_(std::move(flow)), coordinates_(std::move(coordinates)) {
   z_.validate();
+  if (coordinates_ != "internal" && coordinates_ != "cartesian")
+    usage_error("BoltzmannGenerator", "coordinates '" + coordinates_ +
+                                          "', expected internal or cartesian");
   if (flow_->dim() != z_.internal_dim())
     usage_error("BoltzmannGenerator", "the flow has dimension " + std::to_string(flow_->dim()) +
                                           ", but the Z-matrix has " +
@@ -103,11 +151,16 @@ BoltzmannGenerator::BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow)
 
 torch::Tensor BoltzmannGenerator::internal(const torch::Tensor& x) const {
   const auto opts = flow_->tensor_options();
+  if (coordinates_ == "cartesian") return to_canonical(z_, x.to(opts)).c;
   return to_internal(z_, x.to(opts)).q;
 }
 
 torch::Tensor BoltzmannGenerator::log_prob(const torch::Tensor& x) {
   const auto opts = flow_->tensor_options();
+  if (coordinates_ == "cartesian") {
+    auto cc = to_canonical(z_, x.to(opts));
+    return flow_->log_prob(cc.c) + cc.logdet;
+  }
   auto ic = to_internal(z_, x.to(opts));
   return flow_->log_prob(ic.q) + ic.logdet;
 }
@@ -119,6 +172,16 @@ std::pair<torch::Tensor, torch::Tensor> BoltzmannGenerator::sample(int64_t n, in
   for (int64_t done = 0; done < n; done += chunk) {
     const int64_t m = std::min(chunk, n - done);
     auto [q, lq] = flow_->sample_and_log_prob(m);
+    if (coordinates_ == "cartesian") {
+      torch::Tensor x;
+      auto cc = from_canonical(z_, q, &x);
+      // Outside the canonical frame (b1 <= 0 or rho2 <= 0): log q = -inf, zero weight.
+      auto l = torch::nan_to_num(lq + cc.logdet, NAN, INFINITY, -INFINITY);
+      l = torch::where(torch::isnan(cc.logdet), torch::full_like(l, INFINITY), l);
+      xs.push_back(x.to(torch::kCPU, torch::kFloat64));
+      lqs.push_back(l.to(torch::kCPU, torch::kFloat64));
+      continue;
+    }
     auto c = from_internal(z_, q);
     xs.push_back(c.x.to(torch::kCPU, torch::kFloat64));
     lqs.push_back((lq - c.logdet).to(torch::kCPU, torch::kFloat64));

@@ -153,4 +153,47 @@ torch::Tensor GaussianMixture40::u(const torch::Tensor& x) const {
   return -log_p;
 }
 
+// ---- particle systems ---------------------------------------------------------------------
+
+torch::Tensor pair_distances(const torch::Tensor& x, int64_t particles, int64_t spatial_dim) {
+  const auto X = x.reshape({x.size(0), particles, spatial_dim});
+  const auto iu = torch::triu_indices(particles, particles, 1, torch::TensorOptions().dtype(torch::kInt64).device(x.device()));
+  const auto d = X.index_select(1, iu[0]) - X.index_select(1, iu[1]);  // [B, pairs, s]
+  return torch::sqrt(d.pow(2).sum(2));
+}
+
+PairDoubleWell::PairDoubleWell(int64_t particles, int64_t spatial_dim, double a, double b,
+                               double c, double d0)
+    : particles_(particles), spatial_(spatial_dim), a_(a), b_(b), c_(c), d0_(d0) {
+  if (particles < 2) usage_error("PairDoubleWell", "needs at least 2 particles");
+  check_positive_int("PairDoubleWell", "spatial_dim", spatial_dim);
+}
+
+std::string PairDoubleWell::name() const { return "dw-" + std::to_string(particles_); }
+
+torch::Tensor PairDoubleWell::u(const torch::Tensor& x) const {
+  const auto r = pair_distances(x, particles_, spatial_) - d0_;
+  return (a_ * r.pow(4) + b_ * r.pow(2) + c_).sum(1);
+}
+
+LennardJones::LennardJones(int64_t particles, int64_t spatial_dim, double eps, double rm,
+                           double oscillator_scale, double pair_factor)
+    : particles_(particles), spatial_(spatial_dim), eps_(eps), rm_(rm), osc_(oscillator_scale),
+      pair_factor_(pair_factor) {
+  if (particles < 2) usage_error("LennardJones", "needs at least 2 particles");
+  check_positive("LennardJones", "rm", rm);
+}
+
+std::string LennardJones::name() const { return "lj-" + std::to_string(particles_); }
+
+torch::Tensor LennardJones::u(const torch::Tensor& x) const {
+  const auto q = (rm_ / pair_distances(x, particles_, spatial_)).pow(6);
+  auto e = pair_factor_ * eps_ * (q.pow(2) - 2.0 * q).sum(1);
+  if (osc_ != 0.0) {
+    const auto X = x.reshape({x.size(0), particles_, spatial_});
+    e = e + 0.5 * osc_ * (X - X.mean(1, true)).pow(2).sum({1, 2});
+  }
+  return e;
+}
+
 }  // namespace nfkit

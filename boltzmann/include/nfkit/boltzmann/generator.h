@@ -55,15 +55,35 @@ struct ICFlowRecipe {
 std::shared_ptr<Flow> build_ic_flow(const ZMatrix& z, const torch::Tensor& q_train,
                                     const ICFlowRecipe& recipe);
 
+/// Cartesian coordinates in the canonical frame of a Z-matrix: root atom a0 at the origin, a1
+/// on the +z axis, a2 in the x-z plane with x > 0. Of the 3N numbers, the 3N-6 free ones
+/// (a1's z, a2's x and z, every other atom's x, y, z) are the coordinates of the Cartesian
+/// flow. Integrating out the global rotation and translation leaves the Boltzmann density over
+/// them as exp(-u) * b1^2 * rho2 (b1 = |a1 - a0|, rho2 = a2's distance from the a0-a1 axis),
+/// so log q(x) in the reduced space of internal coordinates (as above) is
+///   log q_cart(c) - 2 log b1 - log rho2.
+struct CanonicalResult {
+  torch::Tensor c;          ///< [B, 3N-6] free canonical coordinates (nm)
+  torch::Tensor logdet;     ///< [B] -2 log b1 - log rho2 (add to log q_cart)
+};
+CanonicalResult to_canonical(const ZMatrix& z, const torch::Tensor& x);
+/// Free canonical coordinates [B, 3N-6] -> Cartesian [B, 3N] (nm) in the canonical frame, and
+/// the same log-density correction (-2 log b1 - log rho2; NaN where b1 <= 0 or rho2 <= 0,
+/// which lies outside the canonical frame).
+CanonicalResult from_canonical(const ZMatrix& z, const torch::Tensor& c, torch::Tensor* x);
+
 class BoltzmannGenerator {
  public:
-  BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow);
+  /// coordinates: "internal" (the flow models bonds, angles, torsions) or "cartesian" (the
+  /// flow models the free canonical Cartesian coordinates).
+  BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow, std::string coordinates = "internal");
+  const std::string& coordinates() const { return coordinates_; }
 
   const ZMatrix& zmatrix() const { return z_; }
   Flow& flow() { return *flow_; }
   std::shared_ptr<Flow> flow_ptr() { return flow_; }
 
-  /// Internal coordinates [B, 3N-6] of x [B, 3N] nm (in the flow's dtype).
+  /// The flow's coordinates [B, 3N-6] of x [B, 3N] nm (in the flow's dtype).
   torch::Tensor internal(const torch::Tensor& x) const;
   /// log q(x) [B] in the reduced space (see above), x [B, 3N] nm.
   torch::Tensor log_prob(const torch::Tensor& x);
@@ -76,6 +96,7 @@ class BoltzmannGenerator {
  private:
   ZMatrix z_;
   std::shared_ptr<Flow> flow_;
+  std::string coordinates_;
 };
 
 /// The energy of the flow's space: u_ic(q) = u(X(q)) - log|det dX/dq| [B] (reduced), so that

@@ -13,6 +13,16 @@
 //       the standard A, a, b, c, x0, y0, scaled by 1/temperature (E in the paper's units).
 //   * GaussianMixture40 (FAB, Midgley et al. 2023): 40 equal-weight 2-D Gaussians, unit
 //       variance, means uniform in [-40, 40]^2 drawn from a seeded generator.
+//   * PairDoubleWell, DW-4 (Köhler, Klein & Noé, ICML 2020; bgflow's MultiDoubleWellPotential):
+//       u = sum over unique pairs i<j of a (d_ij - d0)^4 + b (d_ij - d0)^2 + c, with DW-4's
+//       4 particles in 2-D, a = 0.9, b = -4, c = 0, d0 = 4 (temperature 1).
+//   * LennardJones, LJ-13 (same paper; bgflow's LennardJonesPotential with oscillator):
+//       u = eps * sum over UNIQUE pairs i<j of [(rm/d)^12 - 2 (rm/d)^6]
+//           + (oscillator_scale / 2) sum_i |x_i - mean(x)|^2,
+//       13 particles in 3-D, eps = rm = oscillator_scale = 1. This is bgflow's original
+//       convention (ordered pairs / 2); EACF/FAB use the same energy ("energy_factor = 0.5"),
+//       while the equivariant flow-matching code sums ordered pairs (twice ours): pass
+//       pair_factor = 2 for that one.
 //
 //   nfkit::ManyWell mw(32);
 //   double exact = mw.log_z();
@@ -88,6 +98,39 @@ class GaussianMixture40 : public TorchEnergy {
  private:
   torch::Tensor means_;  // [modes, 2]
 };
+
+class PairDoubleWell : public TorchEnergy {
+ public:
+  PairDoubleWell(int64_t particles = 4, int64_t spatial_dim = 2, double a = 0.9, double b = -4.0,
+                 double c = 0.0, double d0 = 4.0);
+  int64_t dim() const override { return particles_ * spatial_; }
+  std::string name() const override;
+
+ protected:
+  torch::Tensor u(const torch::Tensor& x) const override;
+
+ private:
+  int64_t particles_, spatial_;
+  double a_, b_, c_, d0_;
+};
+
+class LennardJones : public TorchEnergy {
+ public:
+  LennardJones(int64_t particles = 13, int64_t spatial_dim = 3, double eps = 1.0, double rm = 1.0,
+               double oscillator_scale = 1.0, double pair_factor = 1.0);
+  int64_t dim() const override { return particles_ * spatial_; }
+  std::string name() const override;
+
+ protected:
+  torch::Tensor u(const torch::Tensor& x) const override;
+
+ private:
+  int64_t particles_, spatial_;
+  double eps_, rm_, osc_, pair_factor_;
+};
+
+/// Distances [B, P(P-1)/2] of unique pairs i<j of x [B, P * spatial_dim].
+torch::Tensor pair_distances(const torch::Tensor& x, int64_t particles, int64_t spatial_dim);
 
 /// log int exp(-f(x)) dx over [lo, hi] by the composite Simpson rule with n (even) intervals,
 /// computed stably (shifted by the minimum of f on the grid).
