@@ -1,5 +1,7 @@
 #include "bg_common.h"
 
+#include "flow_common.h"
+
 #include <torch/torch.h>
 #include <sys/stat.h>
 
@@ -22,12 +24,6 @@
 
 namespace nfkit::cli {
 
-namespace {
-bool exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
-}  // namespace
 
 // ---- molecule -------------------------------------------------------------------------------
 
@@ -179,20 +175,7 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
   check_positive_int("--layers", "value", recipe.layers);
   check_positive_int("--hidden", "value", recipe.hidden);
   if (recipe.bins < 2) usage_error("--bins", "must be >= 2");
-  auto opts = TrainerOptions()
-                  .steps(vm["steps"].as<int64_t>())
-                  .batch_size(vm["batch-size"].as<int64_t>())
-                  .lr(vm["lr"].as<double>())
-                  .warmup_steps(vm["warmup"].as<int64_t>())
-                  .ema_decay(vm["ema"].as<double>())
-                  .eval_every(vm["eval-every"].as<int64_t>())
-                  .checkpoint_every(vm["checkpoint-every"].as<int64_t>())
-                  .checkpoint_path(out + ".ckpt")
-                  .seed(ctx.globals.seed)
-                  .quiet(ctx.globals.quiet);
-  check_positive_int("--steps", "value", opts.steps());
-  check_positive_int("--batch-size", "value", opts.batch_size());
-  check_positive("--lr", "value", opts.lr());
+  auto opts = trainer_options_from(vm, out, ctx);
   check_writable(out);
 
   const std::string coords = vm["coordinates"].as<std::string>();
@@ -277,7 +260,7 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
       {"trainer", opts.to_json()}, {"nfkit_version", version_string()}};
   Trainer trainer(flow, opts, obj, metadata);
   trainer.should_stop = [](int64_t) { return stop_requested(); };
-  if (!vm["restart"].as<bool>() && exists(opts.checkpoint_path())) {
+  if (!vm["restart"].as<bool>() && file_exists(opts.checkpoint_path())) {
     trainer.load_checkpoint(opts.checkpoint_path());
     if (!ctx.globals.quiet)
       ctx.err << "resuming from " << opts.checkpoint_path() << " at step " << trainer.step()

@@ -14,12 +14,6 @@
 
 namespace nfkit::cli {
 
-namespace {
-bool exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
-}  // namespace
 
 Command bg_run_command() {
   return {"bg", "run", "the whole pipeline: MD, training, sampling, reweighting, report (cached stages)",
@@ -43,7 +37,7 @@ Command bg_run_command() {
             json stages;
             auto stage = [&](const std::string& name, const std::string& file, auto&& work) {
               const auto t0 = std::chrono::steady_clock::now();
-              if (exists(file) && !restart) {
+              if (file_exists(file) && !restart) {
                 if (!ctx.globals.quiet) ctx.err << "[" << name << "] " << file << " exists, skipping\n";
                 stages[name] = {{"file", file}, {"cached", true}};
                 return;

@@ -33,6 +33,12 @@ struct TrainOutcome {
 /// --restart), writes the model to `out` and fills ctx.results.
 TrainOutcome train_flow(const po::variables_map& vm, Context& ctx, const std::string& out);
 
+/// The trainer options every training command shares (--steps --batch-size --lr --warmup
+/// --ema --eval-every --checkpoint-every, and --weight-decay --clip --patience where the
+/// command has them), checked, with the checkpoint at <out>.ckpt.
+TrainerOptions trainer_options_from(const po::variables_map& vm, const std::string& out,
+                                    const Context& ctx);
+
 /// torch dtype from --dtype.
 torch::Dtype parse_dtype(const std::string& s);
 

@@ -23,6 +23,29 @@ NllStats nll_stats(Flow& flow, const torch::Tensor& x) {
   return s;
 }
 
+TrainerOptions trainer_options_from(const po::variables_map& vm, const std::string& out,
+                                    const Context& ctx) {
+  auto opts = TrainerOptions()
+                  .steps(vm["steps"].as<int64_t>())
+                  .batch_size(vm["batch-size"].as<int64_t>())
+                  .lr(vm["lr"].as<double>())
+                  .warmup_steps(vm["warmup"].as<int64_t>())
+                  .ema_decay(vm["ema"].as<double>())
+                  .eval_every(vm["eval-every"].as<int64_t>())
+                  .checkpoint_every(vm["checkpoint-every"].as<int64_t>())
+                  .checkpoint_path(out + ".ckpt")
+                  .seed(ctx.globals.seed)
+                  .quiet(ctx.globals.quiet);
+  if (vm.count("weight-decay")) opts.weight_decay(vm["weight-decay"].as<double>());
+  if (vm.count("clip")) opts.clip_grad_norm(vm["clip"].as<double>());
+  if (vm.count("patience")) opts.patience(vm["patience"].as<int64_t>());
+  check_positive_int("--steps", "value", opts.steps());
+  check_positive_int("--batch-size", "value", opts.batch_size());
+  check_positive("--lr", "value", opts.lr());
+  check_positive_int("--eval-every", "value", opts.eval_every());
+  return opts;
+}
+
 torch::Dtype parse_dtype(const std::string& s) {
   if (s == "float64") return torch::kFloat64;
   if (s == "float32") return torch::kFloat32;
@@ -83,24 +106,7 @@ TrainOutcome train_flow(const po::variables_map& vm, Context& ctx, const std::st
   if (recipe.bins < 2) usage_error("--bins", "must be >= 2");
   check_positive("--bound", "value", recipe.bound);
 
-  auto opts = TrainerOptions()
-                  .steps(vm["steps"].as<int64_t>())
-                  .batch_size(vm["batch-size"].as<int64_t>())
-                  .lr(vm["lr"].as<double>())
-                  .weight_decay(vm["weight-decay"].as<double>())
-                  .warmup_steps(vm["warmup"].as<int64_t>())
-                  .clip_grad_norm(vm["clip"].as<double>())
-                  .ema_decay(vm["ema"].as<double>())
-                  .eval_every(vm["eval-every"].as<int64_t>())
-                  .patience(vm["patience"].as<int64_t>())
-                  .checkpoint_every(vm["checkpoint-every"].as<int64_t>())
-                  .checkpoint_path(out + ".ckpt")
-                  .seed(ctx.globals.seed)
-                  .quiet(ctx.globals.quiet);
-  check_positive_int("--steps", "value", opts.steps());
-  check_positive_int("--batch-size", "value", opts.batch_size());
-  check_positive("--lr", "value", opts.lr());
-  check_positive_int("--eval-every", "value", opts.eval_every());
+  auto opts = trainer_options_from(vm, out, ctx);
   check_flow_kind(recipe.kind);  // before loading data: fail fast
 
   TrainOutcome res;

@@ -14,12 +14,6 @@
 using namespace nfkit;
 using namespace nfkit::test;
 
-namespace {
-bool file_exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
-}  // namespace
 
 TEST_CASE("checks throw one-line messages naming function, argument, value and expectation", "[core]") {
   auto w = torch::zeros({20}, torch::kFloat64);

@@ -34,11 +34,6 @@ struct Walker {
   std::vector<double> energies;   // frames
 };
 
-bool file_exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
-
 }  // namespace
 
 MDReport run_md(const std::string& system_xml, const torch::Tensor& positions,

@@ -18,4 +18,7 @@ void write_file_atomic(const std::string& path, const std::string& content);
 /// Lower-case extension without the dot ("h5" for "a/b.h5"), or "".
 std::string file_extension(const std::string& path);
 
+/// Whether a file (or directory) exists at path.
+bool file_exists(const std::string& path);
+
 }  // namespace nfkit
