@@ -28,8 +28,7 @@ Command bg_run_command() {
           },
           [](const po::variables_map& vm, Context& ctx) {
             const std::string dir = vm["out"].as<std::string>();
-            if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
-              runtime_error("--out", dir + ": cannot create the directory");
+            make_directories(dir, "--out");
             const auto m = molecule_from(vm);
             const std::string md = dir + "/md.h5", model = dir + "/model.h5",
                               samples = dir + "/samples.h5", report = dir + "/report.json";

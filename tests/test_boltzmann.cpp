@@ -362,7 +362,7 @@ TEST_CASE("md: an interrupted run resumes to the full trajectory", "[boltzmann][
 }
 
 TEST_CASE("bg: run the pipeline on a tiny setting, cached stages, clear errors", "[boltzmann][cli]") {
-  const auto dir = temp_path("run");
+  const auto dir = temp_path("runs") + "/ala2";  // parents are created
   auto run = [](std::vector<std::string> args) {
     std::ostringstream out, err;
     const int code = nfkit::cli::run_cli(args, out, err);

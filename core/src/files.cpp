@@ -1,11 +1,12 @@
 #include "nfkit/core/files.h"
 
 #include <sys/stat.h>
-
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "nfkit/core/error.h"
@@ -50,6 +51,19 @@ std::string file_extension(const std::string& path) {
 bool file_exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
+}
+
+void make_directories(const std::string& path, const std::string& what) {
+  if (path.empty()) return;
+  for (size_t pos = path.find('/', 1);; pos = path.find('/', pos + 1)) {
+    const std::string part = pos == std::string::npos ? path : path.substr(0, pos);
+    if (!part.empty() && ::mkdir(part.c_str(), 0755) != 0 && errno != EEXIST)
+      runtime_error(what, part + ": cannot create the directory (" + std::strerror(errno) + ")");
+    if (pos == std::string::npos) break;
+  }
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    runtime_error(what, path + " exists but is not a directory");
 }
 
 }  // namespace nfkit

@@ -21,4 +21,8 @@ std::string file_extension(const std::string& path);
 /// Whether a file (or directory) exists at path.
 bool file_exists(const std::string& path);
 
+/// Creates the directory path and its missing parents (mkdir -p); throws RuntimeError naming
+/// `what` (an option, say) and the path when one cannot be created.
+void make_directories(const std::string& path, const std::string& what);
+
 }  // namespace nfkit
