@@ -12,6 +12,11 @@
 // velocities go to "<out>.part" (atomically); a rerun with the same options continues from
 // there (new random streams per resumed block, so statistically, not bitwise, the same).
 //
+// Known limit: OpenMM's Reference platform draws Langevin noise from one process-wide random
+// generator, so walkers in parallel threads share (and race on) it: runs are not bitwise
+// reproducible and the walkers' noise is not independent by construction. Per-walker
+// processes or a platform with per-Context generators would fix it (open item).
+//
 //   nfkit::MDOptions o; o.walkers = 2; o.frames = 5000;
 //   nfkit::run_md("system.xml", mol.positions(), o, "md.h5");
 #include <torch/types.h>
