@@ -3,7 +3,6 @@
 #include "flow_common.h"
 
 #include <torch/torch.h>
-#include <sys/stat.h>
 
 #include <cmath>
 #include <cstdio>

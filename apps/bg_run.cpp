@@ -1,11 +1,7 @@
 // nfkit bg run: the alanine-dipeptide pipeline end to end (the README's main job): MD
 // reference -> training -> sampling + reweighting -> report and figures. Each stage writes a
 // file in --out; a rerun skips finished stages and resumes an interrupted one.
-#include <sys/stat.h>
-
-#include <cerrno>
 #include <chrono>
-#include <fstream>
 
 #include "bg_common.h"
 #include "nfkit/core/error.h"

@@ -2,10 +2,10 @@
 // held-out NLL with the exact entropy, and draw the learned density beside the true one.
 #include <torch/torch.h>
 
-#include <sys/stat.h>
 
 #include "flow_common.h"
 #include "nfkit/core/checks.h"
+#include "nfkit/core/files.h"
 #include "png_plot.h"
 
 namespace nfkit::cli {
@@ -20,7 +20,7 @@ Command flow_demo_command() {
           },
           [](const po::variables_map& vm, Context& ctx) {
             const std::string dir = vm["out-dir"].as<std::string>();
-            ::mkdir(dir.c_str(), 0755);
+            make_directories(dir, "--out-dir");
             const std::string out = vm.count("out") ? vm["out"].as<std::string>() : dir + "/model.h5";
             auto res = train_flow(vm, ctx, out);
             if (!res.data.truth || res.data.truth->dim() != 2)

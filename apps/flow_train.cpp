@@ -3,7 +3,6 @@
 
 #include <cstdio>
 #include <iomanip>
-#include <sys/stat.h>
 
 #include "flow_common.h"
 #include "nfkit/core/checks.h"
@@ -138,8 +137,7 @@ TrainOutcome train_flow(const po::variables_map& vm, Context& ctx, const std::st
       {"n_train", train.size(0)}, {"n_val", val.size(0)}, {"nfkit_version", version_string()}};
   Trainer trainer(res.flow, opts, obj, metadata);
   trainer.should_stop = [](int64_t) { return stop_requested(); };
-  struct stat st;
-  if (!vm["restart"].as<bool>() && ::stat(opts.checkpoint_path().c_str(), &st) == 0) {
+  if (!vm["restart"].as<bool>() && file_exists(opts.checkpoint_path())) {
     trainer.load_checkpoint(opts.checkpoint_path());
     if (!ctx.globals.quiet)
       ctx.err << "resuming from " << opts.checkpoint_path() << " at step " << trainer.step() << std::endl;

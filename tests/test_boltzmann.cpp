@@ -5,7 +5,6 @@
 
 #include <fstream>
 #include <sstream>
-#include <sys/stat.h>
 
 #include "cli.h"
 #include "helpers.h"
@@ -13,6 +12,7 @@
 #include "nfkit/boltzmann/generator.h"
 #include "nfkit/boltzmann/md.h"
 #include "nfkit/boltzmann/reweight.h"
+#include "nfkit/core/files.h"
 #include "nfkit/core/h5.h"
 #include "nfkit/flows/builder.h"
 #include "nfkit/physics/analytic.h"
@@ -35,11 +35,6 @@ torch::Tensor ala2_batch(int64_t B, double scale, uint64_t seed) {
   auto noise = at::normal(0.0, scale, {B, x0.size(1)}, gen, torch::TensorOptions().dtype(torch::kFloat64));
   noise[0].zero_();
   return x0 + noise;
-}
-
-bool exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
 }
 
 std::string write_text(const std::string& name, const std::string& text) {
@@ -347,11 +342,11 @@ TEST_CASE("md: an interrupted run resumes to the full trajectory", "[boltzmann][
   int calls = 0;
   auto rep = run_md(kSystem, mol.positions(), o, out, [&] { return ++calls > 1; });
   CHECK(rep.interrupted);
-  CHECK(exists(out + ".part"));
-  CHECK(!exists(out));
+  CHECK(file_exists(out + ".part"));
+  CHECK(!file_exists(out));
   rep = run_md(kSystem, mol.positions(), o, out);
   CHECK(rep.resumed);
-  CHECK(!exists(out + ".part"));
+  CHECK(!file_exists(out + ".part"));
   H5Reader r(out);
   r.expect_format("trajectory", 1);
   CHECK(r.shape("/positions") == std::vector<int64_t>{60, 22, 3});
@@ -377,7 +372,7 @@ TEST_CASE("bg: run the pipeline on a tiny setting, cached stages, clear errors",
   REQUIRE(code == 0);
   CHECK(out.find("Kish ESS") != std::string::npos);
   for (const char* f : {"md.h5", "model.h5", "samples.h5", "report.json", "ramachandran.png", "energy.png"})
-    CHECK(exists(dir + "/" + f));
+    CHECK(file_exists(dir + "/" + f));
   H5Reader s(dir + "/samples.h5");
   for (const char* d : {"/x", "/log_q", "/u", "/log_w"}) CHECK(s.exists(d));
   // log_w = -u - log_q where finite.

@@ -4,11 +4,11 @@
 
 #include <fstream>
 #include <sstream>
-#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "cli.h"
 #include "helpers.h"
+#include "nfkit/core/files.h"
 #include "nfkit/core/h5.h"
 
 using namespace nfkit;
@@ -25,11 +25,6 @@ Run run(std::vector<std::string> args) {
   std::ostringstream out, err;
   const int code = nfkit::cli::run_cli(args, out, err);
   return {code, out.str(), err.str()};
-}
-
-bool exists(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
 }
 
 int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
@@ -95,7 +90,7 @@ TEST_CASE("cli: bad data and outputs get one line, the right exit code and no fi
     CHECK(lines(r.err) == 1);
     CHECK(r.err.find(needle) != std::string::npos);
     CHECK(r.err.find("nfkit: ") == 0);
-    CHECK_FALSE(exists(out));
+    CHECK_FALSE(file_exists(out));
   };
   check_fails(quick({"flow", "train", "--data", "moons", "--out", out}), 2, "not a built-in dataset");
   check_fails(quick({"flow", "train", "--data", "nowhere.csv", "--out", out}), 1, "nowhere.csv: cannot be read");
@@ -136,7 +131,7 @@ TEST_CASE("cli: train, eval and sample with --json, CSV and HDF5 inputs and outp
   CHECK(std::isfinite(j["val_nll"].get<double>()));
   CHECK(lines(r.out) == 1);  // --json: the JSON object is the only stdout line
   CHECK(H5Reader(model).expect_format("checkpoint", 1) == 1);
-  CHECK_FALSE(exists(model + ".ckpt"));  // finished: no checkpoint left behind
+  CHECK_FALSE(file_exists(model + ".ckpt"));  // finished: no checkpoint left behind
 
   r = run({"flow", "eval", "--model", model, "--data", data, "--json"});
   REQUIRE(r.code == 0);

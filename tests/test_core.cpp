@@ -174,3 +174,14 @@ TEST_CASE("HDF5 writes are atomic: no file under the final name until commit", "
   CHECK(file_extension("dir.v2/file.H5") == "h5");
   CHECK(file_extension("dir.v2/file") == "");
 }
+
+TEST_CASE("files: make_directories creates parents and names what it cannot create", "[core]") {
+  const auto base = test::temp_path("dirs");
+  make_directories(base + "/a/b/c", "--out");
+  CHECK(file_exists(base + "/a/b/c"));
+  make_directories(base + "/a/b/c", "--out");  // existing: fine
+  std::ofstream(base + "/file") << "x";
+  CHECK_THROWS_WITH(make_directories(base + "/file/sub", "--out"),
+                    Catch::Contains("--out") && Catch::Contains(base + "/file/sub"));
+  CHECK_THROWS_AS(make_directories(base + "/file", "--out"), RuntimeError);
+}

@@ -149,12 +149,6 @@ BoltzmannGenerator::BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow,
                                           " internal coordinates");
 }
 
-torch::Tensor BoltzmannGenerator::internal(const torch::Tensor& x) const {
-  const auto opts = flow_->tensor_options();
-  if (coordinates_ == "cartesian") return to_canonical(z_, x.to(opts)).c;
-  return to_internal(z_, x.to(opts)).q;
-}
-
 torch::Tensor BoltzmannGenerator::log_prob(const torch::Tensor& x) {
   const auto opts = flow_->tensor_options();
   if (coordinates_ == "cartesian") {
@@ -187,11 +181,6 @@ std::pair<torch::Tensor, torch::Tensor> BoltzmannGenerator::sample(int64_t n, in
     lqs.push_back((lq - c.logdet).to(torch::kCPU, torch::kFloat64));
   }
   return {torch::cat(xs), torch::cat(lqs)};
-}
-
-std::pair<torch::Tensor, torch::Tensor> BoltzmannGenerator::sample_internal(int64_t n) {
-  auto [q, lq] = flow_->sample_and_log_prob(n);
-  return {q, lq};
 }
 
 torch::Tensor internal_energy(const ZMatrix& z, const torch::Tensor& q,

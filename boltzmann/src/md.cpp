@@ -1,7 +1,6 @@
 #include "nfkit/boltzmann/md.h"
 
 #include <OpenMM.h>
-#include <sys/stat.h>
 
 #include <chrono>
 #include <cmath>
@@ -53,10 +52,8 @@ MDReport run_md(const std::string& system_xml, const torch::Tensor& positions,
   if (positions.size(0) != N || positions.size(1) != 3)
     usage_error("md", "the structure has " + std::to_string(positions.size(0)) +
                           " atoms, but " + system_xml + " has " + std::to_string(N));
-  OpenMMEnergy probe(system_xml, o.temperature, OpenMMOptions{o.platform, 1});  // checks platform
-  OpenMM::Platform& platform = OpenMM::Platform::getPlatformByName(o.platform);
   std::map<std::string, std::string> props;
-  if (o.platform == "CPU") props["Threads"] = "1";
+  OpenMM::Platform& platform = openmm_platform(o.platform, &props);
 
   const int64_t W = o.walkers;
   const int64_t total_frames = o.equilibration_frames + o.frames;  // per walker

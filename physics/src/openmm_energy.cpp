@@ -60,6 +60,23 @@ std::unique_ptr<OpenMM::System> read_openmm_system(const std::string& path) {
   }
 }
 
+OpenMM::Platform& openmm_platform(const std::string& name,
+                                  std::map<std::string, std::string>* properties) {
+  load_plugins_once();
+  OpenMM::Platform* platform = nullptr;
+  try {
+    platform = &OpenMM::Platform::getPlatformByName(name);
+  } catch (const std::exception&) {
+    usage_error("openmm", "unknown platform '" + name + "', expected one of " +
+                              available_platforms());
+  }
+  if (properties) {
+    properties->clear();
+    if (name == "CPU") (*properties)["Threads"] = "1";
+  }
+  return *platform;
+}
+
 int64_t openmm_system_atoms(const std::string& path) {
   return read_openmm_system(path)->getNumParticles();
 }
@@ -127,23 +144,15 @@ OpenMMEnergy::OpenMMEnergy(const std::string& system_xml, double temperature,
   impl_->temperature = temperature;
   impl_->kT = kBoltzmann * temperature;
   impl_->n = impl_->system->getNumParticles();
-  load_plugins_once();
-  OpenMM::Platform* platform = nullptr;
-  try {
-    platform = &OpenMM::Platform::getPlatformByName(options.platform);
-  } catch (const std::exception&) {
-    usage_error("openmm", "unknown platform '" + options.platform + "', expected one of " +
-                              available_platforms());
-  }
+  std::map<std::string, std::string> props;
+  OpenMM::Platform& platform = openmm_platform(options.platform, &props);
   impl_->platform = options.platform;
   const int workers = options.workers > 0 ? options.workers : hardware_threads();
-  std::map<std::string, std::string> props;
-  if (options.platform == "CPU") props["Threads"] = "1";
   for (int w = 0; w < workers; ++w) {
     Impl::Slot s;
     s.integrator = std::make_unique<OpenMM::VerletIntegrator>(0.001);
     try {
-      s.context = std::make_unique<OpenMM::Context>(*impl_->system, *s.integrator, *platform,
+      s.context = std::make_unique<OpenMM::Context>(*impl_->system, *s.integrator, platform,
                                                     props);
     } catch (const std::exception& e) {
       runtime_error("openmm", system_xml + ": cannot create a " + options.platform +
@@ -163,12 +172,6 @@ double OpenMMEnergy::kT() const { return impl_->kT; }
 int OpenMMEnergy::workers() const { return static_cast<int>(impl_->pool.size()); }
 const std::string& OpenMMEnergy::platform() const { return impl_->platform; }
 const OpenMM::System& OpenMMEnergy::system() const { return *impl_->system; }
-
-torch::Tensor OpenMMEnergy::masses() const {
-  auto m = torch::empty({impl_->n}, torch::kFloat64);
-  for (int64_t i = 0; i < impl_->n; ++i) m[i] = impl_->system->getParticleMass(static_cast<int>(i));
-  return m;
-}
 
 std::vector<std::pair<int64_t, int64_t>> OpenMMEnergy::bonds() const {
   std::vector<std::pair<int64_t, int64_t>> out;

@@ -83,15 +83,11 @@ class BoltzmannGenerator {
   Flow& flow() { return *flow_; }
   std::shared_ptr<Flow> flow_ptr() { return flow_; }
 
-  /// The flow's coordinates [B, 3N-6] of x [B, 3N] nm (in the flow's dtype).
-  torch::Tensor internal(const torch::Tensor& x) const;
   /// log q(x) [B] in the reduced space (see above), x [B, 3N] nm.
   torch::Tensor log_prob(const torch::Tensor& x);
   /// n samples: Cartesian x [n, 3N] nm (canonical frame) and log q(x) [n], float64 on CPU,
   /// drawn in chunks of `chunk` without gradients.
   std::pair<torch::Tensor, torch::Tensor> sample(int64_t n, int64_t chunk = 8192);
-  /// Differentiable samples in internal coordinates: {q, log q_ic(q)} (for reverse KL).
-  std::pair<torch::Tensor, torch::Tensor> sample_internal(int64_t n);
 
  private:
   ZMatrix z_;

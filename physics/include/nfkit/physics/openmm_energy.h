@@ -18,6 +18,7 @@
 //   nfkit::OpenMMEnergy e("data/alanine_dipeptide/system.xml", 300.0);
 //   torch::Tensor forces;
 //   auto u = e.evaluate(x, &forces);
+#include <map>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "nfkit/physics/energy.h"
 
 namespace OpenMM {
+class Platform;
 class System;
 }
 
@@ -56,8 +58,6 @@ class OpenMMEnergy : public Energy {
   double kT() const;
   int workers() const;
   const std::string& platform() const;
-  /// Atom masses in dalton [N].
-  torch::Tensor masses() const;
   /// Bonded pairs from the System's HarmonicBondForce (atom indices).
   std::vector<std::pair<int64_t, int64_t>> bonds() const;
   /// Potential energies in kJ/mol [B] of x [B, 3N] nm, on one Context (the single-Context
@@ -75,5 +75,11 @@ std::unique_ptr<OpenMM::System> read_openmm_system(const std::string& path);
 
 /// Number of particles of the serialized System in path (same errors as read_openmm_system).
 int64_t openmm_system_atoms(const std::string& path);
+
+/// An OpenMM platform by name (plugins loaded from OpenMM's default directory first), with
+/// the Context properties nfkit uses for it (CPU: Threads=1, since nfkit runs one Context per
+/// thread). Unknown names are a usage error listing the available platforms.
+OpenMM::Platform& openmm_platform(const std::string& name,
+                                  std::map<std::string, std::string>* properties = nullptr);
 
 }  // namespace nfkit
