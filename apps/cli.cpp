@@ -101,7 +101,7 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> all{
       flow_train_command(), flow_eval_command(),  flow_sample_command(), flow_demo_command(),
       md_command(),         bg_train_command(),   bg_sample_command(),   bg_eval_command(),
-      bg_run_command()};
+      bg_run_command(),     evidence_command(),   pta_compare_command()};
   return all;
 }
 

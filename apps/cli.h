@@ -70,5 +70,7 @@ Command bg_train_command();
 Command bg_sample_command();
 Command bg_eval_command();
 Command bg_run_command();
+Command evidence_command();
+Command pta_compare_command();
 
 }  // namespace nfkit::cli

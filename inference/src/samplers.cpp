@@ -98,6 +98,27 @@ SamplerRun sample_ensemble(const LogDensityFn& log_post, const torch::Tensor& in
       lp.index_put_({idx}, torch::where(acc, lpy, lpk));
       if (t >= o.burn_in) accepted.index_add_(0, idx, acc.to(torch::kFloat64));
     }
+    if (o.reset_stuck && o.burn_in >= 8 && (t + 1 == o.burn_in / 4 || t + 1 == o.burn_in / 2)) {
+      const double best = lp.max().item<double>();
+      auto stuck = lp < best - (20.0 + 2.5 * D);
+      const int64_t n_stuck = stuck.sum().item<int64_t>();
+      if (n_stuck > 0) {
+        auto good = (~stuck).nonzero().squeeze(1);
+        auto spread = good.size(0) > 1 ? x.index_select(0, good).std(0) : torch::ones({D}, torch::kFloat64);
+        auto bad = stuck.nonzero().squeeze(1);
+        auto pick = good.index_select(0, torch::randint(good.size(0), {n_stuck}, torch::kLong));
+        auto nx = x.index_select(0, pick) + 1e-3 * spread * torch::randn({n_stuck, D}, torch::kFloat64);
+        auto nlp = eval_lp(log_post, nx);
+        run.evaluations += n_stuck;
+        // Keep the copy's exact position where the jittered point fell outside the support.
+        auto ok = torch::isfinite(nlp);
+        nx = torch::where(ok.unsqueeze(1), nx, x.index_select(0, pick));
+        nlp = torch::where(ok, nlp, lp.index_select(0, pick));
+        x.index_put_({bad}, nx);
+        lp.index_put_({bad}, nlp);
+        run.reset_walkers += n_stuck;
+      }
+    }
     if (t >= o.burn_in && (t - o.burn_in) % o.thin == 0) {
       int64_t k = (t - o.burn_in) / o.thin;
       if (k < kept) {

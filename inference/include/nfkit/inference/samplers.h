@@ -6,7 +6,11 @@
 // 2013, arXiv 1202.3665): W walkers in two halves; each walker k of one half draws a partner
 // j from the other half and z ~ g(z) ∝ 1/sqrt(z) on [1/a, a], proposes
 // y = x_j + z (x_k - x_j) and accepts with probability min(1, z^(D-1) p(y)/p(x_k)).
-// Each walker's path is one chain.
+// Each walker's path is one chain. Stuck walkers: a walker on a plateau of the likelihood far
+// below the mode can never jump into a narrow mode (the proposal lands at least half the
+// partner distance away), so at 1/4 and 1/2 of burn-in every walker whose log posterior is
+// more than 20 + 2.5 D below the best walker's restarts at a randomly chosen good walker's
+// position with a small jitter (1e-3 of the good walkers' spread). This touches burn-in only.
 //
 // Hamiltonian Monte Carlo (Neal 2011, "MCMC using Hamiltonian dynamics"): C independent
 // chains, leapfrog with L steps (jittered uniformly in [L/2, L] per iteration), gradients of
@@ -38,6 +42,7 @@ struct EnsembleOptions {
   int64_t burn_in = 1000;  ///< discarded steps per walker
   int64_t thin = 1;        ///< keep every thin-th step
   double stretch = 2.0;    ///< the scale a of the stretch move (> 1)
+  bool reset_stuck = true; ///< restart stuck walkers during burn-in (see above)
   uint64_t seed = 0;
   bool quiet = true;       ///< progress on stderr when false
 };
@@ -58,6 +63,7 @@ struct SamplerRun {
   double seconds = 0.0;
   double step_size = NAN;      ///< HMC: the adapted step size
   int64_t evaluations = 0;     ///< log-posterior evaluations (rows)
+  int64_t reset_walkers = 0;   ///< ensemble: walkers restarted during burn-in
 };
 
 /// Ensemble sampling of log_post (batched [B, D] -> [B]) from walkers `init` [W, D]

@@ -1,0 +1,198 @@
+// nfkit pta compare: evidences and Bayes factors of SGWB models on free-spectrum PTA data
+// (inference/pta_models.h, inference/model_comparison.h).
+#include <torch/torch.h>
+
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+#include "evidence_common.h"
+#include "nfkit/core/checks.h"
+#include "nfkit/core/files.h"
+#include "nfkit/core/progress.h"
+#include "nfkit/core/runtime.h"
+#include "nfkit/inference/model_comparison.h"
+#include "nfkit/inference/pta_models.h"
+#include "plot_canvas.h"
+
+namespace nfkit::cli {
+namespace {
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::string all_models() {
+  std::string s;
+  for (const auto& n : pta_model_names()) s += (s.empty() ? "" : ",") + n;
+  return s;
+}
+
+/// A finished model's results, reused when the run's configuration is unchanged.
+json read_cached(const std::string& path, const json& config) {
+  if (!file_exists(path)) return {};
+  try {
+    std::ifstream in(path);
+    auto j = json::parse(in);
+    if (j.value("config", json()) == config) return j;
+  } catch (const std::exception&) {
+  }
+  return {};
+}
+
+}  // namespace
+
+Command pta_compare_command() {
+  return {"pta", "compare", "evidences and Bayes factors of SGWB models on free-spectrum PTA data",
+          [] {
+            po::options_description o;
+            o.add_options()
+                ("data", po::value<std::string>()->default_value("data/pta/ng15_30f_fs_hd_ceffyl"),
+                 "free-spectrum directory (density.npy, log10rhogrid.npy, freqs.npy)")
+                ("models", po::value<std::string>()->default_value(all_models()), "comma-separated models")
+                ("reference", po::value<std::string>()->default_value(""),
+                 "model the Bayes factors are taken against (default: smbhb if compared, else the first)")
+                ("nbins", po::value<int64_t>()->default_value(14), "frequency bins used (0 = all)")
+                ("walkers", po::value<int64_t>()->default_value(64), "ensemble walkers (= chains)")
+                ("steps", po::value<int64_t>()->default_value(3000), "kept steps per walker")
+                ("burn-in", po::value<int64_t>()->default_value(1000), "discarded steps per walker")
+                ("is-samples", po::value<int64_t>()->default_value(20000), "importance samples per model")
+                ("out", po::value<std::string>()->default_value("runs/pta"),
+                 "directory for results.json, table.csv, bayes_factors.png, corner_<model>.png, "
+                 "chains_<model>.h5 (finished models are reused on a rerun with the same options)")
+                ("restart", po::bool_switch(), "ignore finished models in --out");
+            o.add(harmonic_options());
+            return o;
+          },
+          [](const po::variables_map& vm, Context& ctx) {
+            const std::string dir = vm["data"].as<std::string>(), out = vm["out"].as<std::string>();
+            auto models = split_list(vm["models"].as<std::string>());
+            if (models.empty()) usage_error("--models", "is empty");
+            auto h = harmonic_from(vm, ctx);
+            EvidenceRunOptions eo;
+            eo.walkers = vm["walkers"].as<int64_t>();
+            eo.sampler.steps = vm["steps"].as<int64_t>();
+            eo.sampler.burn_in = vm["burn-in"].as<int64_t>();
+            eo.importance_samples = vm["is-samples"].as<int64_t>();
+            check_positive_int("--steps", "steps", eo.sampler.steps);
+            check_nonnegative("--burn-in", "burn-in", static_cast<double>(eo.sampler.burn_in));
+            check_positive_int("--is-samples", "samples", eo.importance_samples);
+            eo.harmonic = h;
+            eo.seed = ctx.globals.seed;
+            eo.quiet = ctx.globals.quiet;
+            std::string ref = vm["reference"].as<std::string>();
+            if (ref.empty())
+              ref = std::find(models.begin(), models.end(), "smbhb") != models.end() ? "smbhb" : models[0];
+            if (std::find(models.begin(), models.end(), ref) == models.end())
+              usage_error("--reference", "'" + ref + "' is not among --models");
+
+            auto data = FreeSpectrum::load(dir);
+            const int64_t nb = vm["nbins"].as<int64_t>();
+            if (nb < 0) usage_error("--nbins", "must be >= 0");
+            data = data.first_bins(nb == 0 ? data.bins() : nb);  // UsageError beyond the data's bins
+            std::vector<PTAModel> built;
+            for (const auto& name : models) built.push_back(make_pta_model(name, data));  // validates names
+            make_directories(out, "--out");
+
+            json config = {{"data", dir},
+                           {"nbins", data.bins()},
+                           {"walkers", eo.walkers},
+                           {"steps", eo.sampler.steps},
+                           {"burn_in", eo.sampler.burn_in},
+                           {"is_samples", eo.importance_samples},
+                           {"temperature", h.temperature},
+                           {"train_fraction", h.train_fraction},
+                           {"flow", {{"kind", h.flow.kind}, {"layers", h.flow.layers}, {"hidden", h.flow.hidden},
+                                     {"bins", h.flow.bins}}},
+                           {"training", h.training.to_json()},
+                           {"seed", ctx.globals.seed}};
+            config["training"].erase("quiet");
+            std::vector<json> results;
+            const bool restart = vm["restart"].as<bool>();
+            for (size_t i = 0; i < built.size(); ++i) {
+              if (stop_requested())
+                throw Interrupted("interrupted; finished models are kept in " + out + "; rerun to continue");
+              const auto& m = built[i];
+              const std::string cache = out + "/" + m.name + ".json";
+              json j = restart ? json() : read_cached(cache, config);
+              if (!j.is_null()) {
+                if (!ctx.globals.quiet) ctx.err << "pta compare: " << m.name << ": reusing " << cache << "\n";
+                results.push_back(j);
+                continue;
+              }
+              if (!ctx.globals.quiet)
+                ctx.err << "pta compare: model " << i + 1 << "/" << built.size() << " (" << m.name << ": "
+                        << m.description << ")\n";
+              EvidenceRunOptions mo = eo;
+              mo.seed = derive_seed(ctx.globals.seed, 43, i);
+              auto r = estimate_evidence(m.model, mo, m.name);
+              print_warnings(ctx, m.name, r.warnings);
+              write_chains(out + "/chains_" + m.name + ".h5", r.sampling.chains);
+              write_corner_png(out + "/corner_" + m.name + ".png", m.name + ": " + m.description,
+                               r.sampling.chains.samples.reshape({-1, 2}), m.model.names());
+              j = r.to_json();
+              j["description"] = m.description;
+              j["parameters"] = m.model.config();
+              j["config"] = config;
+              write_file_atomic(cache, j.dump(2));
+              results.push_back(j);
+            }
+            // Bayes factors against the reference.
+            const auto& rj = results[std::find(models.begin(), models.end(), ref) - models.begin()];
+            const double ref_z = rj["ln_z"], ref_e = rj["ln_z_error"];
+            std::vector<double> bf, bfe;
+            std::ostringstream table, csv;
+            csv << "model,ln_z,ln_z_error,ln_bf,ln_bf_error,is_ln_z,is_ln_z_error,is_ess_fraction,agree,max_rhat,seconds\n";
+            table << std::fixed;
+            table << "data " << dir << ", " << data.bins() << " bins; ln BF against " << ref << "\n\n"
+                  << std::left << std::setw(10) << "model" << std::right << std::setw(20) << "ln z (harmonic)"
+                  << std::setw(18) << "ln BF" << std::setw(22) << "ln z (importance)" << std::setw(8) << "ESS"
+                  << std::setw(7) << "agree" << std::setw(8) << "R-hat" << std::setw(9) << "time\n";
+            double total = 0;
+            for (size_t i = 0; i < results.size(); ++i) {
+              const auto& j = results[i];
+              const double z = j["ln_z"], e = j["ln_z_error"];
+              const double b = z - ref_z, be = models[i] == ref ? 0.0 : std::hypot(e, ref_e);
+              bf.push_back(b);
+              bfe.push_back(be);
+              const double iz = j["importance"]["ln_z"], ie = j["importance"]["ln_z_error"];
+              const double ess = j["importance"]["ess_fraction"];
+              const double rhat = j["chains"]["diagnostics"]["max_rhat"], sec = j["seconds"];
+              total += sec;
+              auto pm = [](double v, double err) {
+                std::ostringstream s;
+                s << std::fixed << std::setprecision(3) << v << " +- " << err;
+                return s.str();
+              };
+              table << std::left << std::setw(10) << models[i] << std::right << std::setw(20) << pm(z, e)
+                    << std::setw(18) << pm(b, be) << std::setw(22) << pm(iz, ie) << std::setw(7)
+                    << std::setprecision(0) << 100 * ess << "%" << std::setw(7)
+                    << (j["agree"].get<bool>() ? "yes" : "NO") << std::setw(8) << std::setprecision(3) << rhat
+                    << std::setw(8) << std::setprecision(1) << sec << "s\n";
+              csv << std::setprecision(17) << models[i] << ',' << z << ',' << e << ',' << b << ',' << be << ',' << iz
+                  << ',' << ie << ',' << ess << ',' << (j["agree"].get<bool>() ? 1 : 0) << ',' << rhat << ','
+                  << sec << '\n';
+            }
+            table << "\ntotal " << std::setprecision(1) << total << " s of model time\n";
+            write_file_atomic(out + "/table.csv", csv.str());
+            write_bar_chart_png(out + "/bayes_factors.png", "ln bf against " + ref + " (" + std::to_string(data.bins()) + " bins)",
+                                models, bf, bfe);
+            ctx.results = {{"data", dir}, {"nbins", data.bins()}, {"reference", ref}, {"models", json::array()}};
+            for (size_t i = 0; i < results.size(); ++i) {
+              json j = results[i];
+              j.erase("config");
+              j["ln_bf"] = bf[i];
+              j["ln_bf_error"] = bfe[i];
+              ctx.results["models"].push_back(j);
+            }
+            write_file_atomic(out + "/results.json", ctx.results.dump(2));
+            ctx.out << table.str() << "wrote " << out << "/{results.json,table.csv,bayes_factors.png,corner_*.png}\n";
+          }};
+}
+
+}  // namespace nfkit::cli
