@@ -57,7 +57,8 @@ Command pta_compare_command() {
                 ("models", po::value<std::string>()->default_value(all_models()), "comma-separated models")
                 ("reference", po::value<std::string>()->default_value(""),
                  "model the Bayes factors are taken against (default: smbhb if compared, else the first)")
-                ("nbins", po::value<int64_t>()->default_value(14), "frequency bins used (0 = all)")
+                ("nbins", po::value<int64_t>()->default_value(14),
+                 "frequency bins used (0 = all; the default 14 shrinks to the data's bins)")
                 ("walkers", po::value<int64_t>()->default_value(64), "ensemble walkers (= chains)")
                 ("steps", po::value<int64_t>()->default_value(3000), "kept steps per walker")
                 ("burn-in", po::value<int64_t>()->default_value(1000), "discarded steps per walker")
@@ -91,10 +92,15 @@ Command pta_compare_command() {
             if (std::find(models.begin(), models.end(), ref) == models.end())
               usage_error("--reference", "'" + ref + "' is not among --models");
 
-            auto data = FreeSpectrum::load(dir);
+            for (const auto& name : models)
+              if (std::find(pta_model_names().begin(), pta_model_names().end(), name) == pta_model_names().end())
+                usage_error("--models", "unknown model '" + name + "', expected some of " + all_models());
             const int64_t nb = vm["nbins"].as<int64_t>();
             if (nb < 0) usage_error("--nbins", "must be >= 0");
-            data = data.first_bins(nb == 0 ? data.bins() : nb);  // UsageError beyond the data's bins
+            auto data = FreeSpectrum::load(dir);
+            // The default (14, NANOGrav's choice) shrinks to the data's bins; an explicit value must fit.
+            const int64_t use = nb == 0 ? data.bins() : vm["nbins"].defaulted() ? std::min(nb, data.bins()) : nb;
+            data = data.first_bins(use);  // UsageError beyond the data's bins
             std::vector<PTAModel> built;
             for (const auto& name : models) built.push_back(make_pta_model(name, data));  // validates names
             make_directories(out, "--out");

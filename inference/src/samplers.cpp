@@ -73,6 +73,7 @@ SamplerRun sample_ensemble(const LogDensityFn& log_post, const torch::Tensor& in
   auto out_x = torch::empty({W, kept, D}, torch::kFloat64);
   auto out_lp = torch::empty({W, kept}, torch::kFloat64);
   auto accepted = torch::zeros({W}, torch::kFloat64);
+  auto window_acc = torch::zeros({W}, torch::kFloat64);  // accepted moves since the last reset check
   const int64_t total = o.burn_in + o.steps;
   const int64_t half = W / 2;
   const double a = o.stretch;
@@ -97,12 +98,16 @@ SamplerRun sample_ensemble(const LogDensityFn& log_post, const torch::Tensor& in
       x.index_put_({idx}, torch::where(acc.unsqueeze(1), y, xk));
       lp.index_put_({idx}, torch::where(acc, lpy, lpk));
       if (t >= o.burn_in) accepted.index_add_(0, idx, acc.to(torch::kFloat64));
+      else window_acc.index_add_(0, idx, acc.to(torch::kFloat64));
     }
-    if (o.reset_stuck && o.burn_in >= 8 && (t + 1 == o.burn_in / 4 || t + 1 == o.burn_in / 2)) {
+    if (o.reset_stuck && o.burn_in >= 8 &&
+        (t + 1 == o.burn_in / 4 || t + 1 == o.burn_in / 2 || t + 1 == (3 * o.burn_in) / 4)) {
       const double best = lp.max().item<double>();
-      auto stuck = lp < best - (20.0 + 2.5 * D);
+      const double med_lp = lp.median().item<double>();
+      const double med_acc = window_acc.median().item<double>();
+      auto stuck = (lp < best - (20.0 + 2.5 * D)) | ((window_acc < 0.2 * med_acc) & (lp < med_lp));
       const int64_t n_stuck = stuck.sum().item<int64_t>();
-      if (n_stuck > 0) {
+      if (n_stuck > 0 && n_stuck < W) {
         auto good = (~stuck).nonzero().squeeze(1);
         auto spread = good.size(0) > 1 ? x.index_select(0, good).std(0) : torch::ones({D}, torch::kFloat64);
         auto bad = stuck.nonzero().squeeze(1);
@@ -118,6 +123,7 @@ SamplerRun sample_ensemble(const LogDensityFn& log_post, const torch::Tensor& in
         lp.index_put_({bad}, nlp);
         run.reset_walkers += n_stuck;
       }
+      window_acc.zero_();
     }
     if (t >= o.burn_in && (t - o.burn_in) % o.thin == 0) {
       int64_t k = (t - o.burn_in) / o.thin;

@@ -6,11 +6,13 @@
 // 2013, arXiv 1202.3665): W walkers in two halves; each walker k of one half draws a partner
 // j from the other half and z ~ g(z) ∝ 1/sqrt(z) on [1/a, a], proposes
 // y = x_j + z (x_k - x_j) and accepts with probability min(1, z^(D-1) p(y)/p(x_k)).
-// Each walker's path is one chain. Stuck walkers: a walker on a plateau of the likelihood far
-// below the mode can never jump into a narrow mode (the proposal lands at least half the
-// partner distance away), so at 1/4 and 1/2 of burn-in every walker whose log posterior is
-// more than 20 + 2.5 D below the best walker's restarts at a randomly chosen good walker's
-// position with a small jitter (1e-3 of the good walkers' spread). This touches burn-in only.
+// Each walker's path is one chain. Stuck walkers: a walker on a plateau far below the mode,
+// or in a tiny local mode, can never reach a narrow main mode (the stretch proposal lands at
+// least half the partner distance away), so at 1/4, 1/2 and 3/4 of burn-in a walker is
+// restarted at a randomly chosen good walker's position (jitter 1e-3 of the good walkers'
+// spread) when its log posterior is more than 20 + 2.5 D below the best walker's, or when it
+// accepted fewer than a fifth of the median walker's moves since the last check while lying
+// below the median log posterior. This touches burn-in only.
 //
 // Hamiltonian Monte Carlo (Neal 2011, "MCMC using Hamiltonian dynamics"): C independent
 // chains, leapfrog with L steps (jittered uniformly in [L/2, L] per iteration), gradients of
