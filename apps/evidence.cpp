@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <iomanip>
+#include <sstream>
 
 #include "evidence_common.h"
 #include "nfkit/core/checks.h"
@@ -55,6 +56,27 @@ void print_warnings(Context& ctx, const std::string& prefix, const std::vector<s
   for (const auto& w : warnings) ctx.err << "warning: " << prefix << ": " << w << "\n";
 }
 
+std::vector<std::pair<double, double>> parse_bounds(const std::string& text) {
+  std::vector<std::pair<double, double>> out;
+  if (text.empty()) return out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    auto colon = item.find(':');
+    auto num = [&](const std::string& v) {
+      char* end = nullptr;
+      double d = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0') usage_error("--bounds", "'" + item + "' must be lo:hi with numbers or inf");
+      return d;
+    };
+    if (colon == std::string::npos) usage_error("--bounds", "'" + item + "' must be lo:hi");
+    double lo = num(item.substr(0, colon)), hi = num(item.substr(colon + 1));
+    if (!(lo < hi)) usage_error("--bounds", "'" + item + "' needs lo < hi");
+    out.emplace_back(lo, hi);
+  }
+  return out;
+}
+
 Command evidence_command() {
   return {"evidence", "", "ln z from posterior chains by the learned harmonic mean (flow-based)",
           [] {
@@ -63,13 +85,20 @@ Command evidence_command() {
                             "chains (.h5: /samples [chains, steps, dim], /ln_posterior [chains, steps]; "
                             "or .csv: chain,<names>,ln_posterior); ln_posterior = log L + log prior, "
                             "the prior normalised");
+            o.add_options()("bounds", po::value<std::string>()->default_value(""),
+                            "prior support per parameter, 'lo:hi,lo:hi,...' (inf allowed): the flow then "
+                            "lives on exactly that support (needed when the posterior touches a prior edge)");
             o.add(harmonic_options());
             return o;
           },
           [](const po::variables_map& vm, Context& ctx) {
             const std::string path = vm["chains"].as<std::string>();
             auto h = harmonic_from(vm, ctx);
+            h.bounds = parse_bounds(vm["bounds"].as<std::string>());
             auto ch = read_chains(path);
+            if (!h.bounds.empty() && static_cast<int64_t>(h.bounds.size()) != ch.dim())
+              usage_error("--bounds", std::to_string(h.bounds.size()) + " ranges for " + std::to_string(ch.dim()) +
+                                          " parameters in " + path);
             if (ch.chains() < 4)
               runtime_error(path, "holds " + std::to_string(ch.chains()) +
                                       " chains, but the learned harmonic mean needs at least 4 (split a long "

@@ -543,3 +543,247 @@ TEST_CASE("cli: nfkit evidence and nfkit pta compare, results and bad input", "[
   CHECK(r.code == 2);
   CHECK_THAT(r.err, Contains("--nbins"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// [slow] science checks of issue #4's targets (run with `build/tests/nfkit_tests "[slow][inference]"`).
+
+TEST_CASE("evidence targets: Gaussians in d = 10 and 21, normal-gamma over five prior scales, "
+          "linear-Gaussian Fourier model (20 coefficients)", "[slow][inference]") {
+  // Targets: |Δ ln z| <= 0.05 for d <= 10, <= 0.15 for d = 21.
+  for (auto [d, tol] : {std::pair<int64_t, double>{10, 0.05}, {21, 0.15}}) {
+    torch::manual_seed(200 + d);
+    auto p = gaussian_problem(example_covariance(d), 5.0);
+    auto ch = iid_chains(p, 100, 400);
+    HarmonicOptions o;
+    o.flow.layers = 6;
+    o.flow.hidden = 128;
+    o.training.steps(3000).seed(5);
+    auto r = learned_harmonic_mean(ch, o);
+    auto is = importance_evidence(*r.flow, p.model, 50000, 7);
+    INFO("d = " << d << ": exact " << p.ln_z << ", harmonic " << r.estimate.ln_z << " ± " << r.estimate.ln_z_error
+                << ", IS " << is.ln_z << " ± " << is.ln_z_error << " (ESS " << is.ess_fraction << "), "
+                << r.seconds << " s");
+    CHECK(std::abs(r.estimate.ln_z - p.ln_z) <= tol);
+    CHECK(std::abs(is.ln_z - p.ln_z) <= tol);
+  }
+  // Normal-gamma (Bernardo & Smith): 100 data points, prior scales tau0 = 1e-4 ... 1.
+  torch::manual_seed(300);
+  auto x = torch::randn({100}, torch::kFloat64);
+  for (double tau0 : {1e-4, 1e-3, 1e-2, 1e-1, 1.0}) {
+    auto p = normal_gamma_problem(x, 0.0, tau0, 1e-3, 1e-3);
+    auto ch = iid_chains(p, 50, 400);
+    HarmonicOptions o;
+    o.training.steps(800).seed(6);
+    auto r = learned_harmonic_mean(ch, o);
+    INFO("normal-gamma tau0 = " << tau0 << ": exact " << p.ln_z << ", harmonic " << r.estimate.ln_z << " ± "
+                                << r.estimate.ln_z_error);
+    CHECK(std::abs(r.estimate.ln_z - p.ln_z) <= 0.05);
+  }
+  // Linear-Gaussian Fourier model: 10 frequencies (20 coefficients), 200 residuals.
+  torch::manual_seed(400);
+  auto t = std::get<0>(torch::sort(torch::rand({200}, torch::kFloat64) * 10.0));
+  auto phi = torch::pow(torch::arange(1, 11, torch::kFloat64), -2.0).repeat_interleave(2);
+  auto c = torch::randn({20}, torch::kFloat64) * torch::sqrt(phi);
+  auto r = fourier_design(t, 10).matmul(c) + 0.5 * torch::randn({200}, torch::kFloat64);
+  auto lg = linear_gaussian_problem(t, r, 0.5, phi);
+  auto ch = iid_chains(lg, 100, 400);
+  HarmonicOptions o;
+  o.flow.layers = 6;
+  o.flow.hidden = 128;
+  o.training.steps(3000).seed(8);
+  auto res = learned_harmonic_mean(ch, o);
+  INFO("Fourier (20 coefficients): exact " << lg.ln_z << ", harmonic " << res.estimate.ln_z << " ± "
+                                           << res.estimate.ln_z_error);
+  CHECK(std::abs(res.estimate.ln_z - lg.ln_z) <= 0.15);
+}
+
+TEST_CASE("evidence calibration: the ±1σ interval covers the truth in >= 12 of 20 runs (2-D Gaussian)",
+          "[slow][inference]") {
+  auto p = gaussian_problem(example_covariance(2), 5.0);
+  int covered = 0;
+  for (int run = 0; run < 20; ++run) {
+    torch::manual_seed(1000 + run);
+    auto ch = iid_chains(p, 40, 200);
+    HarmonicOptions o;
+    o.training.steps(500).seed(2000 + run);
+    auto r = learned_harmonic_mean(ch, o);
+    const bool in = std::abs(r.estimate.ln_z - p.ln_z) <= r.estimate.ln_z_error;
+    covered += in;
+    UNSCOPED_INFO("run " << run << ": " << r.estimate.ln_z - p.ln_z << " vs σ " << r.estimate.ln_z_error);
+  }
+  INFO("covered " << covered << " of 20");
+  CHECK(covered >= 12);
+}
+
+TEST_CASE("pta: every model's evidence agrees with grid quadrature (NANOGrav-15, 14 bins)", "[slow][inference]") {
+  auto fs = FreeSpectrum::load(kNG15).first_bins(14);
+  for (const auto& name : pta_model_names()) {
+    auto m = make_pta_model(name, fs);
+    // The integration box: each uniform prior's range; the smbhb Gaussian prior ± 8 sigma.
+    auto sup = m.model.support();
+    if (name == "smbhb") sup = {{-15.615 - 8 * 0.528, -15.615 + 8 * 0.528}, {4.707 - 8 * 0.352, 4.707 + 8 * 0.352}};
+    const double exact = quadrature_ln_z(m.model, sup[0].first, sup[0].second, sup[1].first, sup[1].second, 2000);
+    EvidenceRunOptions o;
+    o.seed = 17;
+    auto r = estimate_evidence(m.model, o, name);
+    INFO(name << ": quadrature " << exact << ", harmonic " << r.harmonic.estimate.ln_z << " ± "
+              << r.harmonic.estimate.ln_z_error << ", importance " << r.importance.ln_z << " ± " << r.importance.ln_z_error
+              << ", R-hat " << r.diagnostics.max_rhat << ", " << r.seconds << " s");
+    CHECK(std::abs(r.harmonic.estimate.ln_z - exact) <= 0.05);
+    CHECK(std::abs(r.importance.ln_z - exact) <= 0.05);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The time-domain Gaussian-process PTA likelihood.
+
+#include "nfkit/physics/pta_gp.h"
+
+namespace {
+
+/// ln N(r; 0, N + F Phi F^T) by dense linear algebra (the oracle for the Woodbury form).
+double dense_pta_log_likelihood(const std::vector<Pulsar>& ps, int64_t K, bool hd, const torch::Tensor& th) {
+  const int64_t P = static_cast<int64_t>(ps.size());
+  double t0 = INFINITY, t1 = -INFINITY;
+  for (const auto& p : ps) {
+    t0 = std::min(t0, p.toas.min().item<double>());
+    t1 = std::max(t1, p.toas.max().item<double>());
+  }
+  const double T = t1 - t0;
+  auto f = torch::arange(1, K + 1, torch::kFloat64) / T;
+  auto G = hd ? hellings_downs(ps) : torch::eye(P, torch::kFloat64);
+  auto th1 = th.unsqueeze(0);
+  auto phi_gw = (powerlaw_psd(f, th1.select(1, 2 * P), th1.select(1, 2 * P + 1)) / T).squeeze(0);
+  std::vector<torch::Tensor> Fs, rs, ns;
+  for (const auto& p : ps) {
+    auto arg = 2 * M_PI * p.toas.unsqueeze(1) * f.unsqueeze(0);
+    Fs.push_back(torch::stack({torch::sin(arg), torch::cos(arg)}, 2).reshape({p.toas.size(0), -1}));
+    rs.push_back(p.residuals);
+    ns.push_back(p.sigma.pow(2));
+  }
+  auto F = torch::block_diag(Fs);
+  auto Phi = torch::zeros({2 * K * P, 2 * K * P}, torch::kFloat64);
+  for (int64_t a = 0; a < P; ++a) {
+    auto phi_a = (powerlaw_psd(f, th1.select(1, 2 * a), th1.select(1, 2 * a + 1)) / T).squeeze(0);
+    for (int64_t b = 0; b < P; ++b)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t s = 0; s < 2; ++s)
+          Phi[a * 2 * K + 2 * k + s][b * 2 * K + 2 * k + s] =
+              (a == b ? phi_a[k].item<double>() : 0.0) + G[a][b].item<double>() * phi_gw[k].item<double>();
+  }
+  auto r = torch::cat(rs);
+  auto C = torch::diag(torch::cat(ns)) + F.matmul(Phi).matmul(F.t());
+  auto L = torch::linalg_cholesky(C);
+  auto y = torch::linalg_solve_triangular(L, r.unsqueeze(1), false);
+  return -0.5 * y.pow(2).sum().item<double>() - torch::log(torch::diagonal(L)).sum().item<double>() -
+         0.5 * r.size(0) * std::log(2 * M_PI);
+}
+
+}  // namespace
+
+TEST_CASE("pta GP likelihood: Woodbury form equals the dense Gaussian (uncorrelated and Hellings-Downs)",
+          "[inference][pta]") {
+  PTASimulation s;
+  s.pulsars = 3;
+  s.toas = 40;
+  s.components = 3;
+  for (bool hd : {false, true}) {
+    s.hellings_downs = hd;
+    auto sim = simulate_pta(s);
+    PTALikelihood like(sim.pulsars, 3, hd);
+    CHECK(like.dim() == 8);
+    auto th = torch::stack({sim.truth, sim.truth + 0.3, sim.truth - 0.2});
+    auto ll = like.log_likelihood(th);
+    for (int64_t i = 0; i < 3; ++i) {
+      const double want = dense_pta_log_likelihood(sim.pulsars, 3, hd, th[i]);
+      INFO("hd " << hd << " row " << i);
+      CHECK(ll[i].item<double>() == Approx(want).epsilon(1e-9));
+    }
+  }
+  // Hellings-Downs: 1 on the diagonal; at 90 degrees 3/2 x ln x - x/4 + 1/2 with x = 1/2.
+  std::vector<Pulsar> two(2);
+  two[0].position = torch::tensor({1.0, 0.0, 0.0}, torch::kFloat64);
+  two[1].position = torch::tensor({0.0, 1.0, 0.0}, torch::kFloat64);
+  auto G = hellings_downs(two);
+  CHECK(G[0][0].item<double>() == 1.0);
+  CHECK(G[0][1].item<double>() == Approx(0.75 * std::log(0.5) - 0.125 + 0.5).epsilon(1e-12));
+  auto bad = simulate_pta(s).pulsars;
+  bad[1].sigma = -bad[1].sigma;
+  CHECK_THROWS_WITH(PTALikelihood(bad, 3, false), Contains("pulsar 'p1'") && Contains("sigma"));
+}
+
+TEST_CASE("pta GP: 22-parameter simulated array without cross-correlations, ln z against nested quadrature",
+          "[slow][inference]") {
+  // Target: |Δ ln z| <= 0.1. The uncorrelated likelihood factorises over pulsars, so
+  // z = ∫ π(θ_gw) Π_a [∫ L_a(θ_a, θ_gw) π(θ_a) dθ_a] dθ_gw: nested 2-D trapezoid rules
+  // (inner 120 x 50 over each pulsar's prior box; outer 24 x 24 over the common process's
+  // prior box to find its bulk, then 40 x 40 over the box where the outer integrand is within
+  // e^-25 of its peak).
+  PTASimulation s;  // 10 pulsars, 200 TOAs, K = 5
+  auto sim = simulate_pta(s);
+  const int64_t K = 5, P = 10;
+  PTALikelihood like(sim.pulsars, K, false);
+  Model m;
+  for (int64_t a = 0; a < P; ++a)
+    m.add(sim.pulsars[a].name + "_log10_A", uniform_prior(-20, -11)).add(sim.pulsars[a].name + "_gamma", uniform_prior(0, 7));
+  m.add("gw_log10_A", uniform_prior(-18, -12)).add("gw_gamma", uniform_prior(0, 7));
+  m.set_log_likelihood([&like](const torch::Tensor& th) { return like.log_likelihood(th); });
+
+  const double T = like.tspan();
+  auto f = like.freqs();
+  auto grid = [](double lo, double hi, int64_t n) { return torch::linspace(lo, hi, n, torch::kFloat64); };
+  auto trap_w = [](int64_t n, double h) {
+    auto w = torch::full({n}, h, torch::kFloat64);
+    w[0] = h / 2;
+    w[n - 1] = h / 2;
+    return w;
+  };
+  const int64_t nA = 120, nG = 50;
+  auto ia = grid(-20, -11, nA), ig = grid(0, 7, nG);
+  auto inner_lw = torch::log(trap_w(nA, 9.0 / (nA - 1)).unsqueeze(1) * trap_w(nG, 7.0 / (nG - 1)).unsqueeze(0)).reshape(-1) -
+                  std::log(9.0 * 7.0);
+  auto ig2 = torch::meshgrid({ia, ig}, "ij");
+  auto phi_rn = powerlaw_psd(f, ig2[0].reshape(-1), ig2[1].reshape(-1)) / T;  // [nA nG, K]
+  // ln of the outer integrand at common-process points gw [G, 2].
+  auto outer = [&](const torch::Tensor& gw) {
+    auto phi_gw = powerlaw_psd(f, gw.select(1, 0), gw.select(1, 1)) / T;  // [G, K]
+    auto total = torch::zeros({gw.size(0)}, torch::kFloat64);
+    for (int64_t a = 0; a < P; ++a)
+      for (int64_t g = 0; g < gw.size(0); ++g) {
+        auto ll = like.pulsar_log_likelihood(a, phi_rn + phi_gw[g].unsqueeze(0));
+        total[g] += torch::logsumexp(ll + inner_lw, 0).item<double>();
+      }
+    return total - std::log(6.0 * 7.0);  // the common process's uniform prior density
+  };
+  auto outer_ln_z = [&](double a0, double a1, double g0, double g1, int64_t n) {
+    auto oa = grid(a0, a1, n), og = grid(g0, g1, n);
+    auto o2 = torch::meshgrid({oa, og}, "ij");
+    auto vals = outer(torch::stack({o2[0].reshape(-1), o2[1].reshape(-1)}, 1)).view({n, n});
+    auto lw = torch::log(trap_w(n, (a1 - a0) / (n - 1)).unsqueeze(1) * trap_w(n, (g1 - g0) / (n - 1)).unsqueeze(0));
+    return std::make_pair(torch::logsumexp((vals + lw).reshape(-1), 0).item<double>(), vals);
+  };
+  auto [coarse, cv] = outer_ln_z(-18, -12, 0, 7, 24);
+  auto keep = (cv > cv.max() - 25).nonzero();
+  auto oa = grid(-18, -12, 24), og = grid(0, 7, 24);
+  const double a0 = std::max(-18.0, oa[keep.select(1, 0).min()].item<double>() - 0.3);
+  const double a1 = std::min(-12.0, oa[keep.select(1, 0).max()].item<double>() + 0.3);
+  const double g0 = std::max(0.0, og[keep.select(1, 1).min()].item<double>() - 0.35);
+  const double g1 = std::min(7.0, og[keep.select(1, 1).max()].item<double>() + 0.35);
+  const double exact = outer_ln_z(a0, a1, g0, g1, 40).first;
+
+  EvidenceRunOptions o;
+  o.walkers = 128;
+  o.sampler.steps = 3000;
+  o.sampler.burn_in = 3000;
+  o.harmonic.flow.layers = 6;
+  o.harmonic.flow.hidden = 128;
+  o.harmonic.training.steps(3000);
+  o.importance_samples = 20000;
+  o.seed = 29;
+  auto r = estimate_evidence(m, o, "pta22");
+  INFO("quadrature " << exact << " (coarse " << coarse << "), harmonic " << r.harmonic.estimate.ln_z << " ± "
+                     << r.harmonic.estimate.ln_z_error << ", importance " << r.importance.ln_z << " ± "
+                     << r.importance.ln_z_error << " (ESS " << r.importance.ess_fraction << "), R-hat "
+                     << r.diagnostics.max_rhat << ", " << r.seconds << " s");
+  CHECK(std::abs(r.harmonic.estimate.ln_z - exact) <= 0.1);
+}

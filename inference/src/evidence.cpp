@@ -21,6 +21,55 @@ std::string fmt(double v, int prec = 3) {
 
 }  // namespace
 
+std::pair<torch::Tensor, torch::Tensor> SupportMap::to_unbounded(const torch::Tensor& theta) const {
+  if (bounds.empty()) return {theta, torch::zeros({theta.size(0)}, theta.options())};
+  NFKIT_ASSERT(static_cast<int64_t>(bounds.size()) == theta.size(1), "SupportMap: one bound per parameter");
+  std::vector<torch::Tensor> ys;
+  auto logdet = torch::zeros({theta.size(0)}, theta.options());
+  for (size_t k = 0; k < bounds.size(); ++k) {
+    auto x = theta.select(1, static_cast<int64_t>(k));
+    const auto [lo, hi] = bounds[k];
+    if (std::isfinite(lo) && std::isfinite(hi)) {
+      auto u = (x - lo) / (hi - lo);
+      ys.push_back(torch::log(u) - torch::log1p(-u));
+      logdet = logdet - std::log(hi - lo) - torch::log(u) - torch::log1p(-u);
+    } else if (std::isfinite(lo)) {
+      ys.push_back(torch::log(x - lo));
+      logdet = logdet - torch::log(x - lo);
+    } else if (std::isfinite(hi)) {
+      ys.push_back(-torch::log(hi - x));
+      logdet = logdet - torch::log(hi - x);
+    } else {
+      ys.push_back(x);
+    }
+  }
+  return {torch::stack(ys, 1), logdet};
+}
+
+std::pair<torch::Tensor, torch::Tensor> SupportMap::to_bounded(const torch::Tensor& y) const {
+  if (bounds.empty()) return {y, torch::zeros({y.size(0)}, y.options())};
+  NFKIT_ASSERT(static_cast<int64_t>(bounds.size()) == y.size(1), "SupportMap: one bound per parameter");
+  std::vector<torch::Tensor> xs;
+  auto logdet = torch::zeros({y.size(0)}, y.options());
+  for (size_t k = 0; k < bounds.size(); ++k) {
+    auto v = y.select(1, static_cast<int64_t>(k));
+    const auto [lo, hi] = bounds[k];
+    if (std::isfinite(lo) && std::isfinite(hi)) {
+      xs.push_back(lo + (hi - lo) * torch::sigmoid(v));
+      logdet = logdet + std::log(hi - lo) - torch::softplus(-v) - torch::softplus(v);
+    } else if (std::isfinite(lo)) {
+      xs.push_back(lo + torch::exp(v));
+      logdet = logdet + v;
+    } else if (std::isfinite(hi)) {
+      xs.push_back(hi - torch::exp(-v));
+      logdet = logdet - v;
+    } else {
+      xs.push_back(v);
+    }
+  }
+  return {torch::stack(xs, 1), logdet};
+}
+
 HarmonicEstimate harmonic_from_log_ratios(const torch::Tensor& log_ratio_in) {
   const char* fn = "harmonic_mean";
   check_dim(fn, "log_ratio", log_ratio_in, 2);
@@ -87,18 +136,19 @@ nlohmann::json HarmonicEstimate::to_json() const {
           {"max_term_share", max_term_share}, {"warnings", warnings}};
 }
 
-HarmonicEstimate harmonic_mean(Flow& flow, const Chains& ev, double temperature) {
+HarmonicEstimate harmonic_mean(Flow& flow, const Chains& ev, double temperature, const SupportMap& support) {
   check_in_range("harmonic_mean", "temperature", temperature, 0.0, 1.0, /*open_lo=*/true);
   torch::NoGradGuard ng;
   const double old_T = flow.temperature();
   flow.set_temperature(temperature);
-  auto x = ev.samples.reshape({-1, ev.dim()});
+  auto [y, log_jac] = support.to_unbounded(ev.samples.reshape({-1, ev.dim()}));
   std::vector<torch::Tensor> parts;
-  for (int64_t i = 0; i < x.size(0); i += 16384)
-    parts.push_back(flow.log_prob(x.narrow(0, i, std::min<int64_t>(16384, x.size(0) - i))
+  for (int64_t i = 0; i < y.size(0); i += 16384)
+    parts.push_back(flow.log_prob(y.narrow(0, i, std::min<int64_t>(16384, y.size(0) - i))
                                       .to(flow.tensor_options())).to(torch::kFloat64));
   flow.set_temperature(old_T);
-  auto log_phi = torch::cat(parts).view({ev.chains(), ev.steps()});
+  auto log_phi = (torch::cat(parts) + log_jac).view({ev.chains(), ev.steps()});
+  log_phi = torch::where(torch::isnan(log_phi), torch::full_like(log_phi, -INFINITY), log_phi);
   // A flow density of -inf (outside a bounded support) contributes zero, which is allowed.
   return harmonic_from_log_ratios(log_phi - ev.ln_posterior);
 }
@@ -119,7 +169,18 @@ LearnedHarmonicResult learned_harmonic_mean(const Chains& chains, const Harmonic
   LearnedHarmonicResult res;
   res.training_chains = n_train;
 
-  auto train_all = chains.samples.narrow(0, 0, n_train).reshape({-1, chains.dim()}).contiguous();
+  res.support.bounds = o.bounds;
+  if (!o.bounds.empty() && static_cast<int64_t>(o.bounds.size()) != chains.dim())
+    usage_error(fn, std::to_string(o.bounds.size()) + " bounds for " + std::to_string(chains.dim()) + " parameters");
+  for (size_t k = 0; k < o.bounds.size(); ++k) {
+    auto col = chains.samples.select(2, static_cast<int64_t>(k));
+    const auto [lo, hi] = o.bounds[k];
+    if (!(lo < hi) || (col <= lo).any().item<bool>() || (col >= hi).any().item<bool>())
+      runtime_error(fn, "samples of parameter '" + chains.names[k] + "' reach or leave its bounds [" +
+                            std::to_string(lo) + ", " + std::to_string(hi) + "]: the prior does not cover the chains");
+  }
+  auto train_all = res.support.to_unbounded(chains.samples.narrow(0, 0, n_train).reshape({-1, chains.dim()}))
+                       .first.contiguous();
   torch::manual_seed(derive_seed(o.training.seed(), 21, 0));
   auto perm = torch::randperm(train_all.size(0), torch::kLong);
   const int64_t n_val = static_cast<int64_t>(o.val_fraction * train_all.size(0));
@@ -135,13 +196,13 @@ LearnedHarmonicResult learned_harmonic_mean(const Chains& chains, const Harmonic
   res.training = trainer.train();
   flow->eval();
   res.flow = flow;
-  res.estimate = harmonic_mean(*flow, chains.slice(n_train, C - n_train), o.temperature);
+  res.estimate = harmonic_mean(*flow, chains.slice(n_train, C - n_train), o.temperature, res.support);
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;
 }
 
 ImportanceEstimate importance_evidence(Flow& flow, const Model& model, int64_t n, uint64_t seed,
-                                       int64_t batch) {
+                                       int64_t batch, const SupportMap& support) {
   const char* fn = "importance_evidence";
   check_positive_int(fn, "n", n);
   check_positive_int(fn, "batch", batch);
@@ -154,10 +215,10 @@ ImportanceEstimate importance_evidence(Flow& flow, const Model& model, int64_t n
   std::vector<torch::Tensor> lws;
   for (int64_t i = 0, k = 0; i < n; i += batch, ++k) {
     torch::manual_seed(derive_seed(seed, 23, static_cast<uint64_t>(k)));
-    auto [x, log_q] = flow.sample_and_log_prob(std::min(batch, n - i));
-    x = x.to(torch::kFloat64);
+    auto [y, log_qy] = flow.sample_and_log_prob(std::min(batch, n - i));
+    auto [x, log_jac] = support.to_bounded(y.to(torch::kFloat64));
     auto lp = model.log_posterior(x);
-    auto lw = lp - log_q.to(torch::kFloat64);
+    auto lw = lp - (log_qy.to(torch::kFloat64) - log_jac);
     // Draws outside the prior (or where q underflows) carry zero weight.
     lws.push_back(torch::where(torch::isfinite(lp) & torch::isfinite(lw), lw, torch::full_like(lw, -INFINITY)));
   }

@@ -29,8 +29,10 @@ ModelEvidence estimate_evidence(const Model& model, const EvidenceRunOptions& o,
   r.diagnostics = diagnose(r.sampling.chains);
   HarmonicOptions ho = o.harmonic;
   ho.training.seed(derive_seed(o.seed, 31, 2));
+  if (ho.bounds.empty()) ho.bounds = model.support();
   r.harmonic = learned_harmonic_mean(r.sampling.chains, ho);
-  r.importance = importance_evidence(*r.harmonic.flow, model, o.importance_samples, derive_seed(o.seed, 31, 3));
+  r.importance = importance_evidence(*r.harmonic.flow, model, o.importance_samples, derive_seed(o.seed, 31, 3), 8192,
+                                     r.harmonic.support);
   r.agreement = compare_estimates(r.harmonic.estimate, r.importance);
   r.warnings = r.harmonic.estimate.warnings;
   std::ostringstream s;

@@ -23,6 +23,11 @@
 //   ln z = log-mean-exp(log w),  standard error sqrt(Var(w)/n)/mean(w)  (delta method), and the
 //   Kish ESS (Σw)^2/Σw^2.
 //
+// Bounded parameters (a uniform prior's box, a positive scale): the flow then models
+// y = logit((θ - lo)/(hi - lo)) (or log(θ - lo), -log(hi - θ) for one-sided bounds), and
+// phi(θ) = q(y) |dy/dθ| has exactly the parameters' support. Without this, a flow's mass beyond
+// a hard prior edge is lost from ∫ phi over the posterior and ln z comes out too high.
+//
 //   nfkit::HarmonicOptions o;  o.temperature = 0.9;
 //   auto r = nfkit::learned_harmonic_mean(chains, o);
 //   std::cout << r.estimate.ln_z << " ± " << r.estimate.ln_z_error << "\n";
@@ -38,6 +43,16 @@
 #include "nfkit/inference/model.h"
 
 namespace nfkit {
+
+/// The map between bounded parameters θ and unbounded flow coordinates y (identity where a
+/// bound is infinite on both sides; no bounds at all = identity everywhere).
+struct SupportMap {
+  std::vector<std::pair<double, double>> bounds;  ///< per parameter (lo, hi), may be ±inf
+  /// {y, log|dy/dθ| [B]}; θ outside the bounds gives non-finite y.
+  std::pair<torch::Tensor, torch::Tensor> to_unbounded(const torch::Tensor& theta) const;
+  /// {θ, log|dθ/dy| [B]}.
+  std::pair<torch::Tensor, torch::Tensor> to_bounded(const torch::Tensor& y) const;
+};
 
 struct HarmonicEstimate {
   double ln_z = NAN;
@@ -63,6 +78,8 @@ struct HarmonicOptions {
   double temperature = 0.9;       ///< base temperature of the flow at evaluation
   double train_fraction = 0.5;    ///< leading share of chains used for training
   double val_fraction = 0.1;      ///< share of training samples held out for validation
+  /// Parameter bounds (e.g. Model::support()); empty = unbounded.
+  std::vector<std::pair<double, double>> bounds;
   FlowRecipe flow = [] {
     FlowRecipe r;
     r.kind = "nsf";
@@ -76,7 +93,8 @@ struct HarmonicOptions {
 
 struct LearnedHarmonicResult {
   HarmonicEstimate estimate;
-  std::shared_ptr<Flow> flow;   ///< float64, at temperature 1 on return
+  std::shared_ptr<Flow> flow;   ///< float64, at temperature 1 on return; models support.to_unbounded(θ)
+  SupportMap support;
   TrainReport training;
   int64_t training_chains = 0;
   double seconds = 0.0;
@@ -87,7 +105,8 @@ struct LearnedHarmonicResult {
 LearnedHarmonicResult learned_harmonic_mean(const Chains& chains, const HarmonicOptions& options);
 
 /// Evaluates the learned harmonic mean with a given (trained) flow on evaluation chains.
-HarmonicEstimate harmonic_mean(Flow& flow, const Chains& evaluation, double temperature);
+HarmonicEstimate harmonic_mean(Flow& flow, const Chains& evaluation, double temperature,
+                               const SupportMap& support = {});
 
 struct ImportanceEstimate {
   double ln_z = NAN;
@@ -100,7 +119,8 @@ struct ImportanceEstimate {
 
 /// Importance sampling z = E_q[L π / q] with n draws from the flow at temperature 1.
 ImportanceEstimate importance_evidence(Flow& flow, const Model& model, int64_t n,
-                                       uint64_t seed = 0, int64_t batch = 8192);
+                                       uint64_t seed = 0, int64_t batch = 8192,
+                                       const SupportMap& support = {});
 
 /// ln z difference and whether two estimates disagree beyond 3 combined standard errors.
 struct EvidenceAgreement {
