@@ -55,7 +55,8 @@ std::pair<torch::Tensor, torch::Tensor> SupportMap::to_bounded(const torch::Tens
     auto v = y.select(1, static_cast<int64_t>(k));
     const auto [lo, hi] = bounds[k];
     if (std::isfinite(lo) && std::isfinite(hi)) {
-      xs.push_back(lo + (hi - lo) * torch::sigmoid(v));
+      // Clamped strictly inside (lo, hi): sigmoid rounds to 0 or 1 beyond |y| ~ 37.
+      xs.push_back(lo + (hi - lo) * torch::sigmoid(v).clamp(1e-15, 1.0 - 1e-15));
       logdet = logdet + std::log(hi - lo) - torch::softplus(-v) - torch::softplus(v);
     } else if (std::isfinite(lo)) {
       xs.push_back(lo + torch::exp(v));

@@ -21,11 +21,34 @@ ModelEvidence estimate_evidence(const Model& model, const EvidenceRunOptions& o,
   r.name = name;
   torch::manual_seed(derive_seed(o.seed, 31, 0));
   auto init = initial_points(model, o.walkers);
-  EnsembleOptions so = o.sampler;
-  so.seed = derive_seed(o.seed, 31, 1);
-  so.quiet = o.quiet;
-  r.sampling = sample_ensemble([&model](const torch::Tensor& x) { return model.log_posterior(x); }, init, so,
-                               model.names());
+  SupportMap map;
+  if (o.unconstrained) map.bounds = model.support();
+  LogDensityFn log_post_y = [&model, &map](const torch::Tensor& y) {
+    auto [th, log_jac] = map.to_bounded(y);
+    return model.log_posterior(th) + log_jac;
+  };
+  auto init_y = map.to_unbounded(init).first;
+  if (o.sampler_kind == "ensemble") {
+    EnsembleOptions so = o.sampler;
+    so.seed = derive_seed(o.seed, 31, 1);
+    so.quiet = o.quiet;
+    r.sampling = sample_ensemble(log_post_y, init_y, so, model.names());
+  } else if (o.sampler_kind == "hmc") {
+    HMCOptions ho = o.hmc;
+    ho.seed = derive_seed(o.seed, 31, 1);
+    ho.quiet = o.quiet;
+    r.sampling = sample_hmc(log_post_y, init_y, ho, model.names());
+  } else {
+    usage_error("--sampler", "'" + o.sampler_kind + "', expected ensemble or hmc");
+  }
+  if (o.unconstrained) {
+    // Back to θ with the θ-space log posterior (what the evidence estimators need).
+    auto& ch = r.sampling.chains;
+    const auto C = ch.chains(), S = ch.steps(), D = ch.dim();
+    auto th = map.to_bounded(ch.samples.reshape({-1, D})).first;
+    ch.ln_posterior = model.log_posterior(th).view({C, S});
+    ch.samples = th.view({C, S, D});
+  }
   r.diagnostics = diagnose(r.sampling.chains);
   HarmonicOptions ho = o.harmonic;
   ho.training.seed(derive_seed(o.seed, 31, 2));

@@ -2,7 +2,8 @@
 // Model comparison: sample each model's posterior, estimate its evidence two ways from one
 // trained flow, and form log Bayes factors.
 //
-// Per model: ensemble sampling (walkers started from prior draws with a finite posterior),
+// Per model: ensemble sampling or HMC (chains started from prior draws with a finite
+// posterior; by default in the unconstrained coordinates of the prior's support),
 // chain diagnostics, the learned harmonic mean on the walkers' chains (leading half trains
 // the flow, the rest evaluates), importance sampling from the same flow, and their agreement.
 // ln BF(a, b) = ln z_a - ln z_b with error sqrt(σ_a² + σ_b²) (independent runs).
@@ -18,6 +19,11 @@
 namespace nfkit {
 
 struct EvidenceRunOptions {
+  /// "ensemble" (walkers = chains) or "hmc" (walkers independent HMC chains).
+  std::string sampler_kind = "ensemble";
+  /// Sample y = SupportMap(model.support()).to_unbounded(θ) with the log-Jacobian added
+  /// (no hard prior edges for the sampler; chains are mapped back to θ).
+  bool unconstrained = true;
   int64_t walkers = 64;
   EnsembleOptions sampler = [] {
     EnsembleOptions o;
@@ -25,6 +31,7 @@ struct EvidenceRunOptions {
     o.burn_in = 1000;
     return o;
   }();
+  HMCOptions hmc;
   HarmonicOptions harmonic;
   int64_t importance_samples = 20000;
   uint64_t seed = 0;
