@@ -2,7 +2,7 @@
 // uncorrelated common process; physics/pta_gp.h) with the sampler and flow settings given on
 // the command line; prints per-parameter split R-hat, both estimators and the time.
 //
-//   build/bench/pta_gp_bench [ensemble|hmc] [walkers] [steps] [burn-in] [train-steps]
+//   build/bench/pta_gp_bench [ensemble|hmc] [walkers] [steps] [burn-in] [train-steps] [unconstrained|box]
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   m.set_log_likelihood([&like](const torch::Tensor& th) { return like.log_likelihood(th); });
   EvidenceRunOptions o;
   o.sampler_kind = kind;
+  o.unconstrained = argc > 6 ? std::string(argv[6]) == "unconstrained" : true;
   o.walkers = arg(2, 128);
   o.sampler.steps = arg(3, 3000);
   o.sampler.burn_in = arg(4, 3000);

@@ -249,7 +249,7 @@ EvidenceAgreement compare_estimates(const HarmonicEstimate& h, const ImportanceE
   EvidenceAgreement a;
   a.difference = h.ln_z - is.ln_z;
   a.sigma = std::hypot(h.ln_z_error, is.ln_z_error);
-  a.agree = std::abs(a.difference) <= 3.0 * a.sigma;
+  a.agree = std::abs(a.difference) <= std::max(3.0 * a.sigma, 0.02);
   return a;
 }
 
