@@ -146,7 +146,7 @@ void write_corner_png(const std::string& path, const std::string& title, const t
   const int64_t D = x.size(1), panel = 220, gap = 16, margin = 50, bins = 40;
   const int64_t W = margin + D * (panel + gap), H = margin + 30 + D * (panel + gap);
   Canvas c(W, H);
-  c.text(16, 12, title, kBlack, 2);
+  c.text(16, 12, title, kBlack, Canvas::text_width(title, 2) + 32 <= W ? 2 : 1);  // long titles in small type
   std::vector<double> lo(D), hi(D);
   for (int64_t k = 0; k < D; ++k) {
     auto q = torch::quantile(x.select(1, k), torch::tensor({0.001, 0.999}, torch::kFloat64));
