@@ -2,7 +2,7 @@
 // uncorrelated common process; physics/pta_gp.h) with the sampler and flow settings given on
 // the command line; prints per-parameter split R-hat, both estimators and the time.
 //
-//   build/bench/pta_gp_bench [ensemble|hmc] [walkers] [steps] [burn-in] [train-steps] [unconstrained|box]
+//   build/bench/pta_gp_bench [ensemble|hmc] [walkers] [steps] [burn-in] [train-steps] [unconstrained|box] [white-noise-s]
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -17,7 +17,9 @@ int main(int argc, char** argv) {
   set_threads(0);
   const std::string kind = argc > 1 ? argv[1] : "ensemble";
   auto arg = [&](int i, int64_t d) { return argc > i ? std::stoll(argv[i]) : d; };
-  auto sim = simulate_pta(PTASimulation{});
+  PTASimulation ps;
+  if (argc > 7) ps.sigma = std::stod(argv[7]);
+  auto sim = simulate_pta(ps);
   PTALikelihood like(sim.pulsars, 5, false);
   Model m;
   for (const auto& p : sim.pulsars) m.add(p.name + "_log10_A", uniform_prior(-20, -11)).add(p.name + "_gamma", uniform_prior(0, 7));
