@@ -424,8 +424,12 @@ json bg_eval(const po::variables_map& vm, const MoleculeSpec& m, const std::stri
   const auto rama_md = ramachandran(traj.x, dih);
   const auto rama_bg = ramachandran(x, dih);
   const uint64_t seed = derive_seed(ctx.globals.seed, 41, 0);
+  // MD frames are correlated: moving-block bootstrap with 20 blocks' worth of frames per block
+  // (walker-major order, so blocks are stretches of one walker's trajectory).
+  const int64_t md_block = std::max<int64_t>(1, traj.x.size(0) / 20);
   res["md"] = {{"frames", traj.x.size(0)},
-               {"basins", basins_json(basin_free_energies(rama_md, {}, rounds, seed))}};
+               {"bootstrap_block", md_block},
+               {"basins", basins_json(basin_free_energies(rama_md, {}, rounds, seed, md_block))}};
   res["bg_raw"] = {{"basins", basins_json(basin_free_energies(rama_bg, {}, rounds, seed))}};
   res["bg_reweighted"] = {
       {"basins", basins_json(basin_free_energies(rama_bg, log_w, rounds, seed))}};

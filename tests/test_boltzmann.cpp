@@ -440,3 +440,22 @@ TEST_CASE("generators: log q of samples equals log_prob, internal and Cartesian"
     CHECK(torch::allclose(back.masked_select(fin), lq.masked_select(fin), 1e-6, 1e-6));
   }
 }
+
+TEST_CASE("bootstrap: moving blocks give honest errors of a correlated series", "[boltzmann]") {
+  // AR(1) with phi = 0.9: the standard error of the mean of n points is
+  // sqrt((1 + phi)/(1 - phi)/n) = 0.0308 for n = 20000; Efron's bootstrap says sqrt(1/n) = 0.0071.
+  torch::manual_seed(12);
+  const int64_t n = 20000;
+  auto e = torch::randn({n}, torch::kFloat64);
+  std::vector<double> x(n);
+  x[0] = e[0].item<double>();
+  for (int64_t t = 1; t < n; ++t) x[t] = 0.9 * x[t - 1] + std::sqrt(1 - 0.81) * e[t].item<double>();
+  auto xt = torch::tensor(x, torch::kFloat64);
+  auto mean_of = [&](const torch::Tensor& idx) { return xt.index_select(0, idx).mean().item<double>(); };
+  const double iid = nfkit::bootstrap(n, mean_of, 200, 3).error;
+  const double blocked = nfkit::bootstrap(n, mean_of, 200, 3, n / 20).error;
+  INFO("iid " << iid << ", blocked " << blocked);
+  CHECK(iid == Approx(0.0071).epsilon(0.25));
+  // 20 blocks: the error of an error from 20 blocks is ~16%, plus the block-length bias.
+  CHECK(blocked == Approx(0.0308).epsilon(0.35));
+}

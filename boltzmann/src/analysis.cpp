@@ -60,7 +60,7 @@ torch::Tensor basin_index(const torch::Tensor& phi_psi) {
 
 std::vector<BasinStats> basin_free_energies(const torch::Tensor& phi_psi,
                                             const torch::Tensor& log_w, int64_t rounds,
-                                            uint64_t seed) {
+                                            uint64_t seed, int64_t block) {
   const auto idx = basin_index(phi_psi);
   const int64_t n = idx.size(0);
   const auto lw = log_w.defined() ? log_w.to(torch::kFloat64)
@@ -77,14 +77,14 @@ std::vector<BasinStats> basin_free_energies(const torch::Tensor& phi_psi,
     s.name = basin_names()[k];
     s.probability = bootstrap(
         n, [&](const torch::Tensor& sel) { return probs(sel)[k].item<double>(); }, rounds,
-        derive_seed(seed, 11, static_cast<uint64_t>(k)));
+        derive_seed(seed, 11, static_cast<uint64_t>(k)), block);
     s.delta_f = bootstrap(
         n,
         [&](const torch::Tensor& sel) {
           const auto p = probs(sel);
           return -std::log(p[k].item<double>() / p[0].item<double>());
         },
-        rounds, derive_seed(seed, 11, static_cast<uint64_t>(k)));
+        rounds, derive_seed(seed, 11, static_cast<uint64_t>(k)), block);
     out.push_back(s);
   }
   return out;

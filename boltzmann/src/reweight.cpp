@@ -63,8 +63,10 @@ double weighted_mean(const torch::Tensor& f, const torch::Tensor& log_w) {
 }
 
 Estimate bootstrap(int64_t n, const std::function<double(const torch::Tensor& idx)>& statistic,
-                   int64_t rounds, uint64_t seed) {
+                   int64_t rounds, uint64_t seed, int64_t block) {
   check_positive_int("bootstrap", "n", n);
+  check_positive_int("bootstrap", "block", block);
+  block = std::min(block, n);
   Estimate e;
   e.value = statistic(torch::arange(n, torch::kInt64));
   if (rounds < 2) {
@@ -74,7 +76,10 @@ Estimate bootstrap(int64_t n, const std::function<double(const torch::Tensor& id
   auto gen = torch::make_generator<torch::CPUGeneratorImpl>(seed);
   std::vector<double> vals;
   for (int64_t r = 0; r < rounds; ++r) {
-    const auto idx = torch::randint(0, n, {n}, gen, torch::kInt64);
+    // Moving-block bootstrap (Kunsch 1989) for correlated series; block = 1 is Efron's.
+    const int64_t nb = (n + block - 1) / block;
+    const auto starts = torch::randint(0, n - block + 1, {nb, 1}, gen, torch::kInt64);
+    const auto idx = (starts + torch::arange(block, torch::kInt64).unsqueeze(0)).reshape({-1}).narrow(0, 0, n);
     const double v = statistic(idx);
     if (std::isfinite(v)) vals.push_back(v);
   }

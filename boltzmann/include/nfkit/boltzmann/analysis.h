@@ -48,9 +48,11 @@ struct BasinStats {
   Estimate delta_f;  ///< -ln(P_basin / P_C7eq) in k_B T (0 for C7eq itself)
 };
 /// Basin probabilities and free energies relative to C7eq/beta; log_w undefined = unweighted.
+/// Errors by bootstrap; block > 1 resamples contiguous blocks of that many frames (moving-block
+/// bootstrap), as correlated MD frames need.
 std::vector<BasinStats> basin_free_energies(const torch::Tensor& phi_psi,
                                             const torch::Tensor& log_w, int64_t rounds,
-                                            uint64_t seed);
+                                            uint64_t seed, int64_t block = 1);
 
 /// Exact 1-D W2 between the empirical distributions of a [n] and b [m].
 double wasserstein2_1d(const torch::Tensor& a, const torch::Tensor& b);

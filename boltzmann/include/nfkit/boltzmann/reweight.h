@@ -45,6 +45,7 @@ struct Estimate {
 /// indices 0..n-1; value = full-sample statistic, error = std over resamples (non-finite
 /// resamples skipped).
 Estimate bootstrap(int64_t n, const std::function<double(const torch::Tensor& idx)>& statistic,
-                   int64_t rounds, uint64_t seed);
+                   int64_t rounds, uint64_t seed,
+                   int64_t block = 1);
 
 }  // namespace nfkit
