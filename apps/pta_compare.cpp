@@ -9,7 +9,6 @@
 #include "evidence_common.h"
 #include "nfkit/core/checks.h"
 #include "nfkit/core/files.h"
-#include "nfkit/core/progress.h"
 #include "nfkit/core/runtime.h"
 #include "nfkit/inference/model_comparison.h"
 #include "nfkit/inference/pta_models.h"
@@ -25,12 +24,6 @@ std::vector<std::string> split_list(const std::string& s) {
   while (std::getline(in, item, ','))
     if (!item.empty()) out.push_back(item);
   return out;
-}
-
-std::string all_models() {
-  std::string s;
-  for (const auto& n : pta_model_names()) s += (s.empty() ? "" : ",") + n;
-  return s;
 }
 
 /// A finished model's results, reused when the run's configuration is unchanged.
@@ -54,7 +47,7 @@ Command pta_compare_command() {
             o.add_options()
                 ("data", po::value<std::string>()->default_value("data/pta/ng15_30f_fs_hd_ceffyl"),
                  "free-spectrum directory (density.npy, log10rhogrid.npy, freqs.npy)")
-                ("models", po::value<std::string>()->default_value(all_models()), "comma-separated models")
+                ("models", po::value<std::string>()->default_value(pta_model_list()), "comma-separated models")
                 ("reference", po::value<std::string>()->default_value(""),
                  "model the Bayes factors are taken against (default: smbhb if compared, else the first)")
                 ("nbins", po::value<int64_t>()->default_value(14),
@@ -92,9 +85,7 @@ Command pta_compare_command() {
             if (std::find(models.begin(), models.end(), ref) == models.end())
               usage_error("--reference", "'" + ref + "' is not among --models");
 
-            for (const auto& name : models)
-              if (std::find(pta_model_names().begin(), pta_model_names().end(), name) == pta_model_names().end())
-                usage_error("--models", "unknown model '" + name + "', expected some of " + all_models());
+            for (const auto& name : models) check_pta_model(name);  // before the data is read
             const int64_t nb = vm["nbins"].as<int64_t>();
             if (nb < 0) usage_error("--nbins", "must be >= 0");
             auto data = FreeSpectrum::load(dir);

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "nfkit/core/checks.h"
@@ -34,6 +35,18 @@ torch::Tensor sigw_delta_shape(const torch::Tensor& x) {
 const std::vector<std::string>& pta_model_names() {
   static const std::vector<std::string> names{"smbhb", "pl", "turnover", "bpl", "pt", "dw", "sigw", "igw"};
   return names;
+}
+
+std::string pta_model_list(const std::string& sep) {
+  std::string list;
+  for (const auto& n : pta_model_names()) list += (list.empty() ? "" : sep) + n;
+  return list;
+}
+
+void check_pta_model(const std::string& name) {
+  const auto& names = pta_model_names();
+  if (std::find(names.begin(), names.end(), name) == names.end())
+    usage_error("--models", "unknown model '" + name + "', expected one of " + pta_model_list(", "));
 }
 
 PTAModel make_pta_model(const std::string& name, const FreeSpectrum& data) {
@@ -97,9 +110,8 @@ PTAModel make_pta_model(const std::string& name, const FreeSpectrum& data) {
       return omega_h2_to_psd(f, kCg / 24.0 * kOmegaRh2 * kAs * r * tilt);
     };
   } else {
-    std::string list;
-    for (const auto& n : pta_model_names()) list += (list.empty() ? "" : ", ") + n;
-    usage_error("--models", "unknown model '" + name + "', expected one of " + list);
+    check_pta_model(name);
+    NFKIT_ASSERT(false, "model '" + name + "' is listed but not built");
   }
   auto psd = m.psd;
   const double T = data.tspan;

@@ -48,7 +48,11 @@ struct PTAModel {
 
 /// Every model name above, in table order.
 const std::vector<std::string>& pta_model_names();
-/// Builds a model on the data; UsageError naming --models and listing the names if unknown.
+/// The names joined by `sep` ("smbhb,pl,..." for option defaults and messages).
+std::string pta_model_list(const std::string& sep = ",");
+/// UsageError naming --models and listing the names unless `name` is one of them.
+void check_pta_model(const std::string& name);
+/// Builds a model on the data; UsageError (check_pta_model) if the name is unknown.
 PTAModel make_pta_model(const std::string& name, const FreeSpectrum& data);
 
 /// The δ-peak SIGW spectrum Ω_GW(x) during radiation domination (before redshifting),
