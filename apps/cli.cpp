@@ -101,7 +101,8 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> all{
       flow_train_command(), flow_eval_command(),  flow_sample_command(), flow_demo_command(),
       md_command(),         bg_train_command(),   bg_sample_command(),   bg_eval_command(),
-      bg_run_command(),     evidence_command(),   pta_compare_command()};
+      bg_run_command(),     evidence_command(),   pta_compare_command(),
+      image_train_command(), image_bpd_command(),  image_sample_command()};
   return all;
 }
 

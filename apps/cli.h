@@ -72,5 +72,8 @@ Command bg_eval_command();
 Command bg_run_command();
 Command evidence_command();
 Command pta_compare_command();
+Command image_train_command();
+Command image_bpd_command();
+Command image_sample_command();
 
 }  // namespace nfkit::cli

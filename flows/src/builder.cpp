@@ -8,6 +8,7 @@
 #include "nfkit/flows/coupling.h"
 #include "nfkit/flows/linear.h"
 #include "nfkit/flows/normalization.h"
+#include "nfkit/flows/tarflow.h"
 
 namespace nfkit {
 
@@ -32,6 +33,7 @@ TransformPtr make_transform(const json& c) {
   if (type == "lu_linear")
     return std::make_shared<LULinear>(LULinearOptions(c.at("options").at("dim").get<int64_t>())
                                           .seed(c.at("options").at("seed").get<uint64_t>()));
+  if (type == "tarflow") return std::make_shared<TarFlow>(TarFlowOptions::from_json(c.at("options")));
   if (type == "actnorm") return std::make_shared<ActNorm>(c.at("dim").get<int64_t>());
   if (type == "elementwise_affine") {
     const int64_t d = c.at("dim").get<int64_t>();

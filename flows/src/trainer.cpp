@@ -204,7 +204,9 @@ TrainReport Trainer::train() {
     if (use_fwd) {
       const auto idx = torch::randint(train_x.size(0), {opts_.batch_size()},
                                       torch::TensorOptions().dtype(torch::kInt64).device(dev_opts.device()));
-      add(forward_kl(*flow_, rows(train_x, idx), rows(train_c, idx)), 1.0 - obj_.reverse_weight);
+      auto bx = rows(train_x, idx), bc = rows(train_c, idx);
+      if (obj_.augment) std::tie(bx, bc) = obj_.augment(bx, bc);
+      add(forward_kl(*flow_, bx, bc), 1.0 - obj_.reverse_weight);
     }
     if (use_rev) add(reverse_kl(*flow_, obj_.energy, obj_.energy_batch), obj_.reverse_weight);
 

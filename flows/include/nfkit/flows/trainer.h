@@ -21,6 +21,7 @@
 #include <torch/arg.h>
 
 #include <functional>
+#include <tuple>
 #include <string>
 
 #include "nfkit/flows/checkpoint.h"
@@ -66,6 +67,11 @@ struct Objective {
   double reverse_weight = 0.0;
   /// Reverse-KL samples per step (default: batch_size).
   int64_t energy_batch = 0;
+  /// Applied to every training minibatch (x, context) before the forward-KL loss, under the
+  /// step's seed (reproducible): dequantisation noise, noise augmentation, label drop.
+  /// Validation data is used as given (dequantise it once, with a fixed seed).
+  std::function<std::tuple<torch::Tensor, torch::Tensor>(const torch::Tensor&, const torch::Tensor&)>
+      augment;
 };
 
 struct TrainReport {

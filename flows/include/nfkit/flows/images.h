@@ -1,0 +1,43 @@
+#pragma once
+// Images for density models: 8-bit pixels <-> model space, dequantisation, bits per dimension.
+//
+// Model space: y = (pixel + u) / 128 - 1 in [-1, 1), u the dequantisation noise. With
+// u ~ U[0, 1) (uniform dequantisation, Theis et al. 2016; TARFlow's likelihood evaluation),
+// E_u[log q(y)] + D log(1/128) is a lower bound on the log-probability of the discrete image, so
+//
+//   bits/dim = (NLL_y + D ln 128) / (D ln 2)    with NLL_y = -log q(y) in nats,
+//
+// an upper bound on the discrete model's code length. Gaussian augmentation (pixel/128 - 1 +
+// sigma * n, TARFlow's training for generation) is also provided; its bits/dim are not a
+// discrete likelihood and are not reported as one.
+//
+//   auto y = nfkit::dequantize_uniform(images);          // uint8 [N, C, H, W] -> float [N, C*H*W]
+//   auto bpd = nfkit::bits_per_dim(*flow, images, labels, 256, seed);
+#include <torch/types.h>
+
+#include "nfkit/flows/distribution.h"
+
+namespace nfkit {
+
+/// uint8 [N, C, H, W] (or [N, H, W]) -> float32 [N, C*H*W]: (pixel + U[0,1)) / 128 - 1.
+torch::Tensor dequantize_uniform(const torch::Tensor& images);
+/// uint8 -> float32 [N, dim]: pixel / 128 - 1 + (sigma > 0 ? sigma * N(0, 1) : 0), plus 1/256 to
+/// centre the bins.
+torch::Tensor pixels_to_model(const torch::Tensor& images, double sigma = 0.0);
+/// float [N, C*H*W] in model space -> uint8 [N, C*H*W] (rounded, clamped to 0..255).
+torch::Tensor model_to_pixels(const torch::Tensor& y);
+
+struct BitsPerDim {
+  double mean = 0, se = 0;  ///< over images
+  int64_t n = 0;
+};
+/// Test-set bits/dim with uniform dequantisation (one noise draw per image, seeded), in
+/// batches; labels (int64 [N]) are one-hot encoded for class-conditional flows. The flow is
+/// evaluated in eval mode, without gradients.
+BitsPerDim bits_per_dim(Flow& flow, const torch::Tensor& images, const torch::Tensor& labels,
+                        int64_t batch, uint64_t seed, int64_t num_classes = 0);
+
+/// int64 labels [N] -> float one-hot [N, K] (K > 0); labels outside [0, K) are an error.
+torch::Tensor one_hot_labels(const torch::Tensor& labels, int64_t num_classes);
+
+}  // namespace nfkit

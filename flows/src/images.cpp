@@ -1,0 +1,79 @@
+#include "nfkit/flows/images.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "nfkit/core/checks.h"
+#include "nfkit/core/error.h"
+#include "nfkit/core/runtime.h"
+
+namespace nfkit {
+
+namespace {
+torch::Tensor flat_pixels(const char* fn, const torch::Tensor& images) {
+  check_defined(fn, "images", images);
+  if (images.scalar_type() != torch::kUInt8) usage_error(fn, "images must be uint8 pixels");
+  if (images.dim() < 2) usage_error(fn, "images must be [N, H, W] or [N, C, H, W]");
+  return images.reshape({images.size(0), -1}).to(torch::kFloat32);
+}
+}  // namespace
+
+torch::Tensor dequantize_uniform(const torch::Tensor& images) {
+  const auto p = flat_pixels("dequantize_uniform", images);
+  return (p + torch::rand_like(p)) / 128.0 - 1.0;
+}
+
+torch::Tensor pixels_to_model(const torch::Tensor& images, double sigma) {
+  const auto p = flat_pixels("pixels_to_model", images);
+  auto y = (p + 0.5) / 128.0 - 1.0;
+  if (sigma > 0) y = y + sigma * torch::randn_like(y);
+  return y;
+}
+
+torch::Tensor model_to_pixels(const torch::Tensor& y) {
+  return torch::floor((y.detach().to(torch::kFloat32) + 1.0) * 128.0).clamp(0, 255).to(torch::kUInt8);
+}
+
+torch::Tensor one_hot_labels(const torch::Tensor& labels, int64_t K) {
+  check_positive_int("one_hot", "num_classes", K);
+  if (labels.numel() > 0 && (labels.min().item<int64_t>() < 0 || labels.max().item<int64_t>() >= K))
+    runtime_error("labels", "hold values outside 0.." + std::to_string(K - 1));
+  return torch::one_hot(labels.to(torch::kInt64), K).to(torch::kFloat32);
+}
+
+BitsPerDim bits_per_dim(Flow& flow, const torch::Tensor& images, const torch::Tensor& labels,
+                        int64_t batch, uint64_t seed, int64_t num_classes) {
+  const char* fn = "bits_per_dim";
+  check_positive_int(fn, "batch", batch);
+  const int64_t N = images.size(0);
+  const auto px = flat_pixels(fn, images);
+  if (px.size(1) != flow.dim())
+    usage_error(fn, "images have " + std::to_string(px.size(1)) + " values, the model expects " +
+                        std::to_string(flow.dim()));
+  torch::NoGradGuard ng;
+  const bool was_training = flow.is_training();
+  flow.eval();
+  torch::manual_seed(seed);
+  const auto opts = flow.tensor_options();
+  const double D = static_cast<double>(px.size(1));
+  std::vector<torch::Tensor> bpd;
+  for (int64_t i = 0; i < N; i += batch) {
+    const int64_t n = std::min(batch, N - i);
+    const auto p = px.narrow(0, i, n);
+    const auto y = ((p + torch::rand_like(p)) / 128.0 - 1.0).to(opts);
+    torch::Tensor c;
+    if (num_classes > 0) c = one_hot_labels(labels.narrow(0, i, n), num_classes).to(opts);
+    const auto nll = -flow.log_prob(y, c).to(torch::kFloat64);
+    bpd.push_back((nll + D * std::log(128.0)) / (D * std::log(2.0)));
+  }
+  if (was_training) flow.train();
+  const auto all = torch::cat(bpd).cpu();
+  BitsPerDim r;
+  r.n = N;
+  r.mean = all.mean().item<double>();
+  r.se = N > 1 ? all.std().item<double>() / std::sqrt(static_cast<double>(N)) : 0.0;
+  return r;
+}
+
+}  // namespace nfkit

@@ -1,0 +1,292 @@
+// Transformer autoregressive flows: exactness of the transform, agreement of the samplers,
+// guidance identities, bits/dim, checkpoints and the image loader.
+#include <catch2/catch.hpp>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "helpers.h"
+#include "nfkit/core/idx.h"
+#include "nfkit/flows/checkpoint.h"
+#include "nfkit/flows/images.h"
+#include "nfkit/flows/tarflow.h"
+
+using namespace nfkit;
+using nfkit::test::brute_force_logabsdet;
+using nfkit::test::perturb_parameters;
+using nfkit::test::temp_path;
+
+namespace {
+
+struct Tiny {
+  std::string name;
+  TarFlowOptions opts;
+};
+
+std::vector<Tiny> tiny_configs() {
+  return {
+      {"shift/exp 4x4 p2", TarFlowOptions().height(4).width(4).patch(2).blocks(3).layers(1).hidden(16).head_dim(8)},
+      {"token/softplus/clip 2ch 4x8 p2 conditional",
+       TarFlowOptions().channels(2).height(4).width(8).patch(2).blocks(2).layers(2).hidden(16).head_dim(4)
+           .start("token").scale("softplus").soft_clip(2.0).num_classes(3)},
+      {"shift/exp 1x16 p1 (T = 16)", TarFlowOptions().height(4).width(4).patch(1).blocks(2).layers(1).hidden(8).head_dim(8)},
+  };
+}
+
+std::shared_ptr<TarFlow> make_perturbed(const TarFlowOptions& o, uint64_t seed, double scale = 0.3) {
+  torch::manual_seed(seed);
+  auto t = std::make_shared<TarFlow>(o);
+  perturb_parameters(*t, scale, seed + 1);
+  t->eval();
+  return t;
+}
+
+torch::Tensor labels_for(const TarFlowOptions& o, int64_t B) {
+  if (o.num_classes() == 0) return {};
+  return one_hot_labels(torch::arange(B, torch::kInt64) % o.num_classes(), o.num_classes());
+}
+
+double max_abs(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+}  // namespace
+
+TEST_CASE("tarflow: round trip and log|det| against the autograd Jacobian", "[tarflow]") {
+  for (const auto& c : tiny_configs()) {
+    INFO(c.name);
+    auto t = make_perturbed(c.opts, 11);
+    const int64_t B = 5;
+    torch::manual_seed(3);
+    const auto x = torch::randn({B, c.opts.dim()});
+    const auto ctx = labels_for(c.opts, B);
+    auto [z, ld] = t->forward(x, ctx);
+    CHECK(max_abs(x, z) > 0.05);  // the perturbation made it a non-trivial map
+    const auto bf = brute_force_logabsdet(*t, x, ctx);
+    CHECK(max_abs(ld, bf) < 1e-4);
+    auto [x2, ldi] = t->inverse(z, ctx);
+    CHECK(max_abs(x, x2) < 1e-4);
+    CHECK(max_abs(ld, -ldi) < 1e-4);
+  }
+}
+
+TEST_CASE("tarflow: the KV-cache inverse equals Jacobi run to its exact bound, and GS-Jacobi", "[tarflow]") {
+  for (const auto& c : tiny_configs()) {
+    INFO(c.name);
+    auto t = make_perturbed(c.opts, 21);
+    const int64_t B = 4, T = c.opts.tokens();
+    torch::manual_seed(5);
+    const auto z = torch::randn({B, c.opts.dim()});
+    const auto ctx = labels_for(c.opts, B);
+    SampleOptions seq;
+    SampleStats s_seq;
+    auto [x_seq, ld_seq] = t->sample_inverse(z, ctx, seq, &s_seq);
+    const int64_t exact = c.opts.start() == "shift" ? T - 1 : T;
+    for (auto it : s_seq.iterations) CHECK(it == exact);  // one pass per token
+
+    SampleOptions jac;
+    jac.sampler = SamplerKind::kJacobi;
+    jac.tol = 0;  // run to the cap: exact after T - 1 (shift) or T (token) iterations
+    SampleStats s_jac;
+    auto [x_jac, ld_jac] = t->sample_inverse(z, ctx, jac, &s_jac);
+    for (auto it : s_jac.iterations) CHECK(it == exact);
+    CHECK(max_abs(x_seq, x_jac) < 1e-5);
+    CHECK(max_abs(ld_seq, ld_jac) < 1e-4);
+
+    for (const std::string init : {"latent", "zeros"}) {
+      SampleOptions gs;
+      gs.sampler = SamplerKind::kGSJacobi;
+      gs.modules = 3;
+      gs.init = init;
+      gs.tol = 1e-7;
+      auto [x_gs, ld_gs] = t->sample_inverse(z, ctx, gs);
+      CHECK(max_abs(x_seq, x_gs) < 1e-4);
+      gs.relative_tol = 1e-7;  // STARFlow's chunked Jacobi stop
+      auto [x_rel, ld_rel] = t->sample_inverse(z, ctx, gs);
+      CHECK(max_abs(x_seq, x_rel) < 1e-4);
+    }
+
+    // A Jacobi iteration cap below the exact bound leaves the later tokens unsolved.
+    SampleOptions capped;
+    capped.sampler = SamplerKind::kGSJacobi;
+    capped.tol = 0;
+    capped.blocks.assign(c.opts.blocks(), BlockStrategy{1, 1, "zeros"});
+    auto [x_cap, ld_cap] = t->sample_inverse(z, ctx, capped);
+    CHECK(max_abs(x_seq, x_cap) > 1e-3);
+  }
+}
+
+TEST_CASE("tarflow: an identity model on uniform pixels has the analytic bits/dim", "[tarflow]") {
+  // Untrained (zero output projection): z = y, so log q(y) = sum log N(y; 0, 1) and y is
+  // uniform on [-1, 1): E[NLL_y] / D = ln(2 pi) / 2 + 1/6, bits/dim = (that + ln 128) / ln 2.
+  auto flow = make_tarflow(TarFlowOptions().height(8).width(8).patch(2).blocks(2).layers(1).hidden(16).head_dim(8));
+  torch::manual_seed(7);
+  const auto images = torch::randint(0, 256, {4000, 1, 8, 8}, torch::kUInt8);
+  const auto r = bits_per_dim(*flow, images, {}, 512, 9);
+  const double expected = (0.5 * std::log(2 * M_PI) + 1.0 / 6.0 + std::log(128.0)) / std::log(2.0);
+  CHECK(r.n == 4000);
+  CHECK(std::abs(r.mean - expected) < 4 * r.se + 1e-3);
+  CHECK(r.se < 0.01);
+  CHECK(expected == Approx(8.5658).margin(1e-3));
+}
+
+TEST_CASE("tarflow: guidance with w = 0 is the conditional model; cfg mixes the two branches", "[tarflow]") {
+  auto o = TarFlowOptions().height(4).width(4).patch(2).blocks(2).layers(1).hidden(16).head_dim(8).num_classes(4);
+  auto t = make_perturbed(o, 31);
+  const int64_t B = 6;
+  torch::manual_seed(8);
+  const auto z = torch::randn({B, o.dim()});
+  const auto ctx = labels_for(o, B);
+  SampleOptions plain;
+  auto [x0, l0] = t->sample_inverse(z, ctx, plain);
+  for (auto g : {GuidanceKind::kCFG, GuidanceKind::kProduct, GuidanceKind::kAttention}) {
+    SampleOptions so;
+    so.guidance = g;
+    so.guidance_weight = 0.0;
+    auto [xg, lg] = t->sample_inverse(z, ctx, so);
+    CHECK(max_abs(x0, xg) == 0.0);
+    so.guidance_weight = 1.5;
+    auto [xw, lw] = t->sample_inverse(z, ctx, so);
+    CHECK(max_abs(x0, xw) > 1e-4);  // guidance does something
+    CHECK(torch::isfinite(xw).all().item<bool>());
+  }
+  // cfg with the null label as the condition: both branches agree, so any w is a no-op.
+  SampleOptions so;
+  so.guidance = GuidanceKind::kCFG;
+  so.guidance_weight = 3.0;
+  const auto null = torch::zeros({B, 4});
+  auto [xu, lu] = t->sample_inverse(z, null, plain);
+  auto [xn, ln] = t->sample_inverse(z, null, so);
+  CHECK(max_abs(xu, xn) < 1e-4);  // float32 rounding of (1 + w) a - w a
+  // Samplers agree under guidance too (they solve the same guided system).
+  so.sampler = SamplerKind::kJacobi;
+  so.tol = 1e-7;
+  auto [xj, lj] = t->sample_inverse(z, ctx, so);
+  so.sampler = SamplerKind::kSequential;
+  auto [xs, ls] = t->sample_inverse(z, ctx, so);
+  CHECK(max_abs(xs, xj) < 1e-4);
+}
+
+TEST_CASE("tarflow: label drop trains the null label; eval mode keeps labels", "[tarflow]") {
+  auto o = TarFlowOptions().height(4).width(4).patch(2).blocks(1).layers(1).hidden(8).head_dim(8)
+               .num_classes(2).label_drop(1.0);
+  auto t = make_perturbed(o, 41);
+  const auto x = torch::randn({3, o.dim()});
+  const auto ctx = labels_for(o, 3);
+  auto [z_eval, l_eval] = t->forward(x, ctx);
+  auto [z_null, l_null] = t->forward(x, torch::zeros({3, 2}));
+  CHECK(max_abs(z_eval, z_null) > 1e-4);
+  t->train();
+  auto [z_drop, l_drop] = t->forward(x, ctx);  // every label dropped
+  CHECK(max_abs(z_drop, z_null) < 1e-6);
+}
+
+TEST_CASE("tarflow: samplers keep iterates finite (clamp) on a diverging model", "[tarflow]") {
+  auto o = TarFlowOptions().height(4).width(4).patch(1).blocks(1).layers(1).hidden(8).head_dim(8);
+  auto t = make_perturbed(o, 51, 4.0);  // large weights: exp(log sigma) overflows
+  torch::manual_seed(2);
+  const auto z = 10 * torch::randn({4, o.dim()});
+  for (auto kind : {SamplerKind::kSequential, SamplerKind::kJacobi}) {
+    SampleOptions so;
+    so.sampler = kind;
+    so.clamp = 50.0;
+    SampleStats st;
+    auto [x, ld] = t->sample_inverse(z, {}, so, &st);
+    CHECK(torch::isfinite(x).all().item<bool>());
+    CHECK(x.abs().max().item<double>() <= 50.0);
+    CHECK(st.clamped > 0);
+  }
+}
+
+TEST_CASE("tarflow: block metrics choose strategies that reproduce the sequential sample", "[tarflow]") {
+  auto o = TarFlowOptions().height(8).width(8).patch(2).blocks(3).layers(1).hidden(16).head_dim(8);
+  auto t = make_perturbed(o, 61, 0.2);
+  torch::manual_seed(4);
+  const auto x = torch::randn({16, o.dim()}) * 0.5;
+  const auto m = t->block_metrics(x, {}, 4, 1e-6);
+  REQUIRE(m.size() == 3);
+  int dominant = 0;
+  for (const auto& b : m) {
+    CHECK(std::isfinite(b.crm));
+    CHECK(b.crm > 0);
+    CHECK(b.jacobi_iters >= 1);
+    CHECK(b.jacobi_iters <= o.tokens() - 1);
+    dominant += b.chosen.modules > 1;
+  }
+  CHECK(dominant >= 1);  // the block with the largest CRM is always dominant
+  SampleOptions so;
+  so.sampler = SamplerKind::kGSJacobi;
+  so.tol = 1e-7;
+  for (const auto& b : m) so.blocks.push_back(b.chosen);
+  const auto z = torch::randn({4, o.dim()});
+  auto [x_gs, l_gs] = t->sample_inverse(z, {}, so);
+  auto [x_seq, l_seq] = t->sample_inverse(z, {}, SampleOptions{});
+  CHECK(max_abs(x_gs, x_seq) < 1e-4);
+}
+
+TEST_CASE("tarflow: checkpoint round trip rebuilds the model exactly", "[tarflow]") {
+  auto o = TarFlowOptions().channels(2).height(4).width(4).patch(2).blocks(2).layers(1).hidden(16)
+               .head_dim(8).num_classes(3).start("token").scale("softplus").soft_clip(3.0);
+  torch::manual_seed(12);
+  auto t = std::make_shared<TarFlow>(o);
+  perturb_parameters(*t, 0.2, 13);
+  auto flow = std::make_shared<Flow>(std::make_shared<StandardNormal>(o.dim()), t);
+  flow->eval();
+  const auto path = temp_path("tarflow.h5");
+  save_flow(path, *flow, {{"what", "test"}});
+  auto loaded = load_flow(path);
+  loaded.flow->eval();
+  const auto x = torch::randn({4, o.dim()});
+  const auto ctx = labels_for(o, 4);
+  CHECK(max_abs(flow->log_prob(x, ctx), loaded.flow->log_prob(x, ctx)) == 0.0);
+  auto lt = std::dynamic_pointer_cast<TarFlow>(loaded.flow->transform());
+  REQUIRE(lt);
+  CHECK(lt->options().to_json() == o.to_json());
+}
+
+TEST_CASE("tarflow: options are validated with clear errors", "[tarflow]") {
+  CHECK_THROWS_WITH(TarFlow(TarFlowOptions().height(28).width(28).patch(5)),
+                    Catch::Contains("patch 5 does not divide"));
+  CHECK_THROWS_WITH(TarFlow(TarFlowOptions().hidden(30).head_dim(8)), Catch::Contains("multiple of head_dim"));
+  CHECK_THROWS_WITH(TarFlow(TarFlowOptions().start("first")), Catch::Contains("start 'first'"));
+  CHECK_THROWS_WITH(parse_sampler("newton"), Catch::Contains("--sampler"));
+  auto t = make_perturbed(TarFlowOptions().height(4).width(4).patch(2).blocks(1).layers(1).hidden(8).head_dim(8), 1);
+  SampleOptions so;
+  so.guidance = GuidanceKind::kCFG;
+  so.guidance_weight = 1.0;
+  CHECK_THROWS_WITH(t->sample_inverse(torch::randn({2, 16}), {}, so), Catch::Contains("class-conditional"));
+}
+
+TEST_CASE("idx: round trip, and missing, truncated or corrupt files give clear errors", "[tarflow][io]") {
+  torch::manual_seed(1);
+  const auto imgs = torch::randint(0, 256, {7, 5, 3}, torch::kUInt8);
+  for (const std::string name : {"images.idx", "images.idx.gz"}) {
+    const auto p = temp_path(name);
+    write_idx(p, imgs);
+    CHECK(torch::equal(read_idx(p), imgs));
+  }
+  CHECK_THROWS_WITH(read_idx(temp_path("absent-idx.gz")), Catch::Contains("absent-idx.gz") && Catch::Contains("missing"));
+  // Truncated data (plain), a corrupt gzip stream, and a file that is not IDX at all.
+  const auto plain = temp_path("plain.idx");
+  write_idx(plain, imgs);
+  std::string bytes;
+  {
+    std::ifstream f(plain, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  const auto trunc = temp_path("trunc.idx");
+  std::ofstream(trunc, std::ios::binary) << bytes.substr(0, bytes.size() - 10);
+  CHECK_THROWS_WITH(read_idx(trunc), Catch::Contains("trunc.idx") && Catch::Contains("truncated"));
+  const auto gz = temp_path("images2.idx.gz");
+  write_idx(gz, imgs);
+  std::string gbytes;
+  {
+    std::ifstream f(gz, std::ios::binary);
+    gbytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  const auto bad = temp_path("corrupt.idx.gz");
+  std::ofstream(bad, std::ios::binary) << gbytes.substr(0, gbytes.size() / 2);
+  CHECK_THROWS_WITH(read_idx(bad), Catch::Contains("corrupt.idx.gz"));
+  const auto text = temp_path("text.idx");
+  std::ofstream(text) << "hello, world";
+  CHECK_THROWS_WITH(read_idx(text), Catch::Contains("not an IDX file"));
+}
