@@ -382,3 +382,32 @@ TEST_CASE("cli: image train, bpd and sample on a small IDX set; bad input gets c
   CHECK(not_tar.code == 1);
   CHECK(!nfkit::file_exists(none));
 }
+
+TEST_CASE("cuda: a transformer flow gives the same log-density and samples on the GPU", "[cuda][tarflow]") {
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA device: skipped");
+    return;
+  }
+  auto o = TarFlowOptions().height(8).width(8).patch(2).blocks(2).layers(1).hidden(16).head_dim(8).num_classes(3);
+  auto t = make_perturbed(o, 71, 0.2);
+  auto flow = std::make_shared<Flow>(std::make_shared<StandardNormal>(o.dim()), t);
+  flow->eval();
+  torch::manual_seed(5);
+  const auto x = torch::randn({16, o.dim()}), z = torch::randn({4, o.dim()});
+  const auto ctx = labels_for(o, 16);
+  torch::NoGradGuard ng;
+  const auto cpu = flow->log_prob(x, ctx);
+  SampleOptions so;
+  so.sampler = SamplerKind::kGSJacobi;
+  so.modules = 4;
+  so.tol = 1e-7;
+  so.guidance = GuidanceKind::kCFG;
+  so.guidance_weight = 1.0;
+  auto [xs_cpu, l_cpu] = t->sample_inverse(z, ctx.narrow(0, 0, 4), so);
+  flow->to(torch::Device(torch::kCUDA));
+  const auto gpu = flow->log_prob(x.cuda(), ctx.cuda()).cpu();
+  CHECK((gpu - cpu).abs().max().item<double>() < 1e-3);
+  auto [xs_gpu, l_gpu] = t->sample_inverse(z.cuda(), ctx.narrow(0, 0, 4).cuda(), so);
+  CHECK(xs_gpu.device().is_cuda());
+  CHECK((xs_gpu.cpu() - xs_cpu).abs().max().item<double>() < 1e-3);
+}

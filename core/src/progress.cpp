@@ -31,13 +31,15 @@ Progress::~Progress() {
 
 void Progress::update(int64_t done, const std::string& status) {
   last_done_ = done;
-  last_status_ = status;
+  // A status (e.g. a validation result) stays on the line until the next one, so that the
+  // periodic plain lines of a log show it even when it arrived between two of them.
+  if (!status.empty()) last_status_ = status;
   if (opts_.quiet || finished_) return;
   const auto now = std::chrono::steady_clock::now();
   const double since = std::chrono::duration<double>(now - last_print_).count();
   if (since < (tty_ ? 0.2 : opts_.interval)) return;
   last_print_ = now;
-  print(done, status, false);
+  print(done, last_status_, false);
 }
 
 void Progress::finish(const std::string& status) {

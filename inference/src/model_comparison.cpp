@@ -38,8 +38,21 @@ ModelEvidence estimate_evidence(const Model& model, const EvidenceRunOptions& o,
     ho.seed = derive_seed(o.seed, 31, 1);
     ho.quiet = o.quiet;
     r.sampling = sample_hmc(log_post_y, init_y, ho, model.names());
+  } else if (o.sampler_kind == "tempered") {
+    TemperedOptions to = o.tempered;
+    to.ensemble = o.sampler;
+    to.ensemble.seed = derive_seed(o.seed, 31, 1);
+    to.ensemble.quiet = o.quiet;
+    LogDensityFn log_prior_y = [&model, &map](const torch::Tensor& y) {
+      auto [th, log_jac] = map.to_bounded(y);
+      return model.log_prior(th) + log_jac;
+    };
+    LogDensityFn log_like_y = [&model, &map](const torch::Tensor& y) {
+      return model.log_likelihood(map.to_bounded(y).first);
+    };
+    r.sampling = sample_tempered(log_prior_y, log_like_y, init_y, to, model.names(), &r.tempering);
   } else {
-    usage_error("--sampler", "'" + o.sampler_kind + "', expected ensemble or hmc");
+    usage_error("--sampler", "'" + o.sampler_kind + "', expected ensemble, tempered or hmc");
   }
   if (o.unconstrained) {
     // Back to θ with the θ-space log posterior (what the evidence estimators need).

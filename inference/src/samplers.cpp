@@ -77,10 +77,33 @@ SamplerRun sample_ensemble(const LogDensityFn& log_post, const torch::Tensor& in
   const int64_t total = o.burn_in + o.steps;
   const int64_t half = W / 2;
   const double a = o.stretch;
+  // Coordinate groups moved together: all of them, or the given blocks (masks [G, D]).
+  std::vector<torch::Tensor> masks;
+  if (o.blocks.empty()) {
+    masks.push_back(torch::ones({D}, torch::kFloat64));
+  } else {
+    auto covered = torch::zeros({D}, torch::kFloat64);
+    for (const auto& b : o.blocks) {
+      if (b.empty()) usage_error(fn, "blocks holds an empty group");
+      auto m = torch::zeros({D}, torch::kFloat64);
+      for (auto i : b) {
+        if (i < 0 || i >= D) usage_error(fn, "blocks names parameter " + std::to_string(i) + " of " + std::to_string(D));
+        m[i] = 1.0;
+      }
+      covered += m;
+      masks.push_back(m);
+    }
+    if ((covered == 0).any().item<bool>())
+      usage_error(fn, "blocks leave parameter " + std::to_string((covered == 0).nonzero()[0][0].item<int64_t>()) +
+                          " out; every parameter must be in a group");
+  }
   Progress progress("ensemble", total, {.quiet = o.quiet});
   for (int64_t t = 0; t < total; ++t) {
     torch::manual_seed(derive_seed(o.seed, 11, static_cast<uint64_t>(t)));
+    for (size_t g = 0; g < masks.size(); ++g)
     for (int s = 0; s < 2; ++s) {
+      const auto& mask = masks[g];
+      const double dg = mask.sum().item<double>();
       auto idx = torch::arange(s * half, (s + 1) * half, torch::kLong);
       auto other = torch::arange((1 - s) * half, (2 - s) * half, torch::kLong);
       auto xk = x.index_select(0, idx);
@@ -88,11 +111,12 @@ SamplerRun sample_ensemble(const LogDensityFn& log_post, const torch::Tensor& in
       auto xj = x.index_select(0, partner);
       auto u = torch::rand({half}, torch::kFloat64);
       auto z = ((a - 1.0) * u + 1.0).pow(2) / a;
-      auto y = xj + z.unsqueeze(1) * (xk - xj);
+      auto y = masks.size() == 1 && o.blocks.empty() ? xj + z.unsqueeze(1) * (xk - xj)
+                                                      : xk + mask * ((z.unsqueeze(1) - 1.0) * (xk - xj));
       auto lpy = eval_lp(log_post, y);
       run.evaluations += half;
       auto lpk = lp.index_select(0, idx);
-      auto log_acc = (D - 1.0) * torch::log(z) + lpy - lpk;
+      auto log_acc = (dg - 1.0) * torch::log(z) + lpy - lpk;
       auto acc = torch::log(torch::rand({half}, torch::kFloat64)) < log_acc;
       acc = acc & torch::isfinite(lpy);
       x.index_put_({idx}, torch::where(acc.unsqueeze(1), y, xk));
@@ -136,8 +160,122 @@ SamplerRun sample_ensemble(const LogDensityFn& log_post, const torch::Tensor& in
   }
   progress.finish();
   run.chains = Chains{out_x, out_lp, names};
+  run.acceptance = accepted / static_cast<double>(o.steps * static_cast<int64_t>(masks.size()));
+  run.seconds = seconds_since(t0);
+  return run;
+}
+
+SamplerRun sample_tempered(const LogDensityFn& log_prior, const LogDensityFn& log_like,
+                           const torch::Tensor& init_in, const TemperedOptions& to,
+                           const std::vector<std::string>& names, TemperedInfo* info) {
+  const char* fn = "sample_tempered";
+  const EnsembleOptions& o = to.ensemble;
+  check_dim(fn, "init", init_in, 2);
+  auto init = init_in.to(torch::kFloat64).contiguous();
+  const int64_t W = init.size(0), D = init.size(1), K = to.temperatures;
+  if (W < 4 || W % 2 != 0)
+    usage_error(fn, "walkers = " + std::to_string(W) + ", but must be even and at least 4");
+  if (K < 2) usage_error(fn, "temperatures must be >= 2");
+  if (!(to.max_temperature > 1.0)) usage_error(fn, "max_temperature must be > 1");
+  check_nonnegative(fn, "burn_in", static_cast<double>(o.burn_in));
+  check_positive_int(fn, "steps", o.steps);
+  check_positive_int(fn, "thin", o.thin);
+  if (!(o.stretch > 1.0)) usage_error(fn, "stretch must be > 1");
+  if (static_cast<int64_t>(names.size()) != D) usage_error(fn, "one name per parameter needed");
+
+  auto t0 = std::chrono::steady_clock::now();
+  SamplerRun run;
+  // ln prior and ln L of rows x [N, D]; ln L = -inf (not evaluated) outside the prior.
+  auto evaluate = [&](const torch::Tensor& x) {
+    auto lpr = eval_lp(log_prior, x);
+    auto ll = torch::full_like(lpr, -INFINITY);
+    auto in = torch::isfinite(lpr).nonzero().squeeze(1);
+    if (in.size(0) > 0) ll.index_put_({in}, eval_lp(log_like, x.index_select(0, in)));
+    run.evaluations += in.size(0);
+    return std::make_pair(lpr, ll);
+  };
+  auto betas = torch::pow(torch::full({K}, 1.0 / to.max_temperature, torch::kFloat64),
+                          torch::arange(K, torch::kFloat64) / static_cast<double>(K - 1));
+  auto x = init.unsqueeze(0).repeat({K, 1, 1});  // [K, W, D]
+  auto [lpr0, ll0] = evaluate(init);
+  check_start(fn, init, lpr0 + ll0);
+  auto lpr = lpr0.unsqueeze(0).repeat({K, 1}), ll = ll0.unsqueeze(0).repeat({K, 1});  // [K, W]
+  const auto bcol = betas.unsqueeze(1);                                                  // [K, 1]
+
+  const int64_t kept = o.steps / o.thin;
+  auto out_x = torch::empty({W, kept, D}, torch::kFloat64);
+  auto out_lp = torch::empty({W, kept}, torch::kFloat64);
+  auto accepted = torch::zeros({W}, torch::kFloat64);
+  auto swaps = torch::zeros({K - 1}, torch::kFloat64);
+  auto sum_ll = torch::zeros({K}, torch::kFloat64);
+  const int64_t total = o.burn_in + o.steps, half = W / 2;
+  const double a = o.stretch;
+  Progress progress("tempered", total, {.quiet = o.quiet});
+  for (int64_t t = 0; t < total; ++t) {
+    torch::manual_seed(derive_seed(o.seed, 12, static_cast<uint64_t>(t)));
+    for (int s = 0; s < 2; ++s) {
+      auto idx = torch::arange(s * half, (s + 1) * half, torch::kLong);
+      auto other = torch::arange((1 - s) * half, (2 - s) * half, torch::kLong);
+      auto xk = x.index_select(1, idx);                                          // [K, h, D]
+      auto partner = other.index_select(0, torch::randint(half, {K * half}, torch::kLong)).view({K, half});
+      auto xj = torch::gather(x, 1, partner.unsqueeze(2).expand({K, half, D}));  // [K, h, D]
+      auto z = ((a - 1.0) * torch::rand({K, half}, torch::kFloat64) + 1.0).pow(2) / a;
+      auto y = xj + z.unsqueeze(2) * (xk - xj);
+      auto [lpr_y, ll_y] = evaluate(y.reshape({K * half, D}));
+      lpr_y = lpr_y.view({K, half});
+      ll_y = ll_y.view({K, half});
+      auto lpr_k = lpr.index_select(1, idx), ll_k = ll.index_select(1, idx);
+      // beta * ln L with beta * (-inf) = -inf; a finite prior with ln L = -inf is rejected.
+      auto cur = lpr_k + bcol * ll_k, prop = lpr_y + bcol * ll_y;
+      auto log_acc = (D - 1.0) * torch::log(z) + prop - cur;
+      auto acc = (torch::log(torch::rand({K, half}, torch::kFloat64)) < log_acc) & torch::isfinite(prop);
+      x.index_copy_(1, idx, torch::where(acc.unsqueeze(2), y, xk));
+      lpr.index_copy_(1, idx, torch::where(acc, lpr_y, lpr_k));
+      ll.index_copy_(1, idx, torch::where(acc, ll_y, ll_k));
+      if (t >= o.burn_in) accepted.index_add_(0, idx, acc[0].to(torch::kFloat64));
+    }
+    // Swaps between neighbouring rungs, hot to cold.
+    for (int64_t k = K - 1; k >= 1; --k) {
+      auto perm = torch::randperm(W, torch::kLong);
+      auto ll_hot = ll[k].index_select(0, perm), ll_cold = ll[k - 1];
+      const double db = betas[k - 1].item<double>() - betas[k].item<double>();
+      auto log_acc = db * (ll_hot - ll_cold);
+      auto acc = (torch::log(torch::rand({W}, torch::kFloat64)) < log_acc) & torch::isfinite(ll_hot);
+      auto x_hot = x[k].index_select(0, perm), x_cold = x[k - 1].clone();
+      auto lpr_hot = lpr[k].index_select(0, perm), lpr_cold = lpr[k - 1].clone();
+      x[k - 1].copy_(torch::where(acc.unsqueeze(1), x_hot, x_cold));
+      lpr[k - 1].copy_(torch::where(acc, lpr_hot, lpr_cold));
+      ll[k - 1].copy_(torch::where(acc, ll_hot, ll_cold));
+      // The hot walkers that swapped take the cold positions.
+      auto new_hot_x = torch::where(acc.unsqueeze(1), x_cold, x_hot);
+      auto new_hot_lpr = torch::where(acc, lpr_cold, lpr_hot);
+      auto new_hot_ll = torch::where(acc, ll_cold, ll_hot);
+      x[k].index_copy_(0, perm, new_hot_x);
+      lpr[k].index_copy_(0, perm, new_hot_lpr);
+      ll[k].index_copy_(0, perm, new_hot_ll);
+      if (t >= o.burn_in) swaps[k - 1] += acc.to(torch::kFloat64).mean().item<double>();
+    }
+    if (t >= o.burn_in) {
+      sum_ll += ll.mean(1);
+      if ((t - o.burn_in) % o.thin == 0) {
+        const int64_t k = (t - o.burn_in) / o.thin;
+        if (k < kept) {
+          out_x.select(1, k).copy_(x[0]);
+          out_lp.select(1, k).copy_(lpr[0] + ll[0]);
+        }
+      }
+    }
+    if ((t + 1) % 50 == 0 || t + 1 == total) progress.update(t + 1);
+  }
+  progress.finish();
+  run.chains = Chains{out_x, out_lp, names};
   run.acceptance = accepted / static_cast<double>(o.steps);
   run.seconds = seconds_since(t0);
+  if (info) {
+    info->betas = betas;
+    info->mean_log_like = sum_ll / static_cast<double>(o.steps);
+    info->swap_acceptance = swaps / static_cast<double>(o.steps);
+  }
   return run;
 }
 

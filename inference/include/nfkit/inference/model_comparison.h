@@ -19,7 +19,8 @@
 namespace nfkit {
 
 struct EvidenceRunOptions {
-  /// "ensemble" (walkers = chains) or "hmc" (walkers independent HMC chains).
+  /// "ensemble" (walkers = chains), "tempered" (parallel-tempered ensemble; the beta = 1
+  /// walkers are the chains) or "hmc" (walkers independent HMC chains).
   std::string sampler_kind = "ensemble";
   /// Sample y = SupportMap(model.support()).to_unbounded(θ) with the log-Jacobian added
   /// (no hard prior edges for the sampler; chains are mapped back to θ). Off by default: on
@@ -35,6 +36,8 @@ struct EvidenceRunOptions {
     return o;
   }();
   HMCOptions hmc;
+  /// Ladder of the tempered sampler (its ensemble settings come from `sampler`).
+  TemperedOptions tempered;
   HarmonicOptions harmonic;
   int64_t importance_samples = 20000;
   uint64_t seed = 0;
@@ -44,6 +47,7 @@ struct EvidenceRunOptions {
 struct ModelEvidence {
   std::string name;
   SamplerRun sampling;
+  TemperedInfo tempering;  ///< tempered sampler only
   ChainDiagnostics diagnostics;
   LearnedHarmonicResult harmonic;
   ImportanceEstimate importance;

@@ -22,6 +22,16 @@
 // the chains' variance over the second half of warm-up. Proposals with a non-finite energy
 // are rejected.
 //
+// Parallel tempering of the ensemble sampler (Swendsen & Wang 1986; Earl & Deem 2005,
+// Phys. Chem. Chem. Phys. 7, 3910; with ensemble moves as in Vousden, Farr & Mandel 2016,
+// MNRAS 455, 1919): K rungs with inverse temperatures 1 = beta_0 > ... > beta_{K-1} =
+// 1/max_temperature (geometric), each an ensemble of W walkers sampling prior x likelihood^beta
+// with the stretch move; after every step, for k = K-1 down to 1, walker i of rung k-1 is
+// paired with a random walker of rung k and the two swap positions with probability
+// min(1, exp((beta_{k-1} - beta_k)(ln L_k - ln L_{k-1}))). Hot rungs cross the barriers and
+// degeneracies that trap cold walkers; swaps hand their positions down. Only the beta = 1
+// rung is returned as chains (each walker slot is a chain). No stuck-walker restarts.
+//
 // Randomness: iteration t draws from the global generator reseeded with
 // derive_seed(seed, stream, t): the same seed gives the same chains on the CPU.
 //
@@ -45,6 +55,12 @@ struct EnsembleOptions {
   int64_t thin = 1;        ///< keep every thin-th step
   double stretch = 2.0;    ///< the scale a of the stretch move (> 1)
   bool reset_stuck = true; ///< restart stuck walkers during burn-in (see above)
+  /// Block (Metropolis-within-Gibbs) moves: when given, every step sweeps these groups of
+  /// parameter indices in order, each a stretch move of that group's coordinates only (the
+  /// factor z^(|group| - 1)). For near-product posteriors (hierarchical models, per-pulsar
+  /// noise given a common process) where joint stretch moves in many flat directions mix
+  /// slowly. Every parameter must be in some group. One step = one sweep.
+  std::vector<std::vector<int64_t>> blocks;
   uint64_t seed = 0;
   bool quiet = true;       ///< progress on stderr when false
 };
@@ -68,10 +84,28 @@ struct SamplerRun {
   int64_t reset_walkers = 0;   ///< ensemble: walkers restarted during burn-in
 };
 
+struct TemperedOptions {
+  int64_t temperatures = 12;      ///< rungs K (>= 2)
+  double max_temperature = 100.0; ///< 1 / beta_{K-1} (> 1)
+  EnsembleOptions ensemble;       ///< steps, burn-in, thin, stretch, seed, quiet (per rung)
+};
+
+struct TemperedInfo {
+  torch::Tensor betas;            ///< [K]
+  torch::Tensor mean_log_like;    ///< [K] mean ln L per rung over the kept steps
+  torch::Tensor swap_acceptance;  ///< [K-1] between rungs k and k+1
+};
+
 /// Ensemble sampling of log_post (batched [B, D] -> [B]) from walkers `init` [W, D]
 /// (W even, W >= 2D + 2 recommended; every start must have a finite log posterior).
 SamplerRun sample_ensemble(const LogDensityFn& log_post, const torch::Tensor& init,
                            const EnsembleOptions& options, const std::vector<std::string>& names);
+
+/// Parallel-tempered ensemble sampling of log_prior + log_like from walkers `init` [W, D]
+/// (copied to every rung); log_like is evaluated only where log_prior is finite.
+SamplerRun sample_tempered(const LogDensityFn& log_prior, const LogDensityFn& log_like,
+                           const torch::Tensor& init, const TemperedOptions& options,
+                           const std::vector<std::string>& names, TemperedInfo* info = nullptr);
 
 /// HMC of log_post from chains `init` [C, D] (finite log posterior at every start).
 SamplerRun sample_hmc(const LogDensityFn& log_post, const torch::Tensor& init,
