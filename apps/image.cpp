@@ -109,7 +109,7 @@ po::options_description train_opts() {
       ("weight-decay", po::value<double>()->default_value(1e-4, "0.0001"), "AdamW decoupled weight decay")
       ("warmup", po::value<int64_t>()->default_value(200), "linear warm-up steps")
       ("clip", po::value<double>()->default_value(1.0), "gradient-norm clip")
-      ("ema", po::value<double>()->default_value(0.999, "0.999"), "EMA decay of the weights (0 = off)")
+      ("ema", po::value<double>()->default_value(0.0), "EMA decay of the weights (0 = off; see docs/tarflow.md)")
       ("eval-every", po::value<int64_t>()->default_value(500), "steps between validations")
       ("checkpoint-every", po::value<int64_t>()->default_value(250), "steps between checkpoints (<out>.ckpt)")
       ("restart", po::bool_switch(), "ignore an existing checkpoint and start over");

@@ -319,36 +319,61 @@ torch::Tensor TarFlow::block_inverse(int64_t b, const torch::Tensor& z, const to
     const int64_t n = e - s, p0 = s - off_;
     if (n == 0) continue;
     const int64_t cap = strategy.max_iters > 0 ? std::min(strategy.max_iters, n) : n;
-    const auto zt = z.narrow(1, s, n);
-    auto xt = seq.narrow(1, s + s0, n);
-    torch::Tensor ls_last;
-    for (int64_t it = 1; it <= cap; ++it) {
-      auto [mu, ls] = params(seq.narrow(1, p0, n), p0);
-      auto xn = mu + torch::exp(ls) * zt;
+    // Jacobi with a frozen converged prefix: positions [0, q) of the module are final and in
+    // the cache; each iteration recomputes positions [q, n) only. When the first j active
+    // tokens changed by less than tol, they and the next token (computed from them) are final:
+    // q advances by j + 1 >= 1, so n iterations always suffice (the exact bound).
+    auto ls_mod = torch::zeros({B, n, D_}, z.options());
+    int64_t q = 0;
+    for (int64_t it = 1; q < n; ++it) {
+      const int64_t nq = n - q, pq = p0 + q;
+      auto [mu, ls] = params(seq.narrow(1, pq, nq), pq);
+      auto xn = mu + torch::exp(ls) * z.narrow(1, s + q, nq);
+      // Sanitise (measured: one count and a host sync is cheaper than sanitising always).
       const auto bad = (~torch::isfinite(xn)) | (xn.abs() > so.clamp);
-      const int64_t nbad = bad.sum().item<int64_t>();
-      if (nbad > 0) {
-        *clamped += nbad;
-        xn = torch::nan_to_num(xn, 0.0, so.clamp, -so.clamp).clamp(-so.clamp, so.clamp);
+      const int64_t nb = bad.sum().item<int64_t>();
+      if (nb > 0) {
+        *clamped += nb;
+        xn = torch::nan_to_num(xn, 0.0, so.clamp, -so.clamp).clamp_(-so.clamp, so.clamp);
         ls = torch::nan_to_num(ls, 0.0, 0.0, 0.0);
       }
       ++*passes;
-      *positions += n;
-      bool done = it == cap;
-      if (!done && (so.tol > 0 || so.relative_tol > 0)) {
-        const auto diff = xn - xt;
-        if (so.relative_tol > 0)
-          done = (diff.norm() / xn.norm().clamp_min(1e-30)).item<double>() < so.relative_tol;
-        else
-          done = diff.abs().max().item<double>() < so.tol;
+      *positions += nq;
+      auto xt = seq.narrow(1, s + q + s0, nq);
+      int64_t commit = nq;  // positions to freeze after this iteration
+      if (it < cap && nq > 1) {
+        torch::Tensor unconverged;  // [nq] per token, over batch and values
+        if (so.relative_tol > 0) {
+          const auto d = (xn - xt).pow(2).sum(torch::IntArrayRef{0, 2}).sqrt();
+          const auto r = xn.pow(2).sum(torch::IntArrayRef{0, 2}).sqrt().clamp_min(1e-30);
+          unconverged = d / r >= so.relative_tol;
+        } else {
+          unconverged = (xn - xt).abs().amax({0, 2}) >= so.tol;
+        }
+        // j = leading converged tokens; tokens [0, j] are final (j + 1 positions).
+        const int64_t j = unconverged.to(torch::kInt64).cumsum(0).eq(0).sum().item<int64_t>();
+        commit = std::min(nq, j + 1);
       }
       xt.copy_(xn);
-      ls_last = ls;
-      if (done) break;
+      ls_mod.narrow(1, q, nq).copy_(ls);
+      // Keys/values of the frozen positions enter the cache (their inputs are final within tol).
+      KVCache part;
+      for (size_t l = 0; l < fresh.k.size(); ++l) {
+        part.k.push_back(fresh.k[l].narrow(2, 0, commit));
+        part.v.push_back(fresh.v[l].narrow(2, 0, commit));
+      }
+      cache.append(part);
+      if (guided) {
+        KVCache part_neg;
+        for (size_t l = 0; l < fresh_neg.k.size(); ++l) {
+          part_neg.k.push_back(fresh_neg.k[l].narrow(2, 0, commit));
+          part_neg.v.push_back(fresh_neg.v[l].narrow(2, 0, commit));
+        }
+        cache_neg.append(part_neg);
+      }
+      q += commit;
     }
-    ld = ld + ls_last.sum({1, 2});
-    cache.append(fresh);
-    if (guided) cache_neg.append(fresh_neg);
+    ld = ld + ls_mod.sum({1, 2});
     s = e;
   }
   *logdet = *logdet + ld;

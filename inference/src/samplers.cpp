@@ -237,7 +237,7 @@ SamplerRun sample_tempered(const LogDensityFn& log_prior, const LogDensityFn& lo
     // Swaps between neighbouring rungs, hot to cold.
     for (int64_t k = K - 1; k >= 1; --k) {
       auto perm = torch::randperm(W, torch::kLong);
-      auto ll_hot = ll[k].index_select(0, perm), ll_cold = ll[k - 1];
+      auto ll_hot = ll[k].index_select(0, perm), ll_cold = ll[k - 1].clone();
       const double db = betas[k - 1].item<double>() - betas[k].item<double>();
       auto log_acc = db * (ll_hot - ll_cold);
       auto acc = (torch::log(torch::rand({W}, torch::kFloat64)) < log_acc) & torch::isfinite(ll_hot);
