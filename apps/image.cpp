@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "cli.h"
+#include "flow_common.h"
 #include "nfkit/core/checks.h"
 #include "nfkit/core/error.h"
 #include "nfkit/core/files.h"
@@ -136,22 +137,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
                 .start(vm["start"].as<std::string>())
                 .scale(vm["scale"].as<std::string>())
                 .soft_clip(vm["soft-clip"].as<double>());
-  auto topts = TrainerOptions()
-                   .steps(vm["steps"].as<int64_t>())
-                   .batch_size(vm["batch-size"].as<int64_t>())
-                   .lr(vm["lr"].as<double>())
-                   .weight_decay(vm["weight-decay"].as<double>())
-                   .warmup_steps(vm["warmup"].as<int64_t>())
-                   .clip_grad_norm(vm["clip"].as<double>())
-                   .ema_decay(vm["ema"].as<double>())
-                   .eval_every(vm["eval-every"].as<int64_t>())
-                   .checkpoint_every(vm["checkpoint-every"].as<int64_t>())
-                   .checkpoint_path(out + ".ckpt")
-                   .seed(ctx.globals.seed)
-                   .quiet(ctx.globals.quiet);
-  check_positive_int("--steps", "value", topts.steps());
-  check_positive_int("--batch-size", "value", topts.batch_size());
-  check_positive("--lr", "value", topts.lr());
+  const auto topts = trainer_options_from(vm, out, ctx);  // checks --steps, --batch-size, --lr
 
   const std::string dir = vm["data"].as<std::string>();
   auto data = load_images(dir, "train");

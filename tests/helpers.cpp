@@ -1,11 +1,14 @@
 #include "helpers.h"
 
+#include "cli.h"
+
 #include <ftw.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 namespace nfkit::test {
@@ -16,6 +19,12 @@ std::string& temp_dir() {
   return dir;
 }
 }  // namespace
+
+CliRun run_nfkit(std::vector<std::string> args) {
+  std::ostringstream out, err;
+  const int code = nfkit::cli::run_cli(args, out, err);
+  return {code, out.str(), err.str()};
+}
 
 std::string temp_path(const std::string& name) {
   static std::atomic<int> counter{0};

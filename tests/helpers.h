@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <vector>
 
 #include "nfkit/core/error.h"
 #include "nfkit/flows/transform.h"
@@ -21,6 +22,13 @@ void perturb_parameters(torch::nn::Module& m, double scale, uint64_t seed);
 /// log|det dz/dx| per sample by autograd: D backward passes over the batch (samples are
 /// independent), then slogdet of each [D, D] Jacobian.
 torch::Tensor brute_force_logabsdet(Transform& t, const torch::Tensor& x, const torch::Tensor& context);
+
+/// The command line in-process (exactly what main() does): exit code, stdout, stderr.
+struct CliRun {
+  int code;
+  std::string out, err;
+};
+CliRun run_nfkit(std::vector<std::string> args);
 
 /// The Python used for cross-checks: $NFKIT_TEST_PYTHON, else /usr/bin/python3 (Debian's, with
 /// python3-torch, h5py, scipy and OpenMM).

@@ -358,11 +358,7 @@ TEST_CASE("md: an interrupted run resumes to the full trajectory", "[boltzmann][
 
 TEST_CASE("bg: run the pipeline on a tiny setting, cached stages, clear errors", "[boltzmann][cli]") {
   const auto dir = temp_path("runs") + "/ala2";  // parents are created
-  auto run = [](std::vector<std::string> args) {
-    std::ostringstream out, err;
-    const int code = nfkit::cli::run_cli(args, out, err);
-    return std::make_tuple(code, out.str(), err.str());
-  };
+  auto run = [](std::vector<std::string> args) { return nfkit::test::run_nfkit(std::move(args)); };
   const std::vector<std::string> base = {"bg", "run", "--pdb", kPdb, "--system", kSystem,
       "--out", dir, "--frames", "150", "--steps-per-frame", "200", "--steps", "40",
       "--layers", "1", "--hidden", "32", "--eval-every", "20", "-n", "400", "--bootstrap", "10",

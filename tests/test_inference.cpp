@@ -16,6 +16,8 @@
 #include "nfkit/inference/samplers.h"
 
 using namespace nfkit;
+using nfkit::test::CliRun;
+using nfkit::test::run_nfkit;
 using Catch::Matchers::Contains;
 
 namespace {
@@ -384,21 +386,11 @@ namespace {
 const std::string kNG15 = std::string(NFKIT_SOURCE_DIR) + "/data/pta/ng15_30f_fs_hd_ceffyl";
 const std::string kSim = std::string(NFKIT_SOURCE_DIR) + "/data/pta/ceffyl_sim51_freespec";
 
-struct CliRun {
-  int code;
-  std::string out, err;
-};
 /// The last stdout line (--json puts one JSON object there).
 nlohmann::json last_json(const std::string& out) {
   auto end = out.find_last_not_of('\n');
   auto start = out.rfind('\n', end);
   return nlohmann::json::parse(out.substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1));
-}
-
-CliRun run_nfkit(std::vector<std::string> args) {
-  std::ostringstream out, err;
-  const int code = nfkit::cli::run_cli(args, out, err);
-  return {code, out.str(), err.str()};
 }
 
 /// ln ∫ L π over the prior box by the trapezoid rule on an n x n grid (log space).

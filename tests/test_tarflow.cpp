@@ -300,17 +300,6 @@ TEST_CASE("idx: round trip, and missing, truncated or corrupt files give clear e
 
 namespace {
 
-struct CliRun {
-  int code;
-  std::string out, err;
-};
-
-CliRun image_cli(std::vector<std::string> args) {
-  std::ostringstream out, err;
-  const int code = nfkit::cli::run_cli(args, out, err);
-  return {code, out.str(), err.str()};
-}
-
 std::string synthetic_idx_dir() {
   const auto dir = temp_path("idx-images");
   std::filesystem::create_directories(dir);
@@ -334,7 +323,7 @@ std::string synthetic_idx_dir() {
 TEST_CASE("cli: image train, bpd and sample on a small IDX set; bad input gets clear errors", "[tarflow][cli]") {
   const auto dir = synthetic_idx_dir();
   const auto model = temp_path("img-model.h5");
-  auto tr = image_cli({"image", "train", "--data", dir, "--out", model, "--patch", "2", "--blocks", "2",
+  auto tr = nfkit::test::run_nfkit({"image", "train", "--data", dir, "--out", model, "--patch", "2", "--blocks", "2",
                        "--layers", "1", "--hidden", "16", "--head-dim", "8", "--steps", "60", "--val-size",
                        "40", "--eval-every", "20", "--batch-size", "32", "--warmup", "10", "--ema", "0", "--lr", "3e-3", "--conditional",
                        "--quiet", "--json"});
@@ -344,7 +333,7 @@ TEST_CASE("cli: image train, bpd and sample on a small IDX set; bad input gets c
   const double val_bpd = tj.at("val_bpd").get<double>();
   CHECK(val_bpd < 8.0);  // learned something: an identity model sits near 8.6 bits/dim
 
-  auto bpd = image_cli({"image", "bpd", "--model", model, "--data", dir, "--json", "--quiet"});
+  auto bpd = nfkit::test::run_nfkit({"image", "bpd", "--model", model, "--data", dir, "--json", "--quiet"});
   REQUIRE(bpd.code == 0);
   const auto bj = json::parse(bpd.out.substr(bpd.out.rfind('{')));
   CHECK(bj.at("n").get<int64_t>() == 60);
@@ -352,7 +341,7 @@ TEST_CASE("cli: image train, bpd and sample on a small IDX set; bad input gets c
 
   const auto png = temp_path("grid.png");
   for (const std::string sampler : {"sequential", "jacobi", "gs-jacobi"}) {
-    auto s = image_cli({"image", "sample", "--model", model, "--data", dir, "--out", png, "--n", "6",
+    auto s = nfkit::test::run_nfkit({"image", "sample", "--model", model, "--data", dir, "--out", png, "--n", "6",
                         "--sampler", sampler, "--cfg", "1.0", "--denoise", "--quiet"});
     INFO(sampler << ": " << s.err);
     CHECK(s.code == 0);
@@ -361,24 +350,24 @@ TEST_CASE("cli: image train, bpd and sample on a small IDX set; bad input gets c
 
   // Bad input: one line, exit code 2 (usage) or 1 (runtime), no output file.
   const auto none = temp_path("none.png");
-  auto bad_sampler = image_cli({"image", "sample", "--model", model, "--out", none, "--sampler", "newton", "--quiet"});
+  auto bad_sampler = nfkit::test::run_nfkit({"image", "sample", "--model", model, "--out", none, "--sampler", "newton", "--quiet"});
   CHECK(bad_sampler.code == 2);
   CHECK_THAT(bad_sampler.err, Catch::Contains("--sampler"));
-  auto missing = image_cli({"image", "bpd", "--model", model, "--data", temp_path("no-such-dir"), "--quiet"});
+  auto missing = nfkit::test::run_nfkit({"image", "bpd", "--model", model, "--data", temp_path("no-such-dir"), "--quiet"});
   CHECK(missing.code == 1);
   CHECK_THAT(missing.err, Catch::Contains("no-such-dir") && Catch::Contains("missing"));
   const auto corrupt_dir = temp_path("corrupt-idx");
   std::filesystem::create_directories(corrupt_dir);
   std::ofstream(corrupt_dir + "/t10k-images-idx3-ubyte") << "not an idx file";
   std::filesystem::copy_file(dir + "/t10k-labels-idx1-ubyte.gz", corrupt_dir + "/t10k-labels-idx1-ubyte.gz");
-  auto corrupt = image_cli({"image", "bpd", "--model", model, "--data", corrupt_dir, "--quiet"});
+  auto corrupt = nfkit::test::run_nfkit({"image", "bpd", "--model", model, "--data", corrupt_dir, "--quiet"});
   CHECK(corrupt.code == 1);
   CHECK_THAT(corrupt.err, Catch::Contains("t10k-images-idx3-ubyte") && Catch::Contains("not an IDX file"));
   CHECK(std::count(corrupt.err.begin(), corrupt.err.end(), '\n') == 1);
-  auto bad_patch = image_cli({"image", "train", "--data", dir, "--out", temp_path("p.h5"), "--patch", "3", "--val-size", "40", "--quiet"});
+  auto bad_patch = nfkit::test::run_nfkit({"image", "train", "--data", dir, "--out", temp_path("p.h5"), "--patch", "3", "--val-size", "40", "--quiet"});
   CHECK(bad_patch.code == 2);
   CHECK_THAT(bad_patch.err, Catch::Contains("patch 3 does not divide"));
-  auto not_tar = image_cli({"image", "sample", "--model", dir + "/t10k-labels-idx1-ubyte.gz", "--out", none, "--quiet"});
+  auto not_tar = nfkit::test::run_nfkit({"image", "sample", "--model", dir + "/t10k-labels-idx1-ubyte.gz", "--out", none, "--quiet"});
   CHECK(not_tar.code == 1);
   CHECK(!nfkit::file_exists(none));
 }

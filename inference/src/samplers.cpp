@@ -30,6 +30,22 @@ void check_start(const char* fn, const torch::Tensor& init, const torch::Tensor&
   check_finite(fn, "init", init, Kind::usage);
 }
 
+// The walkers [W, D] as float64, after checking them and the ensemble options.
+torch::Tensor checked_walkers(const char* fn, const torch::Tensor& init_in, const EnsembleOptions& o,
+                              const std::vector<std::string>& names) {
+  check_dim(fn, "init", init_in, 2);
+  auto init = init_in.to(torch::kFloat64).contiguous();
+  const int64_t W = init.size(0), D = init.size(1);
+  if (W < 4 || W % 2 != 0)
+    usage_error(fn, "walkers = " + std::to_string(W) + ", but must be even and at least 4");
+  check_nonnegative(fn, "burn_in", static_cast<double>(o.burn_in));
+  check_positive_int(fn, "steps", o.steps);
+  check_positive_int(fn, "thin", o.thin);
+  if (!(o.stretch > 1.0)) usage_error(fn, "stretch must be > 1");
+  if (static_cast<int64_t>(names.size()) != D) usage_error(fn, "one name per parameter needed");
+  return init;
+}
+
 }  // namespace
 
 torch::Tensor initial_points(const Model& model, int64_t n) {
@@ -52,16 +68,8 @@ torch::Tensor initial_points(const Model& model, int64_t n) {
 SamplerRun sample_ensemble(const LogDensityFn& log_post, const torch::Tensor& init_in,
                            const EnsembleOptions& o, const std::vector<std::string>& names) {
   const char* fn = "sample_ensemble";
-  check_dim(fn, "init", init_in, 2);
-  auto init = init_in.to(torch::kFloat64).contiguous();
+  auto init = checked_walkers(fn, init_in, o, names);
   const int64_t W = init.size(0), D = init.size(1);
-  if (W < 4 || W % 2 != 0)
-    usage_error(fn, "walkers = " + std::to_string(W) + ", but must be even and at least 4");
-  check_nonnegative(fn, "burn_in", static_cast<double>(o.burn_in));
-  check_positive_int(fn, "steps", o.steps);
-  check_positive_int(fn, "thin", o.thin);
-  if (!(o.stretch > 1.0)) usage_error(fn, "stretch must be > 1");
-  if (static_cast<int64_t>(names.size()) != D) usage_error(fn, "one name per parameter needed");
 
   auto t0 = std::chrono::steady_clock::now();
   auto x = init.clone();
@@ -170,18 +178,10 @@ SamplerRun sample_tempered(const LogDensityFn& log_prior, const LogDensityFn& lo
                            const std::vector<std::string>& names, TemperedInfo* info) {
   const char* fn = "sample_tempered";
   const EnsembleOptions& o = to.ensemble;
-  check_dim(fn, "init", init_in, 2);
-  auto init = init_in.to(torch::kFloat64).contiguous();
+  auto init = checked_walkers(fn, init_in, o, names);
   const int64_t W = init.size(0), D = init.size(1), K = to.temperatures;
-  if (W < 4 || W % 2 != 0)
-    usage_error(fn, "walkers = " + std::to_string(W) + ", but must be even and at least 4");
   if (K < 2) usage_error(fn, "temperatures must be >= 2");
   if (!(to.max_temperature > 1.0)) usage_error(fn, "max_temperature must be > 1");
-  check_nonnegative(fn, "burn_in", static_cast<double>(o.burn_in));
-  check_positive_int(fn, "steps", o.steps);
-  check_positive_int(fn, "thin", o.thin);
-  if (!(o.stretch > 1.0)) usage_error(fn, "stretch must be > 1");
-  if (static_cast<int64_t>(names.size()) != D) usage_error(fn, "one name per parameter needed");
 
   auto t0 = std::chrono::steady_clock::now();
   SamplerRun run;
