@@ -162,9 +162,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     obj.val_context = one_hot_labels(data.labels.narrow(0, N - val_size, val_size), K);
   }
   obj.augment = [noise, sigma](const torch::Tensor& px, const torch::Tensor& c) {
-    auto y = noise == "uniform" ? (px + torch::rand_like(px)) / 128.0 - 1.0
-                                : (px + 0.5) / 128.0 - 1.0 + sigma * torch::randn_like(px);
-    return std::make_tuple(y, c);
+    return std::make_tuple(noise == "uniform" ? dequantize_uniform(px) : pixels_to_model(px, sigma), c);
   };
   const double D = static_cast<double>(to.dim());
   const json meta = {{"data", dir}, {"noise", noise}, {"noise_sigma", noise == "gaussian" ? sigma : 0.0},
@@ -193,7 +191,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     w.commit();
   }
   std::remove(topts.checkpoint_path().c_str());
-  const double val_bpd = (rep.best_val + D * std::log(128.0)) / (D * std::log(2.0));
+  const double val_bpd = nll_to_bits_per_dim(rep.best_val, D);
   const double imgs_per_s = secs > 0 ? (rep.steps_done - step0) * topts.batch_size() / secs : 0.0;
   ctx.out << std::fixed << std::setprecision(4) << "model written to " << out << " (" << rep.steps_done
           << " steps, best at step " << rep.best_step << ", " << std::setprecision(1) << imgs_per_s

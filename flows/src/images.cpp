@@ -13,7 +13,8 @@ namespace nfkit {
 namespace {
 torch::Tensor flat_pixels(const char* fn, const torch::Tensor& images) {
   check_defined(fn, "images", images);
-  if (images.scalar_type() != torch::kUInt8) usage_error(fn, "images must be uint8 pixels");
+  if (images.scalar_type() != torch::kUInt8 && !images.is_floating_point())
+    usage_error(fn, "images must be pixel values 0..255 (uint8 or floating point)");
   if (images.dim() < 2) usage_error(fn, "images must be [N, H, W] or [N, C, H, W]");
   return images.reshape({images.size(0), -1}).to(torch::kFloat32);
 }
@@ -33,6 +34,14 @@ torch::Tensor pixels_to_model(const torch::Tensor& images, double sigma) {
 
 torch::Tensor model_to_pixels(const torch::Tensor& y) {
   return torch::floor((y.detach().to(torch::kFloat32) + 1.0) * 128.0).clamp(0, 255).to(torch::kUInt8);
+}
+
+torch::Tensor nll_to_bits_per_dim(const torch::Tensor& nll, double dims) {
+  return (nll + dims * std::log(128.0)) / (dims * std::log(2.0));
+}
+
+double nll_to_bits_per_dim(double nll, double dims) {
+  return (nll + dims * std::log(128.0)) / (dims * std::log(2.0));
 }
 
 torch::Tensor one_hot_labels(const torch::Tensor& labels, int64_t K) {
@@ -61,11 +70,11 @@ BitsPerDim bits_per_dim(Flow& flow, const torch::Tensor& images, const torch::Te
   for (int64_t i = 0; i < N; i += batch) {
     const int64_t n = std::min(batch, N - i);
     const auto p = px.narrow(0, i, n);
-    const auto y = ((p + torch::rand_like(p)) / 128.0 - 1.0).to(opts);
+    const auto y = dequantize_uniform(p).to(opts);
     torch::Tensor c;
     if (num_classes > 0) c = one_hot_labels(labels.narrow(0, i, n), num_classes).to(opts);
     const auto nll = -flow.log_prob(y, c).to(torch::kFloat64);
-    bpd.push_back((nll + D * std::log(128.0)) / (D * std::log(2.0)));
+    bpd.push_back(nll_to_bits_per_dim(nll, D));
   }
   if (was_training) flow.train();
   const auto all = torch::cat(bpd).cpu();

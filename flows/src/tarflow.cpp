@@ -36,15 +36,16 @@ TarFlowOptions TarFlowOptions::from_json(const json& j) {
       .soft_clip(j.at("soft_clip").get<double>());
 }
 
-void KVCache::append(const KVCache& next) {
-  if (length() == 0) {
-    k = next.k;
-    v = next.v;
-    return;
+void KVCache::append(const KVCache& next, int64_t n) {
+  const bool empty = length() == 0;
+  if (empty) {
+    k.resize(next.k.size());
+    v.resize(next.v.size());
   }
-  for (size_t l = 0; l < k.size(); ++l) {
-    k[l] = torch::cat({k[l], next.k[l]}, 2);
-    v[l] = torch::cat({v[l], next.v[l]}, 2);
+  for (size_t l = 0; l < next.k.size(); ++l) {
+    const auto nk = next.k[l].narrow(2, 0, n), nv = next.v[l].narrow(2, 0, n);
+    k[l] = empty ? nk : torch::cat({k[l], nk}, 2);
+    v[l] = empty ? nv : torch::cat({v[l], nv}, 2);
   }
 }
 
@@ -230,13 +231,15 @@ std::tuple<torch::Tensor, torch::Tensor> TarFlow::block_params(
   return {out.narrow(-1, 0, D_), log_sigma(out.narrow(-1, D_, D_))};
 }
 
+torch::Tensor TarFlow::block_inputs(int64_t b, const torch::Tensor& x) const {
+  const auto head = x.narrow(1, 0, T_ - 1);
+  if (off_ == 1) return head;
+  return torch::cat({start_[b].view({1, 1, D_}).expand({x.size(0), 1, D_}), head}, 1);
+}
+
 std::tuple<torch::Tensor, torch::Tensor> TarFlow::block_forward(int64_t b, const torch::Tensor& x,
                                                                 const torch::Tensor& cemb) {
-  const int64_t B = x.size(0);
-  const auto head = x.narrow(1, 0, T_ - 1);
-  const auto u = off_ == 1 ? head
-                           : torch::cat({start_[b].view({1, 1, D_}).expand({B, 1, D_}), head}, 1);
-  auto [mu, ls] = block_params(b, u, 0, KVCache{}, nullptr, cemb, 1.0);
+  auto [mu, ls] = block_params(b, block_inputs(b, x), 0, KVCache{}, nullptr, cemb, 1.0);
   const auto logdet = -ls.sum({1, 2});
   if (off_ == 1) {
     const auto rest = (x.narrow(1, 1, T_ - 1) - mu) * torch::exp(-ls);
@@ -357,20 +360,8 @@ torch::Tensor TarFlow::block_inverse(int64_t b, const torch::Tensor& z, const to
       xt.copy_(xn);
       ls_mod.narrow(1, q, nq).copy_(ls);
       // Keys/values of the frozen positions enter the cache (their inputs are final within tol).
-      KVCache part;
-      for (size_t l = 0; l < fresh.k.size(); ++l) {
-        part.k.push_back(fresh.k[l].narrow(2, 0, commit));
-        part.v.push_back(fresh.v[l].narrow(2, 0, commit));
-      }
-      cache.append(part);
-      if (guided) {
-        KVCache part_neg;
-        for (size_t l = 0; l < fresh_neg.k.size(); ++l) {
-          part_neg.k.push_back(fresh_neg.k[l].narrow(2, 0, commit));
-          part_neg.v.push_back(fresh_neg.v[l].narrow(2, 0, commit));
-        }
-        cache_neg.append(part_neg);
-      }
+      cache.append(fresh, commit);
+      if (guided) cache_neg.append(fresh_neg, commit);
       q += commit;
     }
     ld = ld + ls_mod.sum({1, 2});
@@ -466,10 +457,7 @@ std::vector<BlockMetrics> TarFlow::block_metrics(const torch::Tensor& x, const t
     auto [z, ld] = block_forward(b, xs, cemb);
     // One Jacobi update g(x) = mu(x) + sigma(x) z, from a full causal pass.
     auto g = [&](const torch::Tensor& xg) {
-      const auto head = xg.narrow(1, 0, T_ - 1);
-      const auto u = off_ == 1 ? head
-                               : torch::cat({start_[b].view({1, 1, D_}).expand({B, 1, D_}), head}, 1);
-      auto [mu, ls] = block_params(b, u, 0, KVCache{}, nullptr, cemb, 1.0);
+      auto [mu, ls] = block_params(b, block_inputs(b, xg), 0, KVCache{}, nullptr, cemb, 1.0);
       const auto upd = mu + torch::exp(ls) * z.narrow(1, off_, T_ - off_);
       return off_ == 1 ? torch::cat({z.narrow(1, 0, 1), upd}, 1) : upd;
     };

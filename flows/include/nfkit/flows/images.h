@@ -19,13 +19,18 @@
 
 namespace nfkit {
 
-/// uint8 [N, C, H, W] (or [N, H, W]) -> float32 [N, C*H*W]: (pixel + U[0,1)) / 128 - 1.
+/// Pixels 0..255 (uint8, or floating point holding pixel values) [N, C, H, W], [N, H, W] or
+/// [N, C*H*W] -> float32 [N, C*H*W]: (pixel + U[0,1)) / 128 - 1.
 torch::Tensor dequantize_uniform(const torch::Tensor& images);
-/// uint8 -> float32 [N, dim]: pixel / 128 - 1 + (sigma > 0 ? sigma * N(0, 1) : 0), plus 1/256 to
+/// Pixels (as above) -> float32 [N, dim]: pixel / 128 - 1 + (sigma > 0 ? sigma * N(0, 1) : 0), plus 1/256 to
 /// centre the bins.
 torch::Tensor pixels_to_model(const torch::Tensor& images, double sigma = 0.0);
 /// float [N, C*H*W] in model space -> uint8 [N, C*H*W] (rounded, clamped to 0..255).
 torch::Tensor model_to_pixels(const torch::Tensor& y);
+
+/// Bits/dim of the discrete image from -log q(y) in nats over `dims` model-space values.
+torch::Tensor nll_to_bits_per_dim(const torch::Tensor& nll, double dims);
+double nll_to_bits_per_dim(double nll, double dims);
 
 struct BitsPerDim {
   double mean = 0, se = 0;  ///< over images

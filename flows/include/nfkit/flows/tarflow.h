@@ -87,7 +87,8 @@ struct TarFlowOptions {
 struct KVCache {
   std::vector<torch::Tensor> k, v;
   int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
-  void append(const KVCache& next);
+  /// Appends the first n positions of next (keys/values [B, heads, P, hd] per layer).
+  void append(const KVCache& next, int64_t n);
   void clear() { k.clear(); v.clear(); }
 };
 
@@ -199,6 +200,9 @@ class TarFlow : public Transform {
 
  private:
   struct Params;
+  // Transformer inputs of a block for tokens x [B, T, D] in its order: x_0..x_{T-2}, after the
+  // learned start token when start = "token".
+  torch::Tensor block_inputs(int64_t b, const torch::Tensor& x) const;
   // One block forward on tokens in the block's order: z, log|det| [B].
   std::tuple<torch::Tensor, torch::Tensor> block_forward(int64_t b, const torch::Tensor& x,
                                                          const torch::Tensor& cemb);
