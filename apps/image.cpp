@@ -248,6 +248,8 @@ po::options_description sample_opts() {
       ("tol", po::value<double>()->default_value(1e-5, "1e-5"), "Jacobi stop: largest change below tol")
       ("relative-tol", po::value<double>()->default_value(0.0), "if > 0, stop on relative change (STARFlow)")
       ("modules", po::value<int64_t>()->default_value(0), "gs-jacobi modules for tough blocks (0 = about sqrt(T))")
+      ("window", po::value<int64_t>()->default_value(0),
+       "gs-jacobi: a sliding window of W tokens in place of the modules (0 = modules)")
       ("strategy", po::value<std::string>()->default_value("auto"),
        "gs-jacobi per-block strategy: auto (CRM/IGM on training images) or uniform")
       ("metric-images", po::value<int64_t>()->default_value(32), "training images for the CRM/IGM metrics")
@@ -316,6 +318,8 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
   if (modules < 0) usage_error("--modules", "must be >= 0");
   if (modules == 0) modules = std::max<int64_t>(2, std::llround(std::sqrt(static_cast<double>(o.tokens()))));
   so.modules = modules;
+  so.window = vm["window"].as<int64_t>();
+  if (so.window < 0) usage_error("--window", "must be >= 0");
 
   if (so.sampler == SamplerKind::kGSJacobi && strategy == "auto") {
     auto data = load_images(vm["data"].as<std::string>(), "train");
@@ -329,15 +333,18 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
     json jm = json::array();
     for (size_t b = 0; b < metrics.size(); ++b) {
       const auto& bm = metrics[b];
-      char line[160];
-      std::snprintf(line, sizeof line, "%5zu  %-8.4g  %-11.4g  %-10.4g  %-12.1f  %lld module%s, %s guess\n", b,
-                    bm.crm, bm.igm_latent, bm.igm_zeros, bm.jacobi_iters,
-                    static_cast<long long>(bm.chosen.modules), bm.chosen.modules == 1 ? "" : "s",
-                    bm.chosen.init.c_str());
-      ctx.err << line;
       so.blocks.push_back(bm.chosen);
+      if (bm.chosen.modules > 1) so.blocks.back().window = so.window;
+      const auto& st = so.blocks.back();
+      const std::string how = st.window > 0 ? "window " + std::to_string(st.window)
+                              : std::to_string(st.modules) + (st.modules == 1 ? " module" : " modules");
+      char line[160];
+      std::snprintf(line, sizeof line, "%5zu  %-8.4g  %-11.4g  %-10.4g  %-12.1f  %s, %s guess\n", b, bm.crm,
+                    bm.igm_latent, bm.igm_zeros, bm.jacobi_iters, how.c_str(), bm.chosen.init.c_str());
+      ctx.err << line;
       jm.push_back({{"block", b}, {"crm", bm.crm}, {"igm_latent", bm.igm_latent}, {"igm_zeros", bm.igm_zeros},
-                    {"jacobi_iters", bm.jacobi_iters}, {"modules", bm.chosen.modules}, {"init", bm.chosen.init}});
+                    {"jacobi_iters", bm.jacobi_iters}, {"modules", st.modules}, {"window", st.window},
+                    {"init", st.init}});
     }
     ctx.results["block_metrics"] = jm;
   }

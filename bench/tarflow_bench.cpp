@@ -4,10 +4,12 @@
 //
 //   build/bench/tarflow_bench MODEL.h5 [batches=1,2,4,8,16,32,64] [tol=1e-5] [repeats=3] [threads=0]
 //                             [data=/usr/share/datasets/fashion-mnist] [device=cpu]
+// Sliding-window gs-jacobi columns for the windows in NFKIT_BENCH_WINDOWS (default 4,16).
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 #include <string>
 
@@ -70,8 +72,18 @@ int main(int argc, char** argv) {
                   m.chosen.init.c_str());
       chosen.push_back(m.chosen);
     }
-    std::printf("\n| batch | sequential [ms] | jacobi [ms] | gs-jacobi [ms] | jacobi speed-up | gs-jacobi speed-up | max |x - x_seq| jacobi | gs-jacobi | passes seq / jac / gs |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|\n");
+    std::vector<int64_t> windows{4, 16};
+    if (const char* wenv = std::getenv("NFKIT_BENCH_WINDOWS")) {
+      windows.clear();
+      std::stringstream ws(wenv);
+      std::string tok;
+      while (std::getline(ws, tok, ',')) windows.push_back(std::stoll(tok));
+    }
+    std::printf("\n| batch | sequential [ms] | jacobi [ms] | gs-jacobi [ms] | jacobi speed-up | gs-jacobi speed-up | max |x - x_seq| jacobi | gs-jacobi | passes seq / jac / gs |");
+    for (auto W : windows) std::printf(" window %lld [ms] / speed-up / max diff / passes |", (long long)W);
+    std::printf("\n|---|---|---|---|---|---|---|---|---|");
+    for (size_t i = 0; i < windows.size(); ++i) std::printf("---|");
+    std::printf("\n");
     for (int64_t B : batches) {
       torch::manual_seed(100 + B);
       const auto z = torch::randn({B, o.dim()}, fo);
@@ -98,11 +110,21 @@ int main(int argc, char** argv) {
         return best * 1e3;
       };
       torch::Tensor xs, xj, xg;
-      int64_t ps, pj, pg;
+      int64_t ps = 0, pj = 0, pg = 0;
       const double ts = time(seq, &xs, &ps), tj = time(jac, &xj, &pj), tg = time(gs, &xg, &pg);
-      std::printf("| %lld | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.1e | %.1e | %lld / %lld / %lld |\n", (long long)B, ts,
+      std::printf("| %lld | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.1e | %.1e | %lld / %lld / %lld |", (long long)B, ts,
                   tj, tg, ts / tj, ts / tg, (xj - xs).abs().max().item<double>(),
                   (xg - xs).abs().max().item<double>(), (long long)ps, (long long)pj, (long long)pg);
+      for (auto W : windows) {
+        SampleOptions sw = gs;
+        sw.blocks.clear();
+        sw.window = W;
+        torch::Tensor xw;
+        int64_t pw = 0;
+        const double tw = time(sw, &xw, &pw);
+        std::printf(" %.1f / %.2fx / %.1e / %lld |", tw, ts / tw, (xw - xs).abs().max().item<double>(), (long long)pw);
+      }
+      std::printf("\n");
       std::fflush(stdout);
     }
   } catch (const std::exception& e) {

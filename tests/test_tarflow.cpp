@@ -109,6 +109,33 @@ TEST_CASE("tarflow: the KV-cache inverse equals Jacobi run to its exact bound, a
       CHECK(max_abs(x_seq, x_rel) < 1e-4);
     }
 
+    // Sliding window: W = 1 is the sequential sampler; run to the cap (tol 0) any window is
+    // exact after T - 1 / T passes; with a tolerance it agrees within 1e-4 in fewer passes.
+    for (const int64_t W : {int64_t{1}, int64_t{3}}) {
+      SampleOptions win;
+      win.sampler = SamplerKind::kGSJacobi;
+      win.window = W;
+      win.tol = 0;
+      SampleStats s_win;
+      auto [x_win, ld_win] = t->sample_inverse(z, ctx, win, &s_win);
+      for (auto it : s_win.iterations) CHECK(it == exact);
+      CHECK(max_abs(x_seq, x_win) < 1e-5);
+      CHECK(max_abs(ld_seq, ld_win) < 1e-4);
+      win.tol = 1e-7;
+      win.init = "zeros";
+      auto [x_wt, ld_wt] = t->sample_inverse(z, ctx, win, &s_win);
+      CHECK(max_abs(x_seq, x_wt) < 1e-4);
+      for (auto it : s_win.iterations) CHECK(it <= exact);
+    }
+    SampleOptions win_cap;  // one pass per window position: ceil(T' / W) passes, inexact
+    win_cap.sampler = SamplerKind::kGSJacobi;
+    win_cap.tol = 0;
+    win_cap.blocks.assign(c.opts.blocks(), BlockStrategy{1, 1, "zeros", 3});
+    SampleStats s_cap;
+    auto [x_wcap, ld_wcap] = t->sample_inverse(z, ctx, win_cap, &s_cap);
+    for (auto it : s_cap.iterations) CHECK(it == (exact + 2) / 3);
+    CHECK(max_abs(x_seq, x_wcap) > 1e-3);
+
     // A Jacobi iteration cap below the exact bound leaves the later tokens unsolved.
     SampleOptions capped;
     capped.sampler = SamplerKind::kGSJacobi;
@@ -348,8 +375,20 @@ TEST_CASE("cli: image train, bpd and sample on a small IDX set; bad input gets c
     CHECK(nfkit::file_exists(png));
   }
 
+  auto win = nfkit::test::run_nfkit({"image", "sample", "--model", model, "--data", dir, "--out", png, "--n", "4",
+                                     "--window", "3", "--quiet", "--json"});
+  INFO(win.err);
+  REQUIRE(win.code == 0);
+  const auto wj = json::parse(win.out);
+  int64_t windowed = 0;
+  for (const auto& b : wj.at("block_metrics")) windowed += b.at("window").get<int64_t>() == 3;
+  CHECK(windowed >= 1);  // the toughest block (largest CRM) at least
+
   // Bad input: one line, exit code 2 (usage) or 1 (runtime), no output file.
   const auto none = temp_path("none.png");
+  auto bad_window = nfkit::test::run_nfkit({"image", "sample", "--model", model, "--out", none, "--window", "-1", "--quiet"});
+  CHECK(bad_window.code == 2);
+  CHECK_THAT(bad_window.err, Catch::Contains("--window"));
   auto bad_sampler = nfkit::test::run_nfkit({"image", "sample", "--model", model, "--out", none, "--sampler", "newton", "--quiet"});
   CHECK(bad_sampler.code == 2);
   CHECK_THAT(bad_sampler.err, Catch::Contains("--sampler"));

@@ -311,10 +311,12 @@ torch::Tensor TarFlow::block_inverse(int64_t b, const torch::Tensor& z, const to
     return {(1.0 + wt) * mu - wt * mu_n, (1.0 + wt) * ls - wt * ls_n};
   };
 
-  // Modules over the tokens that need solving, [first, T).
+  // Modules over the tokens that need solving, [first, T); a sliding window is one module
+  // whose passes cover at most `window` tokens.
   const int64_t first = off_;
   const int64_t todo = T_ - first;
-  const int64_t M = std::max<int64_t>(1, std::min<int64_t>(strategy.modules, todo));
+  const int64_t W = strategy.window;
+  const int64_t M = W > 0 ? 1 : std::max<int64_t>(1, std::min<int64_t>(strategy.modules, todo));
   torch::Tensor ld = torch::zeros({B}, z.options());
   int64_t s = first;
   for (int64_t m = 0; m < M; ++m) {
@@ -323,13 +325,16 @@ torch::Tensor TarFlow::block_inverse(int64_t b, const torch::Tensor& z, const to
     if (n == 0) continue;
     const int64_t cap = strategy.max_iters > 0 ? std::min(strategy.max_iters, n) : n;
     // Jacobi with a frozen converged prefix: positions [0, q) of the module are final and in
-    // the cache; each iteration recomputes positions [q, n) only. When the first j active
+    // the cache; each iteration recomputes positions [q, q + nq) only. When the first j active
     // tokens changed by less than tol, they and the next token (computed from them) are final:
-    // q advances by j + 1 >= 1, so n iterations always suffice (the exact bound).
+    // q advances by j + 1 >= 1, so n iterations always suffice (the exact bound). A token that
+    // has been active for `cap` passes is frozen as it is.
     auto ls_mod = torch::zeros({B, n, D_}, z.options());
-    int64_t q = 0;
+    std::vector<int64_t> entered(n, 0);  // pass at which a token first became active
+    int64_t q = 0, reached = 0;
     for (int64_t it = 1; q < n; ++it) {
-      const int64_t nq = n - q, pq = p0 + q;
+      const int64_t nq = W > 0 ? std::min(W, n - q) : n - q, pq = p0 + q;
+      for (; reached < q + nq; ++reached) entered[reached] = it;
       auto [mu, ls] = params(seq.narrow(1, pq, nq), pq);
       auto xn = mu + torch::exp(ls) * z.narrow(1, s + q, nq);
       // Sanitise (measured: one count and a host sync is cheaper than sanitising always).
@@ -343,8 +348,10 @@ torch::Tensor TarFlow::block_inverse(int64_t b, const torch::Tensor& z, const to
       ++*passes;
       *positions += nq;
       auto xt = seq.narrow(1, s + q + s0, nq);
+      int64_t aged = 0;  // leading active tokens that reached the cap
+      while (aged < nq && it - entered[q + aged] + 1 >= cap) ++aged;
       int64_t commit = nq;  // positions to freeze after this iteration
-      if (it < cap && nq > 1) {
+      if (aged < nq && nq > 1) {
         torch::Tensor unconverged;  // [nq] per token, over batch and values
         if (so.relative_tol > 0) {
           const auto d = (xn - xt).pow(2).sum(torch::IntArrayRef{0, 2}).sqrt();
@@ -355,7 +362,7 @@ torch::Tensor TarFlow::block_inverse(int64_t b, const torch::Tensor& z, const to
         }
         // j = leading converged tokens; tokens [0, j] are final (j + 1 positions).
         const int64_t j = unconverged.to(torch::kInt64).cumsum(0).eq(0).sum().item<int64_t>();
-        commit = std::min(nq, j + 1);
+        commit = std::max(aged, std::min(nq, j + 1));
       }
       xt.copy_(xn);
       ls_mod.narrow(1, q, nq).copy_(ls);
@@ -409,6 +416,7 @@ ValueAndLogDet TarFlow::sample_inverse(const torch::Tensor& z, const torch::Tens
       case SamplerKind::kGSJacobi:
         if (so.blocks.empty()) {
           st.modules = so.modules;
+          st.window = so.window;
           st.init = so.init;
         } else {
           st = so.blocks[b];

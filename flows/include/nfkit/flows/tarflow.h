@@ -39,6 +39,10 @@
 //               (Gauss-Seidel), Jacobi inside each module against the cached prefix; per-block
 //               module counts, iteration caps and initial guesses (BlockStrategy).
 //   STARFlow's chunked Jacobi is gs-jacobi with the relative-change stop (relative_tol).
+//   A sliding window (BlockStrategy::window = W, our variant of GS-Jacobi) replaces the fixed
+//   modules by the W tokens after the solved prefix: the window advances as soon as its
+//   leading tokens converge, so no pass is spent only on confirming a module's convergence.
+//   W = 1 is the sequential sampler, W = T plain Jacobi.
 //
 //   auto flow = nfkit::make_tarflow(nfkit::TarFlowOptions().height(28).width(28).patch(4));
 //   auto tf = std::dynamic_pointer_cast<nfkit::TarFlow>(flow->transform());
@@ -129,6 +133,9 @@ struct BlockStrategy {
   int64_t modules = 1;    ///< consecutive token groups solved one after another
   int64_t max_iters = 0;  ///< per module; 0 = the exact bound (its token count)
   std::string init = "latent";  ///< initial guess: latent (the block's z) | zeros
+  /// > 0: instead of fixed modules, a sliding window of this many tokens starting at the
+  /// first unsolved token (max_iters then caps the passes a token spends in the window).
+  int64_t window = 0;
 };
 
 enum class GuidanceKind { kNone, kCFG, kProduct, kAttention };
@@ -143,6 +150,7 @@ struct SampleOptions {
   /// gs-jacobi: one strategy per block (in forward order); empty = `modules` for every block.
   std::vector<BlockStrategy> blocks;
   int64_t modules = 7;
+  int64_t window = 0;  ///< gs-jacobi without `blocks`: sliding window (0 = fixed modules)
   std::string init = "latent";
   /// Guidance of strength w: cfg mixes (mu, log sigma) as (1 + w) cond - w uncond (TARFlow);
   /// product samples the Gaussian N(mu_c, s_c^2)^(1+w) / N(mu_u, s_u^2)^w (STARFlow);
