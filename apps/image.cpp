@@ -363,12 +363,7 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (vm["denoise"].as<bool>()) {
     // Tweedie's step with the variance of the training noise.
-    const double sig = m.meta.value("noise_sigma", 0.0);
-    const double var = sig > 0 ? sig * sig : 1.0 / (12.0 * 128.0 * 128.0);
-    auto xg = x.detach().requires_grad_(true);
-    const auto lp = m.flow->log_prob(xg, c).sum();
-    const auto g = torch::autograd::grad({lp}, {xg})[0];
-    x = (x + var * g).detach();
+    x = denoise_step(*m.flow, x, c, training_noise_variance(m.meta.value("noise_sigma", 0.0)));
   }
   const auto px = model_to_pixels(x).view({n, o.channels(), o.height(), o.width()}).cpu();
   write_grid_png(out, px, vm["nrow"].as<int64_t>());

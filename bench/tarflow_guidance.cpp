@@ -8,6 +8,8 @@
 //
 //   build/bench/tarflow_guidance MODEL.h5 [per_class=20] [weights=0,0.5,1,2,4] [threads=0]
 //                                [data=/usr/share/datasets/fashion-mnist] [temperature=1]
+//                                [denoise=0]   (1: the Tweedie step after sampling, with the
+//                                               model's training noise; both are reported)
 #include <torch/torch.h>
 
 #include <chrono>
@@ -67,6 +69,7 @@ int main(int argc, char** argv) {
     set_threads(argc > 4 ? std::stoi(argv[4]) : 0);
     const std::string dir = argc > 5 ? argv[5] : "/usr/share/datasets/fashion-mnist";
     const double temperature = argc > 6 ? std::stod(argv[6]) : 1.0;
+    const bool denoise = argc > 7 && std::string(argv[7]) == "1";
 
     auto lf = load_flow(path);
     lf.flow->eval();
@@ -86,7 +89,11 @@ int main(int argc, char** argv) {
     std::printf("model %s; judge: MLP 784-256-10 trained %.0f s on the training images, test accuracy %.4f\n",
                 path.c_str(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), test_acc);
     std::printf("%lld samples per class, temperature %g, sequential sampler\n\n", (long long)per_class, temperature);
-    std::printf("| guidance | w | samples classified as their label | mean confidence in the label | sampling [s] |\n|---|---|---|---|---|\n");
+    const double noise_var = training_noise_variance(lf.metadata.value("noise_sigma", 0.0));
+    if (denoise) std::printf("denoised columns: x + s^2 grad log q(x), s^2 = %g\n\n", noise_var);
+    std::printf("| guidance | w | samples classified as their label | mean confidence in the label | sampling [s] |%s\n",
+                denoise ? " denoised: classified as label | confidence |" : "");
+    std::printf("|---|---|---|---|---|%s\n", denoise ? "---|---|" : "");
 
     const int64_t n = per_class * K;
     const auto labels = torch::arange(n, torch::kInt64) % K;
@@ -111,11 +118,18 @@ int main(int argc, char** argv) {
         const auto ts = std::chrono::steady_clock::now();
         auto [x, ld] = tar->sample_inverse(z, ctx, so);
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
-        const auto px = model_to_pixels(x);
-        const auto p = torch::softmax(clf->forward(features(px)), 1);
-        const double acc = p.argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>();
-        const double conf = p.gather(1, labels.unsqueeze(1)).mean().item<double>();
-        std::printf("| %s | %g | %.3f | %.3f | %.1f |\n", w == 0 ? "none" : s.name, w, acc, conf, secs);
+        auto judge = [&](const torch::Tensor& xs) {
+          const auto p = torch::softmax(clf->forward(features(model_to_pixels(xs))), 1);
+          return std::make_pair(p.argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>(),
+                                p.gather(1, labels.unsqueeze(1)).mean().item<double>());
+        };
+        const auto [acc, conf] = judge(x);
+        std::printf("| %s | %g | %.3f | %.3f | %.1f |", w == 0 ? "none" : s.name, w, acc, conf, secs);
+        if (denoise) {
+          const auto [dacc, dconf] = judge(denoise_step(*lf.flow, x, ctx, noise_var));
+          std::printf(" %.3f | %.3f |", dacc, dconf);
+        }
+        std::printf("\n");
         std::fflush(stdout);
       }
     }

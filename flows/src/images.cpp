@@ -85,4 +85,18 @@ BitsPerDim bits_per_dim(Flow& flow, const torch::Tensor& images, const torch::Te
   return r;
 }
 
+torch::Tensor denoise_step(Flow& flow, const torch::Tensor& x, const torch::Tensor& context,
+                           double variance) {
+  check_nonnegative("denoise_step", "variance", variance);
+  torch::AutoGradMode on(true);
+  auto xg = x.detach().requires_grad_(true);
+  const auto lp = flow.log_prob(xg, context).sum();
+  const auto g = torch::autograd::grad({lp}, {xg})[0];
+  return (x.detach() + variance * g).detach();
+}
+
+double training_noise_variance(double noise_sigma) {
+  return noise_sigma > 0 ? noise_sigma * noise_sigma : 1.0 / (12.0 * 128.0 * 128.0);
+}
+
 }  // namespace nfkit

@@ -42,6 +42,16 @@ struct BitsPerDim {
 BitsPerDim bits_per_dim(Flow& flow, const torch::Tensor& images, const torch::Tensor& labels,
                         int64_t batch, uint64_t seed, int64_t num_classes = 0);
 
+/// One score step x + variance * grad_x log q(x | context) (Tweedie's formula: the posterior
+/// mean of clean data given x = clean + N(0, variance) noise, with q standing in for the noisy
+/// density). TARFlow's denoising of samples drawn from a model trained on noisy images.
+torch::Tensor denoise_step(Flow& flow, const torch::Tensor& x, const torch::Tensor& context,
+                           double variance);
+
+/// The noise variance a model was trained with, for denoise_step: noise_sigma^2 for Gaussian
+/// augmentation, 1 / (12 * 128^2) (the variance of uniform dequantisation) otherwise.
+double training_noise_variance(double noise_sigma);
+
 /// int64 labels [N] -> float one-hot [N, K] (K > 0); labels outside [0, K) are an error.
 torch::Tensor one_hot_labels(const torch::Tensor& labels, int64_t num_classes);
 
