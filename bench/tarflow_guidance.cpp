@@ -92,8 +92,8 @@ int main(int argc, char** argv) {
     const double noise_var = training_noise_variance(lf.metadata.value("noise_sigma", 0.0));
     if (denoise) std::printf("denoised columns: x + s^2 grad log q(x), s^2 = %g\n\n", noise_var);
     std::printf("| guidance | w | samples classified as their label | mean confidence in the label | sampling [s] |%s\n",
-                denoise ? " denoised: classified as label | confidence |" : "");
-    std::printf("|---|---|---|---|---|%s\n", denoise ? "---|---|" : "");
+                denoise ? " denoised: classified as label | confidence | step mean / max |" : "");
+    std::printf("|---|---|---|---|---|%s\n", denoise ? "---|---|---|" : "");
 
     const int64_t n = per_class * K;
     const auto labels = torch::arange(n, torch::kInt64) % K;
@@ -126,8 +126,10 @@ int main(int argc, char** argv) {
         const auto [acc, conf] = judge(x);
         std::printf("| %s | %g | %.3f | %.3f | %.1f |", w == 0 ? "none" : s.name, w, acc, conf, secs);
         if (denoise) {
-          const auto [dacc, dconf] = judge(denoise_step(*lf.flow, x, ctx, noise_var));
-          std::printf(" %.3f | %.3f |", dacc, dconf);
+          const auto xd = denoise_step(*lf.flow, x, ctx, noise_var);
+          const auto [dacc, dconf] = judge(xd);
+          const auto step = (xd - x).abs();
+          std::printf(" %.3f | %.3f | %.2g / %.2g |", dacc, dconf, step.mean().item<double>(), step.max().item<double>());
         }
         std::printf("\n");
         std::fflush(stdout);

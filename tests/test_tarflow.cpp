@@ -226,6 +226,40 @@ TEST_CASE("tarflow: guidance with w = 0 is the conditional model; cfg mixes the 
   CHECK(max_abs(xs, xj) < 1e-4);
 }
 
+TEST_CASE("tarflow: product guidance is the Gaussian product, capped where the negative branch is sharper", "[tarflow]") {
+  // log N(x; m_c, s_c)^(1+w) - w log N(x; m_u, s_u) is quadratic in x: its curvature is the
+  // precision and its stationary point the mean. Checked against the coefficients computed
+  // here in double precision, for s_u > s_c (an exact product) and s_u < s_c (capped).
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto mu_c = torch::tensor({0.3, -1.2, 0.5}, opts), ls_c = torch::tensor({-0.5, 0.1, 0.2}, opts);
+  const auto mu_u = torch::tensor({-0.4, 0.7, 0.5}, opts), ls_u = torch::tensor({0.4, 0.6, -0.3}, opts);
+  const auto w = torch::full({1}, 2.5, opts);
+  auto [m, ls] = product_guidance(mu_c, ls_c, mu_u, ls_u, w);
+  for (int64_t i = 0; i < 3; ++i) {
+    const double pc = std::exp(-2 * ls_c[i].item<double>()), pu = std::exp(-2 * ls_u[i].item<double>());
+    const double mc = mu_c[i].item<double>(), mu = mu_u[i].item<double>(), wv = 2.5;
+    const double pu_used = std::min(pu, pc);
+    const double prec = (1 + wv) * pc - wv * pu_used;
+    const double mean = ((1 + wv) * pc * mc - wv * pu_used * mu) / prec;
+    CHECK(ls[i].item<double>() == Approx(-0.5 * std::log(prec)).margin(1e-12));
+    CHECK(m[i].item<double>() == Approx(mean).margin(1e-12));
+    if (pu < pc) {  // exact product: curvature of the unnormalised log density
+      const double curv = (1 + wv) * pc - wv * pu;
+      CHECK(std::exp(-2 * ls[i].item<double>()) == Approx(curv).epsilon(1e-12));
+    } else {  // capped: the conditional scale, the cfg mean
+      CHECK(ls[i].item<double>() == Approx(ls_c[i].item<double>()).margin(1e-12));
+      CHECK(m[i].item<double>() == Approx((1 + wv) * mc - wv * mu).margin(1e-12));
+    }
+  }
+  // Never wider than the conditional token, whatever w.
+  auto [m9, ls9] = product_guidance(mu_c, ls_c, mu_u, ls_u, torch::full({1}, 50.0, opts));
+  CHECK((ls9 <= ls_c + 1e-12).all().item<bool>());
+  // Equal branches (the null label as the condition): a no-op for any w.
+  auto [me, lse] = product_guidance(mu_c, ls_c, mu_c, ls_c, w);
+  CHECK(max_abs(me, mu_c) < 1e-12);
+  CHECK(max_abs(lse, ls_c) < 1e-12);
+}
+
 TEST_CASE("tarflow: label drop trains the null label; eval mode keeps labels", "[tarflow]") {
   auto o = TarFlowOptions().height(4).width(4).patch(2).blocks(1).layers(1).hidden(8).head_dim(8)
                .num_classes(2).label_drop(1.0);

@@ -147,6 +147,15 @@ GuidanceKind parse_guidance(const std::string& s) {
   usage_error("--guidance", "'" + s + "' is not a guidance kind, expected none, cfg, product or attention");
 }
 
+std::tuple<torch::Tensor, torch::Tensor> product_guidance(const torch::Tensor& mu_c, const torch::Tensor& ls_c,
+                                                          const torch::Tensor& mu_u, const torch::Tensor& ls_u,
+                                                          const torch::Tensor& w) {
+  const auto pc = torch::exp(-2.0 * ls_c);
+  const auto pu = torch::minimum(torch::exp(-2.0 * ls_u), pc);  // capped: precision >= pc
+  const auto prec = (1.0 + w) * pc - w * pu;
+  return {((1.0 + w) * pc * mu_c - w * pu * mu_u) / prec, -0.5 * torch::log(prec)};
+}
+
 // ---------------------------------------------------------------------------------------
 // TarFlow
 
@@ -300,14 +309,7 @@ torch::Tensor TarFlow::block_inverse(int64_t b, const torch::Tensor& z, const to
     } else {
       wt = torch::full({1, 1, 1}, w, z.options());
     }
-    if (so.guidance == GuidanceKind::kProduct) {
-      // N(mu_c, s_c^2)^(1+w) / N(mu_n, s_n^2)^w is Gaussian with precision (1+w)/s_c^2 - w/s_n^2
-      // (floored at 1e-2 / s_c^2 where the negative branch is the sharper one).
-      const auto pc = torch::exp(-2.0 * ls), pn = torch::exp(-2.0 * ls_n);
-      const auto prec = torch::maximum((1.0 + wt) * pc - wt * pn, 1e-2 * pc);
-      const auto mean = ((1.0 + wt) * pc * mu - wt * pn * mu_n) / prec;
-      return {mean, -0.5 * torch::log(prec)};
-    }
+    if (so.guidance == GuidanceKind::kProduct) return product_guidance(mu, ls, mu_n, ls_n, wt);
     return {(1.0 + wt) * mu - wt * mu_n, (1.0 + wt) * ls - wt * ls_n};
   };
 

@@ -141,6 +141,16 @@ struct BlockStrategy {
 enum class GuidanceKind { kNone, kCFG, kProduct, kAttention };
 GuidanceKind parse_guidance(const std::string& name);  ///< none | cfg | product | attention
 
+/// STARFlow's Gaussian-product guidance for a token: the Gaussian proportional to
+/// N(mu_c, s_c^2)^(1+w) / N(mu_u, s_u^2)^w, i.e. precision (1+w)/s_c^2 - w/s_u^2 and the
+/// matching mean, returned as (mean, log sigma). Where the unconditional branch is the sharper
+/// one (s_u < s_c) that product widens the token and is not normalisable for large w, so 1/s_u^2
+/// is capped at 1/s_c^2: there the result keeps the conditional scale and moves the mean like
+/// cfg, (1+w) mu_c - w mu_u. w broadcasts (annealing passes one weight per token).
+std::tuple<torch::Tensor, torch::Tensor> product_guidance(const torch::Tensor& mu_c, const torch::Tensor& ls_c,
+                                                          const torch::Tensor& mu_u, const torch::Tensor& ls_u,
+                                                          const torch::Tensor& w);
+
 struct SampleOptions {
   SamplerKind sampler = SamplerKind::kSequential;
   /// Jacobi stop: largest absolute change of a token value below tol (0 = run to the cap).
@@ -153,7 +163,8 @@ struct SampleOptions {
   int64_t window = 0;  ///< gs-jacobi without `blocks`: sliding window (0 = fixed modules)
   std::string init = "latent";
   /// Guidance of strength w: cfg mixes (mu, log sigma) as (1 + w) cond - w uncond (TARFlow);
-  /// product samples the Gaussian N(mu_c, s_c^2)^(1+w) / N(mu_u, s_u^2)^w (STARFlow);
+  /// product samples the Gaussian N(mu_c, s_c^2)^(1+w) / N(mu_u, s_u^2)^w (STARFlow; see
+  /// product_guidance);
   /// attention uses the model itself with attention logits / attn_temperature as the
   /// negative branch (unconditional models). anneal: w grows linearly over tokens, 0 -> w.
   GuidanceKind guidance = GuidanceKind::kNone;
