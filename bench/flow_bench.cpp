@@ -8,21 +8,15 @@
 
 #include <chrono>
 #include <iostream>
-#include <sstream>
 
+#include "bench_util.h"
 #include "nfkit/core/runtime.h"
 #include "nfkit/flows/builder.h"
 #include "nfkit/flows/trainer.h"
 
 namespace {
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(item);
-  return out;
-}
+using nfkit::bench::split;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

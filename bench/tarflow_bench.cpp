@@ -10,9 +10,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <sstream>
 #include <string>
 
+#include "bench_util.h"
 #include "nfkit/core/idx.h"
 #include "nfkit/core/runtime.h"
 #include "nfkit/flows/checkpoint.h"
@@ -28,13 +28,7 @@ int main(int argc, char** argv) {
   }
   try {
     const std::string path = argv[1];
-    std::vector<int64_t> batches{1, 2, 4, 8, 16, 32, 64};
-    if (argc > 2) {
-      batches.clear();
-      std::stringstream ss(argv[2]);
-      std::string tok;
-      while (std::getline(ss, tok, ',')) batches.push_back(std::stoll(tok));
-    }
+    const auto batches = bench::int_list(argc > 2 ? argv[2] : "1,2,4,8,16,32,64");
     const double tol = argc > 3 ? std::stod(argv[3]) : 1e-5;
     const int repeats = argc > 4 ? std::stoi(argv[4]) : 3;
     set_threads(argc > 5 ? std::stoi(argv[5]) : 0);
@@ -72,13 +66,8 @@ int main(int argc, char** argv) {
                   m.chosen.init.c_str());
       chosen.push_back(m.chosen);
     }
-    std::vector<int64_t> windows{4, 16};
-    if (const char* wenv = std::getenv("NFKIT_BENCH_WINDOWS")) {
-      windows.clear();
-      std::stringstream ws(wenv);
-      std::string tok;
-      while (std::getline(ws, tok, ',')) windows.push_back(std::stoll(tok));
-    }
+    const char* wenv = std::getenv("NFKIT_BENCH_WINDOWS");
+    const auto windows = bench::int_list(wenv ? wenv : "4,16");
     std::printf("\n| batch | sequential [ms] | jacobi [ms] | gs-jacobi [ms] | jacobi speed-up | gs-jacobi speed-up | max |x - x_seq| jacobi | gs-jacobi | passes seq / jac / gs |");
     for (auto W : windows) std::printf(" window %lld [ms] / speed-up / max diff / passes |", (long long)W);
     std::printf("\n|---|---|---|---|---|---|---|---|---|");

@@ -14,9 +14,9 @@
 
 #include <chrono>
 #include <cstdio>
-#include <sstream>
 #include <string>
 
+#include "bench_util.h"
 #include "nfkit/core/idx.h"
 #include "nfkit/core/runtime.h"
 #include "nfkit/flows/checkpoint.h"
@@ -59,13 +59,7 @@ int main(int argc, char** argv) {
   try {
     const std::string path = argv[1];
     const int64_t per_class = argc > 2 ? std::stoll(argv[2]) : 20;
-    std::vector<double> weights{0, 0.5, 1, 2, 4};
-    if (argc > 3) {
-      weights.clear();
-      std::stringstream ss(argv[3]);
-      std::string tok;
-      while (std::getline(ss, tok, ',')) weights.push_back(std::stod(tok));
-    }
+    const auto weights = bench::double_list(argc > 3 ? argv[3] : "0,0.5,1,2,4");
     set_threads(argc > 4 ? std::stoi(argv[4]) : 0);
     const std::string dir = argc > 5 ? argv[5] : "/usr/share/datasets/fashion-mnist";
     const double temperature = argc > 6 ? std::stod(argv[6]) : 1.0;
