@@ -36,19 +36,6 @@ TarFlowOptions TarFlowOptions::from_json(const json& j) {
       .soft_clip(j.at("soft_clip").get<double>());
 }
 
-void KVCache::append(const KVCache& next, int64_t n) {
-  const bool empty = length() == 0;
-  if (empty) {
-    k.resize(next.k.size());
-    v.resize(next.v.size());
-  }
-  for (size_t l = 0; l < next.k.size(); ++l) {
-    const auto nk = next.k[l].narrow(2, 0, n), nv = next.v[l].narrow(2, 0, n);
-    k[l] = empty ? nk : torch::cat({k[l], nk}, 2);
-    v[l] = empty ? nv : torch::cat({v[l], nv}, 2);
-  }
-}
-
 // ---------------------------------------------------------------------------------------
 // Causal transformer
 
@@ -85,11 +72,20 @@ torch::Tensor CausalTransformerImpl::class_embedding(const torch::Tensor& onehot
   return class_proj_->forward(onehot) + (1.0 - onehot.sum(1, true)) * null_emb_;
 }
 
-torch::Tensor CausalTransformerImpl::forward(const torch::Tensor& u, int64_t pos0,
-                                             const KVCache& cache, KVCache* fresh,
+torch::Tensor CausalTransformerImpl::forward(const torch::Tensor& u, int64_t pos0, KVCache* cache,
                                              const torch::Tensor& class_emb,
                                              double attn_temperature) {
   const int64_t B = u.size(0), n = u.size(1);
+  const int64_t capacity = pos_emb_.size(0);
+  NFKIT_ASSERT(cache ? cache->length == pos0 && pos0 + n <= capacity : pos0 == 0,
+               "CausalTransformer: positions do not follow the cache");
+  if (cache && cache->k.empty()) {
+    const auto opts = u.options();
+    for (size_t l = 0; l < qkv_.size(); ++l) {
+      cache->k.push_back(torch::empty({B, heads_, capacity, head_dim_}, opts));
+      cache->v.push_back(torch::empty({B, heads_, capacity, head_dim_}, opts));
+    }
+  }
   auto h = in_proj_->forward(u) + pos_emb_.narrow(0, pos0, n).unsqueeze(0);
   if (class_emb.defined()) h = h + class_emb.unsqueeze(1);
   const int64_t P = pos0 + n;  // keys: positions [0, P)
@@ -98,18 +94,15 @@ torch::Tensor CausalTransformerImpl::forward(const torch::Tensor& u, int64_t pos
     mask = torch::ones({n, P}, torch::TensorOptions().dtype(torch::kBool).device(u.device()))
                .triu(pos0 + 1);
   const double scale = 1.0 / (std::sqrt(static_cast<double>(head_dim_)) * attn_temperature);
-  if (fresh) fresh->clear();
   for (size_t l = 0; l < qkv_.size(); ++l) {
     auto qkv = qkv_[l]->forward(ln1_[l]->forward(h)).view({B, n, 3, heads_, head_dim_})
                    .permute({2, 0, 3, 1, 4});  // [3, B, H, n, hd]
     auto q = qkv[0], k = qkv[1], v = qkv[2];
-    if (fresh) {
-      fresh->k.push_back(k);
-      fresh->v.push_back(v);
-    }
-    if (pos0 > 0) {
-      k = torch::cat({cache.k[l], k}, 2);
-      v = torch::cat({cache.v[l], v}, 2);
+    if (cache) {  // this pass's keys and values at [pos0, P); attend to [0, P)
+      cache->k[l].narrow(2, pos0, n).copy_(k);
+      cache->v[l].narrow(2, pos0, n).copy_(v);
+      k = cache->k[l].narrow(2, 0, P);
+      v = cache->v[l].narrow(2, 0, P);
     }
     auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;  // [B, H, n, P]
     if (mask.defined()) scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
@@ -234,9 +227,9 @@ torch::Tensor TarFlow::drop_labels(const torch::Tensor& context) {
 }
 
 std::tuple<torch::Tensor, torch::Tensor> TarFlow::block_params(
-    int64_t b, const torch::Tensor& u, int64_t p0, const KVCache& cache, KVCache* fresh,
-    const torch::Tensor& cemb, double attn_temperature) {
-  const auto out = nets_[b]->forward(u, p0, cache, fresh, cemb, attn_temperature);
+    int64_t b, const torch::Tensor& u, int64_t p0, KVCache* cache, const torch::Tensor& cemb,
+    double attn_temperature) {
+  const auto out = nets_[b]->forward(u, p0, cache, cemb, attn_temperature);
   return {out.narrow(-1, 0, D_), log_sigma(out.narrow(-1, D_, D_))};
 }
 
@@ -248,7 +241,7 @@ torch::Tensor TarFlow::block_inputs(int64_t b, const torch::Tensor& x) const {
 
 std::tuple<torch::Tensor, torch::Tensor> TarFlow::block_forward(int64_t b, const torch::Tensor& x,
                                                                 const torch::Tensor& cemb) {
-  auto [mu, ls] = block_params(b, block_inputs(b, x), 0, KVCache{}, nullptr, cemb, 1.0);
+  auto [mu, ls] = block_params(b, block_inputs(b, x), 0, nullptr, cemb, 1.0);
   const auto logdet = -ls.sum({1, 2});
   if (off_ == 1) {
     const auto rest = (x.narrow(1, 1, T_ - 1) - mu) * torch::exp(-ls);
@@ -294,13 +287,13 @@ torch::Tensor TarFlow::block_inverse(int64_t b, const torch::Tensor& z, const to
   const bool guided = so.guidance != GuidanceKind::kNone && so.guidance_weight != 0.0;
   const double w = so.guidance_weight;
   const double neg_temp = so.guidance == GuidanceKind::kAttention ? so.attn_temperature : 1.0;
-  KVCache cache, cache_neg, fresh, fresh_neg;
+  KVCache cache, cache_neg;
 
   // Guided (mu, log sigma) for positions [p0, p0 + n).
   auto params = [&](const torch::Tensor& u, int64_t p0) -> std::tuple<torch::Tensor, torch::Tensor> {
-    auto [mu, ls] = block_params(b, u, p0, cache, &fresh, cemb, 1.0);
+    auto [mu, ls] = block_params(b, u, p0, &cache, cemb, 1.0);
     if (!guided) return {mu, ls};
-    auto [mu_n, ls_n] = block_params(b, u, p0, cache_neg, &fresh_neg, cemb_neg, neg_temp);
+    auto [mu_n, ls_n] = block_params(b, u, p0, &cache_neg, cemb_neg, neg_temp);
     const int64_t n = u.size(1);
     torch::Tensor wt;
     if (so.guidance_anneal) {  // token index t = p + off runs 0..T-1 in this block's order
@@ -369,8 +362,8 @@ torch::Tensor TarFlow::block_inverse(int64_t b, const torch::Tensor& z, const to
       xt.copy_(xn);
       ls_mod.narrow(1, q, nq).copy_(ls);
       // Keys/values of the frozen positions enter the cache (their inputs are final within tol).
-      cache.append(fresh, commit);
-      if (guided) cache_neg.append(fresh_neg, commit);
+      cache.commit(commit);
+      if (guided) cache_neg.commit(commit);
       q += commit;
     }
     ld = ld + ls_mod.sum({1, 2});
@@ -467,7 +460,7 @@ std::vector<BlockMetrics> TarFlow::block_metrics(const torch::Tensor& x, const t
     auto [z, ld] = block_forward(b, xs, cemb);
     // One Jacobi update g(x) = mu(x) + sigma(x) z, from a full causal pass.
     auto g = [&](const torch::Tensor& xg) {
-      auto [mu, ls] = block_params(b, block_inputs(b, xg), 0, KVCache{}, nullptr, cemb, 1.0);
+      auto [mu, ls] = block_params(b, block_inputs(b, xg), 0, nullptr, cemb, 1.0);
       const auto upd = mu + torch::exp(ls) * z.narrow(1, off_, T_ - off_);
       return off_ == 1 ? torch::cat({z.narrow(1, 0, 1), upd}, 1) : upd;
     };

@@ -87,13 +87,14 @@ struct TarFlowOptions {
   static TarFlowOptions from_json(const json& j);
 };
 
-/// Keys and values of the positions processed so far, per transformer layer ([B, heads, P, hd]).
+/// Keys and values per transformer layer in buffers [B, heads, positions, hd]: a pass over
+/// positions [pos0, pos0 + n) writes its keys and values there, and `length` positions (the
+/// solved prefix) are final. Buffers are allocated on the first pass.
 struct KVCache {
   std::vector<torch::Tensor> k, v;
-  int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
-  /// Appends the first n positions of next (keys/values [B, heads, P, hd] per layer).
-  void append(const KVCache& next, int64_t n);
-  void clear() { k.clear(); v.clear(); }
+  int64_t length = 0;
+  /// The first n positions written by the last pass become final.
+  void commit(int64_t n) { length += n; }
 };
 
 /// Pre-norm causal transformer: input projection + position (+ class) embedding, `layers` x
@@ -103,13 +104,13 @@ class CausalTransformerImpl : public torch::nn::Module {
  public:
   CausalTransformerImpl(int64_t positions, int64_t in_dim, int64_t out_dim, int64_t hidden,
                         int64_t head_dim, int64_t layers, int64_t num_classes);
-  /// Positions [pos0, pos0 + n) given inputs u [B, n, in_dim] and the cache of positions
-  /// [0, pos0) (cache.length() must equal pos0). Returns the outputs [B, n, out_dim] and the
-  /// new keys and values (in `fresh`); the caller appends them when the inputs are final.
+  /// Outputs [B, n, out_dim] of positions [pos0, pos0 + n) given inputs u [B, n, in_dim].
+  /// Without a cache, pos0 must be 0. With one, positions [0, pos0) come from it
+  /// (cache->length must equal pos0) and this pass's keys and values are written into it at
+  /// [pos0, pos0 + n); the caller commits those whose inputs are final.
   /// class_emb [B, hidden] or undefined; attn_temperature scales the attention logits by 1/tau.
-  torch::Tensor forward(const torch::Tensor& u, int64_t pos0, const KVCache& cache,
-                        KVCache* fresh, const torch::Tensor& class_emb,
-                        double attn_temperature = 1.0);
+  torch::Tensor forward(const torch::Tensor& u, int64_t pos0, KVCache* cache,
+                        const torch::Tensor& class_emb, double attn_temperature = 1.0);
   /// The class embedding of a one-hot context (zero rows -> the learned null embedding).
   torch::Tensor class_embedding(const torch::Tensor& onehot);
   int64_t heads() const { return heads_; }
@@ -227,8 +228,8 @@ class TarFlow : public Transform {
                                                          const torch::Tensor& cemb);
   // Affine parameters for the tokens of positions [p0, p0 + n) from their inputs u.
   std::tuple<torch::Tensor, torch::Tensor> block_params(int64_t b, const torch::Tensor& u,
-                                                        int64_t p0, const KVCache& cache,
-                                                        KVCache* fresh, const torch::Tensor& cemb,
+                                                        int64_t p0, KVCache* cache,
+                                                        const torch::Tensor& cemb,
                                                         double attn_temperature);
   torch::Tensor block_inverse(int64_t b, const torch::Tensor& z, const torch::Tensor& cemb,
                               const torch::Tensor& cemb_neg, const SampleOptions& so,
