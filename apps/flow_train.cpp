@@ -59,7 +59,8 @@ po::options_description train_options(const std::string& default_data, int64_t d
   auto out = po::value<std::string>();
   if (require_out) out->required();
   o.add_options()
-      ("data", data, "training data: a built-in (gmm, rings, spirals, checkerboard, banana[:D]), "
+      ("data", data, "training data: a built-in (gmm, rings, spirals, checkerboard, banana[:D], "
+                     "mixture:D:K, funnel[:D]), "
                      "file.csv or file.h5:/dataset")
       ("flow", po::value<std::string>()->default_value("nsf"), "flow kind: realnvp, maf, nsf, nsf-ar")
       ("out", out, "model file to write (HDF5 checkpoint)")

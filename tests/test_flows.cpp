@@ -180,7 +180,8 @@ TEST_CASE("model files: save_flow/load_flow rebuild the model exactly, bad files
 }
 
 TEST_CASE("built-in densities: exact log-density normalised, entropy matches Monte Carlo", "[flows]") {
-  for (const std::string name : {"gmm", "rings", "spirals", "checkerboard", "banana", "banana:6"}) {
+  for (const std::string name : {"gmm", "rings", "spirals", "checkerboard", "banana", "banana:6",
+                                 "mixture:2:5", "mixture:6:16", "funnel", "funnel:6"}) {
     INFO(name);
     auto p = make_toy_density(name);
     torch::manual_seed(11);
@@ -195,6 +196,19 @@ TEST_CASE("built-in densities: exact log-density normalised, entropy matches Mon
   CHECK(make_toy_density("checkerboard")->entropy() == Approx(std::log(32.0)));
   CHECK_THROWS_AS(make_toy_density("moons"), UsageError);
   CHECK_THROWS_AS(make_toy_density("banana:1"), UsageError);
+  CHECK_THROWS_AS(make_toy_density("mixture:0:4"), UsageError);
+  CHECK_THROWS_AS(make_toy_density("mixture:4"), UsageError);
+  CHECK_THROWS_AS(make_toy_density("funnel:1"), UsageError);
+  CHECK_THROWS_AS(make_toy_density("funnel:99999999999999999999"), UsageError);
+  // Neal's funnel: the analytic entropy at D = 10, 0.5 log(2 pi e 9) + 4.5 log(2 pi e).
+  CHECK(make_toy_density("funnel:10")->entropy() ==
+        Approx(0.5 * std::log(2 * M_PI * M_E * 9) + 4.5 * std::log(2 * M_PI * M_E)));
+  // The mixture's centres are Halton points: the first in 2-D is (8 * 1/2 - 4, 8 * 1/3 - 4).
+  torch::manual_seed(3);
+  const auto one = make_toy_density("mixture:2:1")->sample(100000);
+  CHECK(one.mean(0)[0].item<double>() == Approx(0.0).margin(0.01));
+  CHECK(one.mean(0)[1].item<double>() == Approx(8.0 / 3.0 - 4.0).margin(0.01));
+  CHECK(one.std(0)[1].item<double>() == Approx(0.5).margin(0.01));
 }
 
 TEST_CASE("learning: an NSF reaches the true entropy of the 8-Gaussian mixture within 0.05 nats", "[flows][learning]") {

@@ -5,6 +5,10 @@
 #include <regex>
 #include <thread>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include "nfkit/core/error.h"
 #include "nfkit/core/version.h"
 
@@ -33,7 +37,20 @@ int hardware_threads() {
   return n == 0 ? 1 : static_cast<int>(n);
 }
 
+void retain_freed_memory() {
+#ifdef __GLIBC__
+  static const bool once = [] {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 128 << 20);
+    mallopt(M_TOP_PAD, 64 << 20);
+    return true;
+  }();
+  (void)once;
+#endif
+}
+
 int set_threads(int n) {
+  retain_freed_memory();
   const int k = n <= 0 ? hardware_threads() : n;
   torch::set_num_threads(k);
   return k;

@@ -5,9 +5,11 @@
 namespace nfkit {
 
 json AutoregressiveOptions::to_json() const {
-  return {{"dim", dim_},           {"hidden", hidden_},   {"hidden_layers", hidden_layers_},
-          {"context_dim", context_dim_}, {"scale_clamp", scale_clamp_}, {"bins", bins_},
-          {"bound", bound_},       {"circular", circular_}};
+  json j = {{"dim", dim_},           {"hidden", hidden_},   {"hidden_layers", hidden_layers_},
+            {"context_dim", context_dim_}, {"scale_clamp", scale_clamp_}, {"bins", bins_},
+            {"bound", bound_},       {"circular", circular_}};
+  if (identity_at_zero_) j["identity_at_zero"] = true;  // absent: files from before it existed
+  return j;
 }
 
 AutoregressiveOptions AutoregressiveOptions::from_json(const json& j) {
@@ -18,7 +20,8 @@ AutoregressiveOptions AutoregressiveOptions::from_json(const json& j) {
       .scale_clamp(j.at("scale_clamp").get<double>())
       .bins(j.at("bins").get<int64_t>())
       .bound(j.at("bound").get<double>())
-      .circular(j.at("circular").get<bool>());
+      .circular(j.at("circular").get<bool>())
+      .identity_at_zero(j.value("identity_at_zero", false));
 }
 
 AutoregressiveTransform::AutoregressiveTransform(const AutoregressiveOptions& opts,
@@ -58,6 +61,7 @@ MaskedAffineAutoregressive::MaskedAffineAutoregressive(const AutoregressiveOptio
     : AutoregressiveTransform(opts, std::make_unique<AffineMap>(opts.scale_clamp()), "affine_autoregressive") {}
 
 SplineAutoregressive::SplineAutoregressive(const AutoregressiveOptions& opts)
-    : AutoregressiveTransform(opts, std::make_unique<SplineMap>(opts.bins(), opts.bound(), opts.circular()), "spline_autoregressive") {}
+    : AutoregressiveTransform(opts, std::make_unique<SplineMap>(opts.bins(), opts.bound(), opts.circular(),
+                                                                     opts.identity_at_zero()), "spline_autoregressive") {}
 
 }  // namespace nfkit

@@ -92,7 +92,8 @@ std::shared_ptr<Flow> build_flow(const FlowRecipe& r, const torch::Tensor& train
   for (int64_t l = 0; l < r.layers; ++l) {
     if (coupling) {
       auto o = CouplingOptions(r.dim).parity(l % 2).hidden(r.hidden).hidden_layers(r.hidden_layers)
-                   .context_dim(r.context_dim).bins(r.bins).bound(r.bound);
+                   .context_dim(r.context_dim).bins(r.bins).bound(r.bound)
+                   .identity_at_zero(r.identity_at_zero);
       if (r.kind == "realnvp")
         ts.push_back(std::make_shared<AffineCoupling>(o));
       else
@@ -101,7 +102,8 @@ std::shared_ptr<Flow> build_flow(const FlowRecipe& r, const torch::Tensor& train
         ts.push_back(Permutation::random(r.dim, derive_seed(r.seed, 7, static_cast<uint64_t>(l))));
     } else {
       auto o = AutoregressiveOptions(r.dim).hidden(r.hidden).hidden_layers(r.hidden_layers)
-                   .context_dim(r.context_dim).bins(r.bins).bound(r.bound);
+                   .context_dim(r.context_dim).bins(r.bins).bound(r.bound)
+                   .identity_at_zero(r.identity_at_zero);
       if (r.kind == "maf")
         ts.push_back(std::make_shared<MaskedAffineAutoregressive>(o));
       else

@@ -13,6 +13,7 @@ json CouplingOptions::to_json() const {
             {"circular", circular_}};
   if (!mask_.empty()) j["mask"] = mask_;
   if (!circular_dims_.empty()) j["circular_dims"] = circular_dims_;
+  if (identity_at_zero_) j["identity_at_zero"] = true;  // absent: files from before it existed
   return j;
 }
 
@@ -27,7 +28,8 @@ CouplingOptions CouplingOptions::from_json(const json& j) {
       .bound(j.at("bound").get<double>())
       .circular(j.at("circular").get<bool>())
       .mask(j.value("mask", std::vector<int64_t>{}))
-      .circular_dims(j.value("circular_dims", std::vector<int64_t>{}));
+      .circular_dims(j.value("circular_dims", std::vector<int64_t>{}))
+      .identity_at_zero(j.value("identity_at_zero", false));
 }
 
 CouplingTransform::CouplingTransform(const CouplingOptions& opts,
@@ -116,6 +118,7 @@ AffineCoupling::AffineCoupling(const CouplingOptions& opts)
     : CouplingTransform(opts, std::make_unique<AffineMap>(opts.scale_clamp()), "affine_coupling") {}
 
 SplineCoupling::SplineCoupling(const CouplingOptions& opts)
-    : CouplingTransform(opts, std::make_unique<SplineMap>(opts.bins(), opts.bound(), opts.circular()), "spline_coupling") {}
+    : CouplingTransform(opts, std::make_unique<SplineMap>(opts.bins(), opts.bound(), opts.circular(),
+                                                                  opts.identity_at_zero()), "spline_coupling") {}
 
 }  // namespace nfkit

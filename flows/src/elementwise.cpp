@@ -15,8 +15,8 @@ ValueAndLogDet AffineMap::apply(const torch::Tensor& x, const torch::Tensor& par
   return {(x - t) * torch::exp(-s), -s};
 }
 
-SplineMap::SplineMap(int64_t bins, double bound, bool circular)
-    : bins_(bins), bound_(bound), circular_(circular) {
+SplineMap::SplineMap(int64_t bins, double bound, bool circular, bool identity_at_zero)
+    : bins_(bins), bound_(bound), circular_(circular), identity_at_zero_(identity_at_zero) {
   if (bins < 2) usage_error("SplineMap", "bins is " + std::to_string(bins) + ", but must be >= 2");
   check_positive("SplineMap", "bound", bound);
 }
@@ -25,7 +25,12 @@ ValueAndLogDet SplineMap::apply(const torch::Tensor& x, const torch::Tensor& par
                                 bool inverse) const {
   const auto w = params.narrow(-1, 0, bins_);
   const auto h = params.narrow(-1, bins_, bins_);
-  const auto d = params.narrow(-1, 2 * bins_, params.size(-1) - 2 * bins_);
+  auto d = params.narrow(-1, 2 * bins_, params.size(-1) - 2 * bins_);
+  if (identity_at_zero_) {
+    // softplus(0 + shift) + min_derivative = 1.
+    static const double shift = std::log(std::expm1(1.0 - SplineLimits{}.min_derivative));
+    d = d + shift;
+  }
   return rational_quadratic_spline(x, w, h, d, inverse, bound_, circular_);
 }
 

@@ -1,5 +1,6 @@
 #include "nfkit/flows/toy_densities.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -122,6 +123,93 @@ class Banana : public ToyDensity {
   torch::Tensor cov_, chol_;
 };
 
+// K equal-weight isotropic Gaussians (sigma 0.5) in D dimensions, centred on the first K
+// points of the Halton sequence (bases: the first D primes) scaled to [-4, 4]^D: fixed
+// centres that need no random generator, spread evenly (low discrepancy).
+class MixtureND : public ToyDensity {
+ public:
+  MixtureND(int64_t d, int64_t k) : d_(d), k_(k) {
+    static const int64_t primes[] = {2,  3,  5,  7,  11, 13, 17, 19, 23, 29, 31, 37, 41,
+                                     43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 101,
+                                     103, 107, 109, 113, 127, 131};
+    c_ = torch::empty({k, d}, f64);
+    auto a = c_.accessor<double, 2>();
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < d; ++j) {
+        // Radical inverse of i + 1 in base primes[j].
+        double f = 1, r = 0;
+        for (int64_t n = i + 1; n > 0; n /= primes[j]) {
+          f /= static_cast<double>(primes[j]);
+          r += f * static_cast<double>(n % primes[j]);
+        }
+        a[i][j] = 8.0 * r - 4.0;
+      }
+  }
+  std::string name() const override {
+    return "mixture:" + std::to_string(d_) + ":" + std::to_string(k_);
+  }
+  int64_t dim() const override { return d_; }
+  double box() const override { return 5.5; }
+  torch::Tensor sample(int64_t n) const override {
+    const auto k = torch::randint(k_, {n}, torch::kInt64);
+    return c_.index_select(0, k) + kSigma * torch::randn({n, d_}, f64);
+  }
+  torch::Tensor log_prob(const torch::Tensor& x) const override {
+    const auto d2 = (x.unsqueeze(1) - c_.unsqueeze(0)).pow(2).sum(-1);  // [B, K]
+    return torch::logsumexp(-0.5 * d2 / (kSigma * kSigma), 1) - std::log(double(k_)) -
+           0.5 * double(d_) * kLog2Pi - double(d_) * std::log(kSigma);
+  }
+  // No closed form: -E[log p] by Monte Carlo over 10^6 samples of a fixed generator
+  // (standard error ~1e-3 nats), or quadrature in 2-D.
+  double entropy() const override {
+    if (d_ == 2) return entropy_by_quadrature(*this);
+    torch::NoGradGuard ng;
+    auto gen = at::detail::createCPUGenerator(12345);
+    double total = 0;
+    const int64_t chunk = 100000, chunks = 10;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const auto k = torch::randint(k_, {chunk}, gen, torch::TensorOptions().dtype(torch::kInt64));
+      const auto x = c_.index_select(0, k) + kSigma * torch::randn({chunk, d_}, gen, f64);
+      total -= log_prob(x).sum().item<double>();
+    }
+    return total / static_cast<double>(chunk * chunks);
+  }
+
+ private:
+  static constexpr double kSigma = 0.5;
+  int64_t d_, k_;
+  torch::Tensor c_;
+};
+
+// Neal's funnel (Neal 2003, "Slice sampling", Ann. Statist. 31, 705): x_0 ~ N(0, 3^2),
+// x_i | x_0 ~ N(0, e^{x_0}) for i = 1..D-1. Entropy
+// H = 0.5 log(2 pi e 9) + (D - 1) (0.5 log(2 pi e) + E[x_0] / 2), with E[x_0] = 0.
+class Funnel : public ToyDensity {
+ public:
+  explicit Funnel(int64_t d) : d_(d) {}
+  std::string name() const override { return "funnel:" + std::to_string(d_); }
+  int64_t dim() const override { return d_; }
+  double box() const override { return 9.0; }
+  torch::Tensor sample(int64_t n) const override {
+    const auto z = torch::randn({n, d_}, f64);
+    const auto v = 3.0 * z.narrow(1, 0, 1);
+    return torch::cat({v, z.narrow(1, 1, d_ - 1) * torch::exp(0.5 * v)}, 1);
+  }
+  torch::Tensor log_prob(const torch::Tensor& x) const override {
+    const auto v = x.select(1, 0);
+    const auto rest = x.narrow(1, 1, d_ - 1);
+    const double m = static_cast<double>(d_ - 1);
+    return -0.5 * (v / 3.0).pow(2) - std::log(3.0) - 0.5 * kLog2Pi -
+           0.5 * rest.pow(2).sum(1) * torch::exp(-v) - 0.5 * m * v - 0.5 * m * kLog2Pi;
+  }
+  double entropy() const override {
+    return 0.5 * (1.0 + kLog2Pi) + std::log(3.0) + 0.5 * double(d_ - 1) * (1.0 + kLog2Pi);
+  }
+
+ private:
+  int64_t d_;
+};
+
 torch::Tensor circle_centers() {
   auto a = torch::arange(8, f64) * (2.0 * M_PI / 8.0);
   return torch::stack({3.0 * torch::cos(a), 3.0 * torch::sin(a)}, 1);
@@ -150,26 +238,42 @@ double entropy_by_quadrature(const ToyDensity& p, int64_t n) {
 }
 
 const std::vector<std::string>& toy_density_names() {
-  static const std::vector<std::string> names{"gmm", "rings", "spirals", "checkerboard", "banana"};
+  static const std::vector<std::string> names{"gmm", "rings", "spirals", "checkerboard", "banana",
+                                              "mixture", "funnel"};
   return names;
 }
 
 bool is_toy_density(const std::string& spec) {
-  static const std::regex re("^(gmm|rings|spirals|checkerboard|banana(:[0-9]+)?)$");
+  static const std::regex re(
+      "^(gmm|rings|spirals|checkerboard|banana(:[0-9]+)?|mixture:[0-9]+:[0-9]+|funnel(:[0-9]+)?)$");
   return std::regex_match(spec, re);
 }
 
 std::unique_ptr<ToyDensity> make_toy_density(const std::string& spec) {
   if (!is_toy_density(spec))
     usage_error("--data", "'" + spec + "' is not a built-in dataset, a .csv file or file.h5:/dataset; "
-                          "built-ins are gmm, rings, spirals, checkerboard, banana[:D]");
+                          "built-ins are gmm, rings, spirals, checkerboard, banana[:D], "
+                          "mixture:D:K, funnel[:D]");
   if (spec == "gmm") return std::make_unique<Mixture2D>("gmm", circle_centers(), 0.5, 6.0);
   if (spec == "spirals") return std::make_unique<Mixture2D>("spirals", spiral_centers(), 0.25, 5.5);
   if (spec == "rings") return std::make_unique<Rings>();
   if (spec == "checkerboard") return std::make_unique<Checkerboard>();
-  const int64_t d = spec.size() > 7 ? std::stoll(spec.substr(7)) : 4;
-  if (d < 2 || d > 1024)
-    usage_error("--data", "banana dimension is " + std::to_string(d) + ", but must be in 2..1024");
+  auto dim_arg = [&](const std::string& what, const std::string& v, int64_t lo, int64_t hi) {
+    const int64_t d = v.size() > 9 ? hi + 1 : std::stoll(v);  // more than 9 digits: too large
+    if (d < lo || d > hi)
+      usage_error("--data", what + " is " + v + ", but must be in " + std::to_string(lo) + ".." +
+                                std::to_string(hi));
+    return d;
+  };
+  if (spec.rfind("mixture:", 0) == 0) {
+    const auto colon = spec.find(':', 8);
+    const int64_t d = dim_arg("mixture dimension", spec.substr(8, colon - 8), 1, 32);
+    const int64_t k = dim_arg("mixture component count", spec.substr(colon + 1), 1, 4096);
+    return std::make_unique<MixtureND>(d, k);
+  }
+  if (spec.rfind("funnel", 0) == 0)
+    return std::make_unique<Funnel>(spec.size() > 6 ? dim_arg("funnel dimension", spec.substr(7), 2, 1024) : 4);
+  const int64_t d = spec.size() > 7 ? dim_arg("banana dimension", spec.substr(7), 2, 1024) : 4;
   return std::make_unique<Banana>(d);
 }
 

@@ -19,7 +19,17 @@ c10::Device parse_device(const std::string& spec);
 int hardware_threads();
 
 /// Sets LibTorch's intra-op thread count; n <= 0 means all cores. Returns the count set.
+/// Also calls retain_freed_memory() (once per process).
 int set_threads(int n);
+
+/// Keeps glibc's malloc from handing freed memory back to the kernel after every step of a
+/// training loop: a 64 MiB top pad, a 128 MiB trim threshold, blocks below 32 MiB from the
+/// heap. With glibc's defaults every step of a small model trims the heap (or maps its 128 KiB
+/// activations afresh) and page-faults the same memory in again; on the project's virtual
+/// machines that made small-batch training up to 4x slower (MAF D = 2: 55k -> 250k samples/s,
+/// see docs/benchmarks.md). Costs at most ~200 MiB of retained address space. No-op without
+/// glibc; idempotent.
+void retain_freed_memory();
 
 /// Seeds LibTorch's CPU (and, where present, CUDA) generators.
 void seed_all(uint64_t seed);

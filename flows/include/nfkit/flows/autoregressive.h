@@ -30,6 +30,8 @@ struct AutoregressiveOptions {
   TORCH_ARG(int64_t, bins) = 8;          ///< spline only
   TORCH_ARG(double, bound) = 4.0;        ///< spline only
   TORCH_ARG(bool, circular) = false;     ///< spline only
+  /// Spline only: all-zero conditioner outputs give the identity (see SplineMap).
+  TORCH_ARG(bool, identity_at_zero) = false;
 
  public:
   json to_json() const;

@@ -31,6 +31,8 @@ struct FlowRecipe {
   int64_t hidden_layers = 2;
   int64_t bins = 8;
   double bound = 4.0;
+  /// Spline kinds: zero-initialised conditioners start at the identity (see SplineMap).
+  bool identity_at_zero = false;
   int64_t context_dim = 0;
   uint64_t seed = 1;  ///< seeds the random permutations
 };

@@ -44,6 +44,9 @@ struct CouplingOptions {
   TORCH_ARG(double, bound) = 4.0;
   /// Spline only: circular spline on [-bound, bound).
   TORCH_ARG(bool, circular) = false;
+  /// Spline only: all-zero conditioner outputs give the identity (see SplineMap). Off when a
+  /// configuration lacks it (files written before it existed).
+  TORCH_ARG(bool, identity_at_zero) = false;
   /// The transformed coordinates (empty: those with index % 2 == parity).
   TORCH_ARG(std::vector<int64_t>, mask) = {};
   /// Conditioning coordinates that are angles in radians, fed to the network as cos and sin

@@ -6,7 +6,11 @@
 //   * AffineMap: y = x * exp(s) + t with the log-scale softly clamped, s = c * tanh(s_raw / c)
 //     (RealNVP, Dinh et al. 2017; MAF, Papamakarios et al. 2017). P = 2.
 //   * SplineMap: rational-quadratic spline with identity tails or circular (rq_spline.h).
-//     P = 3K - 1 (interval) or 3K (circular).
+//     P = 3K - 1 (interval) or 3K (circular). With identity_at_zero the derivative
+//     parameters are shifted by log(e^{1 - min_derivative} - 1), so that all-zero parameters
+//     (equal bins, unit knot derivatives) give the identity map, as zero-initialised
+//     conditioners intend; without it (checkpoints written before it existed) they give
+//     derivatives softplus(0) + min_derivative = 0.69 at the interior knots, a wavy start.
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -39,7 +43,7 @@ class AffineMap : public ElementwiseMap {
 
 class SplineMap : public ElementwiseMap {
  public:
-  SplineMap(int64_t bins, double bound, bool circular);
+  SplineMap(int64_t bins, double bound, bool circular, bool identity_at_zero = false);
   int64_t params() const override { return 2 * bins_ + spline_derivative_count(bins_, circular_); }
   ValueAndLogDet apply(const torch::Tensor& x, const torch::Tensor& params,
                        bool inverse) const override;
@@ -50,6 +54,7 @@ class SplineMap : public ElementwiseMap {
   int64_t bins_;
   double bound_;
   bool circular_;
+  bool identity_at_zero_;
 };
 
 /// Conditioner features of x: x itself, or [cos(pi x / b), sin(pi x / b)] for angles on
