@@ -17,9 +17,9 @@ struct NllStats {
 };
 NllStats nll_stats(Flow& flow, const torch::Tensor& x);
 
-/// Options of `flow train` (and `flow demo`, which sets other defaults).
-po::options_description train_options(const std::string& default_data, int64_t default_steps,
-                                      bool require_out);
+/// Options of `flow train` (and `flow demo`, which sets another default dataset). Options
+/// left unset take the data-dependent values of default_fit_settings (flows/fit_settings.h).
+po::options_description train_options(const std::string& default_data, bool require_out);
 
 struct TrainOutcome {
   std::shared_ptr<Flow> flow;
@@ -29,8 +29,9 @@ struct TrainOutcome {
   double entropy = NAN;
 };
 
-/// Trains a flow as the options say, resuming from "<out>.ckpt" when present (unless
-/// --restart), writes the model to `out` and fills ctx.results.
+/// Trains a flow as the options say (printing the settings it chose), resuming from
+/// "<out>.ckpt" when present (unless --restart), with --refit retrains on all rows for the
+/// selected length, writes the model to `out` and fills ctx.results.
 TrainOutcome train_flow(const po::variables_map& vm, Context& ctx, const std::string& out);
 
 /// The trainer options every training command shares (--steps --batch-size --lr --warmup

@@ -13,7 +13,7 @@ namespace nfkit::cli {
 Command flow_demo_command() {
   return {"flow", "demo", "train an NSF on a 2-D density, report NLL vs entropy, plot it",
           [] {
-            auto o = train_options("gmm", 3000, false);
+            auto o = train_options("gmm", false);
             o.add_options()("out-dir", po::value<std::string>()->default_value("demo-out"),
                             "directory for model.h5 and density.png");
             return o;

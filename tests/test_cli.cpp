@@ -10,6 +10,7 @@
 #include "helpers.h"
 #include "nfkit/core/files.h"
 #include "nfkit/core/h5.h"
+#include "nfkit/flows/checkpoint.h"
 
 using namespace nfkit;
 using namespace nfkit::test;
@@ -205,4 +206,57 @@ TEST_CASE("cli: the binary itself: exit codes and stderr", "[cli]") {
   std::string last, line;
   while (std::getline(jin, line)) last = line;
   CHECK(nlohmann::json::parse(last)["steps"] == 20);
+}
+
+TEST_CASE("cli: flow train's data-dependent defaults, overrides, --epochs and --refit", "[cli]") {
+  const auto model = test::temp_path("auto.h5");
+  // No size or length options: the settings are chosen, printed and recorded.
+  auto r = run({"flow", "train", "--data", "gmm", "--n-samples", "400", "--out", model, "--json",
+                "--layers", "1", "--hidden", "8"});
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("settings: nsf-ar, 1 blocks x [8, 8], 8 bins on [-5, 5], batch 32") != std::string::npos);
+  auto j = nlohmann::json::parse(r.out);
+  CHECK(j["settings"]["steps"] == 1000);       // 40 epochs of 360 rows is fewer: the floor
+  CHECK(j["settings"]["batch_size"] == 32);    // 360 rows / 20 = 18, raised to the floor of 32
+  CHECK(j["settings"]["dtype"] == "float32");
+  auto meta = load_flow(model).metadata;
+  CHECK(meta["settings"] == j["settings"]);
+  CHECK(meta["trainer"]["steps"] == 1000);
+
+  // --epochs sets the length; an explicit --steps wins over it.
+  r = run({"flow", "train", "--data", "gmm", "--n-samples", "400", "--out", model, "--json",
+           "--layers", "1", "--hidden", "8", "--epochs", "2", "--batch-size", "40", "--quiet"});
+  REQUIRE(r.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["steps"] == 18);  // 2 * 360 / 40
+  r = run({"flow", "train", "--data", "gmm", "--n-samples", "400", "--out", model, "--json",
+           "--layers", "1", "--hidden", "8", "--epochs", "2", "--steps", "7", "--quiet"});
+  REQUIRE(r.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["steps"] == 7);
+  for (const auto& [opt, value] : {std::pair{"--epochs", "-1"}, std::pair{"--dtype", "half"}}) {
+    const auto bad = test::temp_path("bad.h5");
+    r = run({"flow", "train", "--data", "gmm", "--out", bad, opt, value});
+    CHECK(r.code == 2);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find(opt) != std::string::npos);
+    CHECK_FALSE(file_exists(bad));
+  }
+
+  // --refit: select on the validation rows, then train on all rows for the selected length.
+  r = run({"flow", "train", "--data", "gmm", "--n-samples", "400", "--out", model, "--json",
+           "--layers", "1", "--hidden", "8", "--steps", "60", "--eval-every", "10", "--refit",
+           "--quiet"});
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  j = nlohmann::json::parse(r.out);
+  CHECK(j["refit"] == true);
+  CHECK(j.contains("selection_val_nll"));
+  CHECK_FALSE(j.contains("val_nll"));  // the validation rows were trained on
+  meta = load_flow(model).metadata;
+  CHECK(meta["refit"] == true);
+  CHECK(meta["refit_steps"] == meta["best_step"]);
+  CHECK(j["steps"] == meta["best_step"]);
+  CHECK(meta["n_train"] == 360);
+  CHECK_FALSE(file_exists(model + ".selected.h5"));
+  CHECK_FALSE(file_exists(model + ".ckpt"));
 }

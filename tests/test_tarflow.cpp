@@ -53,23 +53,34 @@ torch::Tensor labels_for(const TarFlowOptions& o, int64_t B) {
 
 double max_abs(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
+// Largest difference relative to the magnitude of a (at least 1): float32 samples of the
+// perturbed tiny models reach |x| ~ 1e3, where one ulp is 6e-5, and which ulp the two samplers
+// land on moves with the BLAS kernel chosen for the memory alignment at hand.
+double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
+  return max_abs(a, b) / std::max(1.0, a.abs().max().item<double>());
+}
+
 }  // namespace
 
 TEST_CASE("tarflow: round trip and log|det| against the autograd Jacobian", "[tarflow]") {
   for (const auto& c : tiny_configs()) {
     INFO(c.name);
+    // float64: the round trip is then exact to rounding (in float32 its error, ~1e-4 after
+    // the perturbed blocks, moved with memory alignment between runs).
     auto t = make_perturbed(c.opts, 11);
+    t->to(torch::kFloat64);
     const int64_t B = 5;
     torch::manual_seed(3);
-    const auto x = torch::randn({B, c.opts.dim()});
-    const auto ctx = labels_for(c.opts, B);
+    const auto x = torch::randn({B, c.opts.dim()}, torch::kFloat64);
+    auto ctx = labels_for(c.opts, B);
+    if (ctx.defined()) ctx = ctx.to(torch::kFloat64);
     auto [z, ld] = t->forward(x, ctx);
     CHECK(max_abs(x, z) > 0.05);  // the perturbation made it a non-trivial map
     const auto bf = brute_force_logabsdet(*t, x, ctx);
-    CHECK(max_abs(ld, bf) < 1e-4);
+    CHECK(max_abs(ld, bf) < 1e-8);
     auto [x2, ldi] = t->inverse(z, ctx);
-    CHECK(max_abs(x, x2) < 1e-4);
-    CHECK(max_abs(ld, -ldi) < 1e-4);
+    CHECK(max_abs(x, x2) < 1e-8);
+    CHECK(max_abs(ld, -ldi) < 1e-8);
   }
 }
 
@@ -93,7 +104,7 @@ TEST_CASE("tarflow: the KV-cache inverse equals Jacobi run to its exact bound, a
     SampleStats s_jac;
     auto [x_jac, ld_jac] = t->sample_inverse(z, ctx, jac, &s_jac);
     for (auto it : s_jac.iterations) CHECK(it == exact);
-    CHECK(max_abs(x_seq, x_jac) < 1e-5);
+    CHECK(max_rel(x_seq, x_jac) < 1e-5);
     CHECK(max_abs(ld_seq, ld_jac) < 1e-4);
 
     for (const std::string init : {"latent", "zeros"}) {
@@ -119,7 +130,7 @@ TEST_CASE("tarflow: the KV-cache inverse equals Jacobi run to its exact bound, a
       SampleStats s_win;
       auto [x_win, ld_win] = t->sample_inverse(z, ctx, win, &s_win);
       for (auto it : s_win.iterations) CHECK(it == exact);
-      CHECK(max_abs(x_seq, x_win) < 1e-5);
+      CHECK(max_rel(x_seq, x_win) < 1e-5);
       CHECK(max_abs(ld_seq, ld_win) < 1e-4);
       win.tol = 1e-7;
       win.init = "zeros";
@@ -223,7 +234,7 @@ TEST_CASE("tarflow: guidance with w = 0 is the conditional model; cfg mixes the 
   auto [xj, lj] = t->sample_inverse(z, ctx, so);
   so.sampler = SamplerKind::kSequential;
   auto [xs, ls] = t->sample_inverse(z, ctx, so);
-  CHECK(max_abs(xs, xj) < 1e-4);
+  CHECK(max_rel(xs, xj) < 1e-4);
 }
 
 TEST_CASE("tarflow: product guidance is the Gaussian product, capped where the negative branch is sharper", "[tarflow]") {

@@ -4,6 +4,8 @@
 
 #include "helpers.h"
 #include "nfkit/flows/builder.h"
+#include "nfkit/flows/fit_settings.h"
+#include "nfkit/flows/toy_densities.h"
 #include "nfkit/flows/trainer.h"
 
 using namespace nfkit;
@@ -147,4 +149,38 @@ TEST_CASE("reverse KL on a Gaussian energy learns its mean and scale", "[trainer
   CHECK(xs.std(0).sub(s).abs().max().item<double>() < 0.05);
   // E_q[log q + u] -> -log Z = -log(2 pi s^2) when q = p.
   CHECK((lq + energy(xs)).mean().item<double>() == Approx(-std::log(2 * M_PI * s * s)).margin(0.02));
+}
+
+TEST_CASE("fit settings: defaults chosen from the rows, the dimension and the standardised range", "[trainer]") {
+  torch::manual_seed(4);
+  // 18000 rows of a 6-D banana: heavy right tails (standardised values beyond 4).
+  const auto banana = make_toy_density("banana:6")->sample(18000);
+  auto s = default_fit_settings(banana);
+  CHECK(s.recipe.kind == "nsf-ar");
+  CHECK(s.recipe.layers == 5);
+  CHECK(s.recipe.hidden == 128);
+  CHECK(s.recipe.bins == 8);
+  CHECK(s.recipe.bound == 8.0);
+  CHECK(s.recipe.identity_at_zero);
+  CHECK(s.trainer.batch_size() == 512);
+  CHECK(s.trainer.steps() == 1407);  // ceil(40 * 18000 / 512)
+  CHECK(s.epochs() == Approx(40.0).epsilon(1e-3));
+  CHECK(s.trainer.eval_every() == 35);
+  CHECK(s.trainer.warmup_steps() == 100);
+  CHECK(s.dtype == torch::kFloat32);
+  CHECK(s.to_json()["steps"] == 1407);
+  CHECK(s.summary().find("nsf-ar, 5 blocks x [128, 128], 8 bins on [-8, 8], batch 512, 1407 steps") == 0);
+  // Few rows inside [-4, 4]: a tighter spline interval, smaller nets and batches, at least
+  // 1000 steps (here 40 epochs are more).
+  const auto box = torch::rand({1000, 3}, torch::kFloat64);
+  s = default_fit_settings(box);
+  CHECK(s.recipe.bound == 5.0);
+  CHECK(s.recipe.hidden == 64);
+  CHECK(s.trainer.batch_size() == 32);
+  CHECK(s.trainer.steps() == 1250);  // 40 epochs of 1000 rows at 32
+  // Many dimensions: coupling (one pass to sample); many rows: at most 20000 steps.
+  CHECK(default_fit_settings(torch::randn({100, 40})).recipe.kind == "nsf");
+  CHECK(default_fit_settings(torch::randn({1000000, 2})).trainer.steps() == 20000);
+  CHECK(steps_for_epochs(2.5, 1000, 100) == 25);
+  CHECK_THROWS_AS(default_fit_settings(torch::randn({5})), UsageError);
 }
