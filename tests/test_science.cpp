@@ -4,6 +4,7 @@
 
 #include "helpers.h"
 #include "nfkit/flows/builder.h"
+#include "nfkit/flows/fit_settings.h"
 #include "nfkit/flows/toy_densities.h"
 #include "nfkit/flows/trainer.h"
 #include "nfkit/boltzmann/reweight.h"
@@ -118,4 +119,39 @@ TEST_CASE("many-well-32: importance-sampling log Z within 0.05 of the exact valu
   const double ess = ess_fraction(log_w);
   WARN("many-well-32: log Z estimate " << log_z << ", exact " << mw.log_z() << ", ESS " << ess);
   CHECK(std::abs(log_z - mw.log_z()) <= 0.05);
+}
+
+TEST_CASE("fit defaults: default_fit_settings on each benchmark family, no option set", "[slow]") {
+  // What `nfkit flow train` does with only --data: 20000 rows (10% held out), the settings
+  // default_fit_settings chooses, held-out gap mean(log p - log q) on 20000 fresh rows (Monte
+  // Carlo error ~0.005 nats; funnel ~0.02). Bounds: zuko's NSF with its usual settings on the
+  // same kind of data (docs/benchmarks.md "Fit quality"), banana:6 0.10, mixture:6:16 0.15,
+  // funnel:6 2.0, rings 0.03, plus the seed-to-seed spread.
+  struct Job {
+    std::string density;
+    double tol;
+  };
+  for (const auto& j : {Job{"banana:6", 0.08}, Job{"mixture:6:16", 0.2}, Job{"funnel:6", 2.1},
+                        Job{"rings", 0.05}}) {
+    INFO(j.density);
+    torch::manual_seed(41);
+    auto p = make_toy_density(j.density);
+    const auto x = p->sample(20000);
+    const auto train = x.narrow(0, 0, 18000), val = x.narrow(0, 18000, 2000);
+    auto s = default_fit_settings(train);
+    auto flow = build_flow(s.recipe, train);
+    flow->to(s.dtype);
+    Objective obj;
+    obj.train = train.to(s.dtype);
+    obj.val = val.to(s.dtype);
+    Trainer(flow, TrainerOptions(s.trainer).quiet(true).seed(7), obj).train();
+    torch::manual_seed(42);
+    const auto test = p->sample(20000);
+    torch::NoGradGuard ng;
+    const double gap = (p->log_prob(test) - flow->log_prob(test.to(s.dtype)).to(torch::kFloat64))
+                           .mean().item<double>();
+    INFO("gap " << gap << " nats with " << s.summary());
+    CHECK(gap < j.tol);
+    CHECK(gap > -0.03);
+  }
 }
