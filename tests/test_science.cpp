@@ -125,14 +125,14 @@ TEST_CASE("fit defaults: default_fit_settings on each benchmark family, no optio
   // What `nfkit flow train` does with only --data: 20000 rows (10% held out), the settings
   // default_fit_settings chooses, held-out gap mean(log p - log q) on 20000 fresh rows (Monte
   // Carlo error ~0.005 nats; funnel ~0.02). Bounds: zuko's NSF with its usual settings on the
-  // same kind of data (docs/benchmarks.md "Fit quality"), banana:6 0.10, mixture:6:16 0.15,
-  // funnel:6 2.0, rings 0.03, plus the seed-to-seed spread.
+  // same data kinds (docs/benchmarks.md "Fit quality", 3 seeds): banana:6 0.089 ± 0.010,
+  // mixture:6:16 0.152 ± 0.021, funnel:6 1.86 ± 0.27, rings 0.22 ± 0.06.
   struct Job {
     std::string density;
     double tol;
   };
   for (const auto& j : {Job{"banana:6", 0.08}, Job{"mixture:6:16", 0.2}, Job{"funnel:6", 2.1},
-                        Job{"rings", 0.05}}) {
+                        Job{"rings", 0.25}}) {
     INFO(j.density);
     torch::manual_seed(41);
     auto p = make_toy_density(j.density);
