@@ -124,12 +124,10 @@ FitSettings fit_settings_from(const po::variables_map& vm, const Context& ctx,
     check_positive("--epochs", "value", epochs);
     int64_t steps = steps_for_epochs(epochs, n_train, t.batch_size());
     if (!vm.count("epochs")) steps = std::clamp<int64_t>(steps, 1000, 20000);
-    t.steps(steps);
+    set_fit_length(s, steps);
   }
-  set_int("steps", [&](int64_t v) { t.steps(v); });
   // Warm-up and validation cadence follow the step count unless given.
-  t.warmup_steps(std::min<int64_t>(100, t.steps() / 10));
-  t.eval_every(std::max<int64_t>(1, t.steps() / 40));
+  set_int("steps", [&](int64_t v) { set_fit_length(s, v); });
   if (vm.count("warmup")) {
     const int64_t w = vm["warmup"].as<int64_t>();
     if (w < 0) usage_error("--warmup", "must be >= 0");

@@ -15,6 +15,12 @@ int64_t steps_for_epochs(double epochs, int64_t n_train, int64_t batch_size) {
                                         static_cast<double>(batch_size))));
 }
 
+void set_fit_length(FitSettings& s, int64_t steps) {
+  s.trainer.steps(steps)
+      .warmup_steps(std::min<int64_t>(100, steps / 10))
+      .eval_every(std::max<int64_t>(1, steps / 40));
+}
+
 double FitSettings::epochs() const {
   return static_cast<double>(trainer.steps() * trainer.batch_size()) /
          static_cast<double>(std::max<int64_t>(n_train, 1));
@@ -49,13 +55,8 @@ FitSettings default_fit_settings(const torch::Tensor& train) {
   int64_t batch = 512;
   while (batch > 32 && batch * 20 > n_train) batch /= 2;
   const int64_t steps = std::clamp<int64_t>(steps_for_epochs(40.0, n_train, batch), 1000, 20000);
-  s.trainer = TrainerOptions()
-                  .steps(steps)
-                  .batch_size(batch)
-                  .lr(1e-3)
-                  .warmup_steps(std::min<int64_t>(100, steps / 10))
-                  .eval_every(std::max<int64_t>(1, steps / 40))
-                  .patience(10);
+  s.trainer = TrainerOptions().batch_size(batch).lr(1e-3).patience(10);
+  set_fit_length(s, steps);
   s.dtype = torch::kFloat32;
   return s;
 }

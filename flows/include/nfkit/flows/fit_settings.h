@@ -51,6 +51,10 @@ struct FitSettings {
 /// The settings for the training rows train [N, D] (N >= 1, finite).
 FitSettings default_fit_settings(const torch::Tensor& train);
 
+/// Sets the step count and what follows it: warm-up min(100, steps / 10) and a validation
+/// every steps / 40 steps (at least 1).
+void set_fit_length(FitSettings& s, int64_t steps);
+
 /// Steps for `epochs` passes over n_train rows at batch_size (at least 1).
 int64_t steps_for_epochs(double epochs, int64_t n_train, int64_t batch_size);
 
