@@ -75,5 +75,8 @@ Command pta_compare_command();
 Command image_train_command();
 Command image_bpd_command();
 Command image_sample_command();
+Command cfm_train_command();
+Command cfm_sample_command();
+Command cfm_eval_command();
 
 }  // namespace nfkit::cli

@@ -107,7 +107,8 @@ DataSource load_data(const std::string& src, int64_t n, const std::string& optio
   }
   if (!is_toy_density(src))
     usage_error(option, "'" + src + "' is not a built-in dataset (gmm, rings, spirals, checkerboard, "
-                        "banana[:D], mixture:D:K, funnel[:D]), a .csv file or file.h5:/dataset");
+                        "banana[:D], mixture:D:K, funnel[:D], 8gaussians, moons, scurve), a .csv file or "
+                        "file.h5:/dataset");
   check_positive_int(option, "sample count", n);
   ds.truth = make_toy_density(src);
   ds.x = ds.truth->sample(n);

@@ -1,6 +1,6 @@
 #pragma once
 // Data sources of the command line (--data SRC):
-//   * a built-in density name (gmm, rings, spirals, checkerboard, banana[:D]): n samples
+//   * a built-in density name (flows/toy_densities.h: gmm, rings, ..., moons): n samples
 //     drawn with the run's seed, and the exact density kept for comparison;
 //   * file.csv: one sample per row, numbers only, an optional header line;
 //   * file.h5:/dataset: a 2-D numeric dataset [N, D] (a 1-D one is [N, 1]).

@@ -85,7 +85,7 @@ TEST_CASE("cli: bad data and outputs get one line, the right exit code and no fi
     CHECK(r.err.find("nfkit: ") == 0);
     CHECK_FALSE(file_exists(out));
   };
-  check_fails(quick({"flow", "train", "--data", "moons", "--out", out}), 2, "not a built-in dataset");
+  check_fails(quick({"flow", "train", "--data", "swissroll", "--out", out}), 2, "not a built-in dataset");
   check_fails(quick({"flow", "train", "--data", "nowhere.csv", "--out", out}), 1, "nowhere.csv: cannot be read");
   check_fails(quick({"flow", "train", "--data", "nowhere.h5:/x", "--out", out}), 1, "nowhere.h5");
   const auto junk = write_text("junk.h5", "garbage");

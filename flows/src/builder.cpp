@@ -8,6 +8,7 @@
 #include "nfkit/flows/coupling.h"
 #include "nfkit/flows/linear.h"
 #include "nfkit/flows/normalization.h"
+#include "nfkit/flows/sources.h"
 #include "nfkit/flows/tarflow.h"
 
 namespace nfkit {
@@ -55,6 +56,9 @@ DistributionPtr make_distribution(const json& c) {
         torch::tensor(c.at("low").get<std::vector<double>>(), torch::kFloat64),
         torch::tensor(c.at("high").get<std::vector<double>>(), torch::kFloat64));
   if (type == "flow") return make_flow(c);
+  if (type == "toy_density") return std::make_shared<ToyDistribution>(c.at("spec").get<std::string>());
+  if (type == "empirical")  // the rows are a buffer, filled by read_state
+    return std::make_shared<Empirical>(torch::zeros({c.at("n").get<int64_t>(), c.at("dim").get<int64_t>()}, torch::kFloat64));
   runtime_error("make_distribution", "unknown distribution type '" + type + "'");
 }
 

@@ -4,6 +4,7 @@
 
 #include "nfkit/core/error.h"
 #include "nfkit/flows/builder.h"
+#include "nfkit/flows/continuous_flow.h"
 
 namespace nfkit {
 
@@ -37,7 +38,7 @@ const char* dtype_name(torch::Dtype d) {
 }
 }  // namespace
 
-void write_flow(H5Writer& w, const Flow& flow, const json& metadata, int64_t step) {
+void write_flow(H5Writer& w, const Distribution& flow, const json& metadata, int64_t step) {
   w.set_attr("/", "model_config", flow.config().dump());
   w.set_attr("/", "dtype", dtype_name(flow.tensor_options().dtype().toScalarType()));
   w.set_attr("/", "step", step);
@@ -45,30 +46,57 @@ void write_flow(H5Writer& w, const Flow& flow, const json& metadata, int64_t ste
   write_state(w, "/model", flow);
 }
 
-void save_flow(const std::string& path, const Flow& flow, const json& metadata) {
+void save_flow(const std::string& path, const Distribution& flow, const json& metadata) {
   H5Writer w(path, "checkpoint", kCheckpointVersion);
   write_flow(w, flow, metadata, 0);
   w.commit();
 }
 
-LoadedFlow load_flow(const std::string& path) {
+namespace {
+// Opens a checkpoint, checks its model kind, builds the model with make(config), converts it
+// to the stored dtype and loads its tensors.
+template <class Model, class Make>
+std::tuple<std::shared_ptr<Model>, json, int64_t> load_model(const std::string& path,
+                                                             const std::string& kind, Make make) {
   H5Reader r(path);
   r.expect_format("checkpoint", kCheckpointVersion);
-  LoadedFlow out;
-  json config;
+  std::shared_ptr<Model> model;
+  json config, metadata;
   try {
     config = json::parse(r.attr_string("/", "model_config"));
-    out.metadata = r.has_attr("/", "metadata") ? json::parse(r.attr_string("/", "metadata"))
-                                               : json::object();
-    out.flow = make_flow(config);
+    metadata = r.has_attr("/", "metadata") ? json::parse(r.attr_string("/", "metadata"))
+                                           : json::object();
+    const std::string type = config.value("type", "");
+    if (type != kind) {
+      const std::string hint = type == "continuous_flow" ? " (written by cfm train; use the cfm commands)"
+                               : type == "flow"          ? " (written by flow train; use the flow commands)"
+                                                         : "";
+      runtime_error(path, "holds a model of kind '" + type + "', expected '" + kind + "'" + hint);
+    }
+    model = make(config);
   } catch (const json::exception& e) {
     runtime_error(path, std::string("has a malformed model_config (") + e.what() + ")");
   }
   const std::string dtype = r.has_attr("/", "dtype") ? r.attr_string("/", "dtype") : "float32";
-  if (dtype == "float64") out.flow->to(torch::kFloat64);
-  read_state(r, "/model", *out.flow);
-  out.step = r.has_attr("/", "step") ? r.attr_int("/", "step") : 0;
-  out.flow->eval();
+  if (dtype == "float64") model->to(torch::kFloat64);
+  read_state(r, "/model", *model);
+  const int64_t step = r.has_attr("/", "step") ? r.attr_int("/", "step") : 0;
+  model->eval();
+  return {model, metadata, step};
+}
+}  // namespace
+
+LoadedFlow load_flow(const std::string& path) {
+  LoadedFlow out;
+  std::tie(out.flow, out.metadata, out.step) =
+      load_model<Flow>(path, "flow", [](const json& c) { return make_flow(c); });
+  return out;
+}
+
+LoadedContinuousFlow load_continuous_flow(const std::string& path) {
+  LoadedContinuousFlow out;
+  std::tie(out.flow, out.metadata, out.step) = load_model<ContinuousFlow>(
+      path, "continuous_flow", [](const json& c) { return make_continuous_flow(c); });
   return out;
 }
 

@@ -23,7 +23,10 @@ torch::Tensor Distribution::log_prob(const torch::Tensor& x, const torch::Tensor
 }
 
 torch::Tensor Distribution::sample(int64_t n, const torch::Tensor& context) {
-  return std::get<0>(sample_and_log_prob(n, context));
+  const char* fn = "Distribution::sample";
+  check_positive_int(fn, "n", n);
+  check_context(fn, context, context_dim_, n);
+  return sample_only_impl(n, context);
 }
 
 std::tuple<torch::Tensor, torch::Tensor> Distribution::sample_and_log_prob(

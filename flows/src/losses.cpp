@@ -6,11 +6,11 @@
 
 namespace nfkit {
 
-torch::Tensor forward_kl(Flow& flow, const torch::Tensor& x, const torch::Tensor& context) {
+torch::Tensor forward_kl(Distribution& flow, const torch::Tensor& x, const torch::Tensor& context) {
   return -flow.log_prob(x, context).mean();
 }
 
-torch::Tensor negative_log_likelihood(Flow& flow, const torch::Tensor& x,
+torch::Tensor negative_log_likelihood(Distribution& flow, const torch::Tensor& x,
                                       const torch::Tensor& context, int64_t chunk) {
   check_positive_int("negative_log_likelihood", "chunk", chunk);
   torch::NoGradGuard ng;
@@ -24,7 +24,7 @@ torch::Tensor negative_log_likelihood(Flow& flow, const torch::Tensor& x,
   return torch::cat(parts);
 }
 
-torch::Tensor reverse_kl(Flow& flow, const EnergyFn& energy, int64_t n,
+torch::Tensor reverse_kl(Distribution& flow, const EnergyFn& energy, int64_t n,
                          const torch::Tensor& context) {
   auto [x, log_q] = flow.sample_and_log_prob(n, context);
   const auto u = energy(x);

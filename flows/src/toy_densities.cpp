@@ -65,6 +65,62 @@ class Rings : public ToyDensity {
   static torch::Tensor radii() { return torch::tensor({1.0, 2.0, 3.0}, f64); }
 };
 
+// A curve blurred by isotropic Gaussian noise: x = c(u) + s e, u ~ U(0, 1), e ~ N(0, I), with
+// c of constant speed (uniform arc length). The log-density is the midpoint rule over u with
+// K nodes, i.e. a K-component mixture; with the node spacing h ~ s/20 used here the relative
+// error is ~1e-4 at the curve's ends (the midpoint rule's end term, (h/s)^2/24) and far smaller
+// elsewhere (the integrand is smooth on the scale s).
+class NoisyCurve : public ToyDensity {
+ public:
+  using Curve = torch::Tensor (*)(const torch::Tensor& u);  // u [n] -> points [n, 2]
+  NoisyCurve(std::string name, Curve c, double s, double box, int64_t nodes)
+      : name_(std::move(name)), c_(c), s_(s), box_(box),
+        nodes_(c((torch::arange(nodes, f64) + 0.5) / static_cast<double>(nodes))) {}
+  std::string name() const override { return name_; }
+  int64_t dim() const override { return 2; }
+  double box() const override { return box_; }
+  torch::Tensor sample(int64_t n) const override {
+    return c_(torch::rand({n}, f64)) + s_ * torch::randn({n, 2}, f64);
+  }
+  torch::Tensor log_prob(const torch::Tensor& x) const override {
+    std::vector<torch::Tensor> out;
+    for (int64_t i = 0; i < x.size(0); i += 4096) {  // [chunk, K] at a time
+      const auto xc = x.narrow(0, i, std::min<int64_t>(4096, x.size(0) - i));
+      const auto d2 = (xc.unsqueeze(1) - nodes_.unsqueeze(0)).pow(2).sum(-1);
+      out.push_back(torch::logsumexp(-0.5 * d2 / (s_ * s_), 1));
+    }
+    return torch::cat(out) - std::log(double(nodes_.size(0))) - kLog2Pi - 2.0 * std::log(s_);
+  }
+  double entropy() const override {
+    if (std::isnan(entropy_)) entropy_ = entropy_by_quadrature(*this, 500);
+    return entropy_;
+  }
+
+ private:
+  std::string name_;
+  Curve c_;
+  double s_, box_;
+  torch::Tensor nodes_;
+  mutable double entropy_ = NAN;
+};
+
+// Two moons (sklearn's make_moons with Gaussian noise 0.2), scaled by 3 and shifted by -1 as
+// in torchcfm: the upper arc (cos a, sin a) and the lower (1 - cos a, 1/2 - sin a), a in [0, pi].
+torch::Tensor moons_curve(const torch::Tensor& u) {
+  const auto lower = u >= 0.5;
+  const auto a = M_PI * torch::where(lower, 2 * u - 1, 2 * u);
+  const auto x = torch::where(lower, 1 - torch::cos(a), torch::cos(a));
+  const auto y = torch::where(lower, 0.5 - torch::sin(a), torch::sin(a));
+  return torch::stack({3 * x - 1, 3 * y - 1}, 1);
+}
+
+// sklearn's S curve in its (x, z) plane: (sin t, sign(t) (cos t - 1)), t in [-3 pi/2, 3 pi/2],
+// scaled by 2.
+torch::Tensor scurve_curve(const torch::Tensor& u) {
+  const auto t = 3 * M_PI * (u - 0.5);
+  return torch::stack({2 * torch::sin(t), 2 * torch::sign(t) * (torch::cos(t) - 1)}, 1);
+}
+
 class Checkerboard : public ToyDensity {
  public:
   std::string name() const override { return "checkerboard"; }
@@ -210,6 +266,12 @@ class Funnel : public ToyDensity {
   int64_t d_;
 };
 
+// The unit vectors at multiples of 45 degrees (torchcfm's 8gaussians centres).
+torch::Tensor eight_centers() {
+  const auto a = torch::arange(8, f64) * (M_PI / 4);
+  return torch::stack({torch::cos(a), torch::sin(a)}, 1);
+}
+
 torch::Tensor circle_centers() {
   auto a = torch::arange(8, f64) * (2.0 * M_PI / 8.0);
   return torch::stack({3.0 * torch::cos(a), 3.0 * torch::sin(a)}, 1);
@@ -239,13 +301,14 @@ double entropy_by_quadrature(const ToyDensity& p, int64_t n) {
 
 const std::vector<std::string>& toy_density_names() {
   static const std::vector<std::string> names{"gmm", "rings", "spirals", "checkerboard", "banana",
-                                              "mixture", "funnel"};
+                                              "mixture", "funnel", "8gaussians", "moons", "scurve"};
   return names;
 }
 
 bool is_toy_density(const std::string& spec) {
   static const std::regex re(
-      "^(gmm|rings|spirals|checkerboard|banana(:[0-9]+)?|mixture:[0-9]+:[0-9]+|funnel(:[0-9]+)?)$");
+      "^(gmm|rings|spirals|checkerboard|banana(:[0-9]+)?|mixture:[0-9]+:[0-9]+|funnel(:[0-9]+)?|"
+      "8gaussians|moons|scurve)$");
   return std::regex_match(spec, re);
 }
 
@@ -253,10 +316,14 @@ std::unique_ptr<ToyDensity> make_toy_density(const std::string& spec) {
   if (!is_toy_density(spec))
     usage_error("--data", "'" + spec + "' is not a built-in dataset, a .csv file or file.h5:/dataset; "
                           "built-ins are gmm, rings, spirals, checkerboard, banana[:D], "
-                          "mixture:D:K, funnel[:D]");
+                          "mixture:D:K, funnel[:D], 8gaussians, moons, scurve");
   if (spec == "gmm") return std::make_unique<Mixture2D>("gmm", circle_centers(), 0.5, 6.0);
   if (spec == "spirals") return std::make_unique<Mixture2D>("spirals", spiral_centers(), 0.25, 5.5);
   if (spec == "rings") return std::make_unique<Rings>();
+  if (spec == "8gaussians")  // torchcfm: radius 5, covariance sqrt(0.1) I (std 0.1^(1/4))
+    return std::make_unique<Mixture2D>("8gaussians", 5.0 * eight_centers(), std::pow(0.1, 0.25), 9.0);
+  if (spec == "moons") return std::make_unique<NoisyCurve>("moons", moons_curve, 0.6, 9.0, 640);
+  if (spec == "scurve") return std::make_unique<NoisyCurve>("scurve", scurve_curve, 0.2, 6.0, 1900);
   if (spec == "checkerboard") return std::make_unique<Checkerboard>();
   auto dim_arg = [&](const std::string& what, const std::string& v, int64_t lo, int64_t hi) {
     const int64_t d = v.size() > 9 ? hi + 1 : std::stoll(v);  // more than 9 digits: too large

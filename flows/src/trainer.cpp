@@ -59,7 +59,7 @@ bool all_finite(const Tensors& ts) {
 }
 }  // namespace
 
-Trainer::Trainer(std::shared_ptr<Flow> flow, TrainerOptions opts, Objective objective,
+Trainer::Trainer(std::shared_ptr<Distribution> flow, TrainerOptions opts, Objective objective,
                  json metadata)
     : flow_(std::move(flow)), opts_(std::move(opts)), obj_(std::move(objective)),
       metadata_(std::move(metadata)), s_(std::make_unique<State>()) {
@@ -71,13 +71,15 @@ Trainer::Trainer(std::shared_ptr<Flow> flow, TrainerOptions opts, Objective obje
   check_in_range(fn, "ema_decay", opts_.ema_decay(), 0.0, 1.0);
   check_in_range(fn, "reverse_weight", obj_.reverse_weight, 0.0, 1.0);
   check_positive_int(fn, "eval_every", opts_.eval_every());
+  if (obj_.loss && obj_.reverse_weight > 0.0)
+    usage_error(fn, "a custom loss replaces the forward-KL term and cannot be mixed with reverse KL");
   if (obj_.reverse_weight < 1.0 && !obj_.train.defined())
     usage_error(fn, "forward KL needs training data (or set reverse_weight to 1 with an energy)");
   if (obj_.reverse_weight > 0.0 && !obj_.energy)
     usage_error(fn, "reverse KL needs an energy function");
   if (obj_.train.defined()) {
     check_dim(fn, "train", obj_.train, 2);
-    check_size(fn, "train", obj_.train, 1, flow_->dim());
+    if (!obj_.loss) check_size(fn, "train", obj_.train, 1, flow_->dim());
     check_finite(fn, "train", obj_.train);
   }
   if (obj_.val.defined()) {
@@ -166,7 +168,9 @@ TrainReport Trainer::train() {
       copy_into(s.params, s.ema);
     }
     double loss;
-    if (val_x.defined()) {
+    if (obj_.validate) {
+      loss = obj_.validate();
+    } else if (val_x.defined()) {
       loss = negative_log_likelihood(*flow_, val_x, val_c).mean().item<double>();
     } else if (!obj_.energy) {  // no validation set: the first rows of the training data
       const int64_t n = std::min<int64_t>(train_x.size(0), 8192);
@@ -206,7 +210,7 @@ TrainReport Trainer::train() {
                                       torch::TensorOptions().dtype(torch::kInt64).device(dev_opts.device()));
       auto bx = rows(train_x, idx), bc = rows(train_c, idx);
       if (obj_.augment) std::tie(bx, bc) = obj_.augment(bx, bc);
-      add(forward_kl(*flow_, bx, bc), 1.0 - obj_.reverse_weight);
+      add(obj_.loss ? obj_.loss(bx, bc) : forward_kl(*flow_, bx, bc), 1.0 - obj_.reverse_weight);
     }
     if (use_rev) add(reverse_kl(*flow_, obj_.energy, obj_.energy_batch), obj_.reverse_weight);
 

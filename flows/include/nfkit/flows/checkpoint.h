@@ -8,6 +8,8 @@
 //   /trainer/...      optional trainer state (optimizer moments, EMA, best weights), see
 //                     trainer.h; absent in a model written for inference only.
 //
+// Any Distribution with a config() is written the same way (write_flow); model_config's "type"
+// says which loader rebuilds it: "flow" load_flow(), "continuous_flow" load_continuous_flow().
 // A model is rebuilt from the file alone: load_flow() builds the flow from model_config,
 // converts it to the stored dtype and loads every tensor, checking names and shapes.
 //
@@ -32,16 +34,26 @@ void write_state(H5Writer& w, const std::string& group, const torch::nn::Module&
 void read_state(const H5Reader& r, const std::string& group, torch::nn::Module& m);
 
 /// Writes the root attributes and /model of a checkpoint into an open writer.
-void write_flow(H5Writer& w, const Flow& flow, const json& metadata, int64_t step);
+void write_flow(H5Writer& w, const Distribution& flow, const json& metadata, int64_t step);
 /// Saves a flow for inference (no trainer state), atomically.
-void save_flow(const std::string& path, const Flow& flow, const json& metadata = json::object());
+void save_flow(const std::string& path, const Distribution& flow, const json& metadata = json::object());
 
 struct LoadedFlow {
   std::shared_ptr<Flow> flow;
   json metadata;
   int64_t step = 0;
 };
-/// Rebuilds a flow from a checkpoint file (its configuration and weights).
+/// Rebuilds a flow from a checkpoint file (its configuration and weights). A file that holds
+/// another kind of model (a continuous flow) is a RuntimeError naming the file and the kind.
 LoadedFlow load_flow(const std::string& path);
+
+class ContinuousFlow;
+struct LoadedContinuousFlow {
+  std::shared_ptr<ContinuousFlow> flow;
+  json metadata;
+  int64_t step = 0;
+};
+/// Rebuilds a continuous flow (model_config type "continuous_flow", written by cfm train).
+LoadedContinuousFlow load_continuous_flow(const std::string& path);
 
 }  // namespace nfkit

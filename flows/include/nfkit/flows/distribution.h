@@ -46,6 +46,11 @@ class Distribution : public torch::nn::Module {
   virtual torch::Tensor log_prob_impl(const torch::Tensor& x, const torch::Tensor& context) = 0;
   virtual std::tuple<torch::Tensor, torch::Tensor> sample_impl(int64_t n,
                                                                const torch::Tensor& context) = 0;
+  /// Samples without their log-density; override where that is cheaper (continuous flows
+  /// skip the divergence integral). Default: the first half of sample_impl.
+  virtual torch::Tensor sample_only_impl(int64_t n, const torch::Tensor& context) {
+    return std::get<0>(sample_impl(n, context));
+  }
 
  private:
   int64_t dim_, context_dim_;

@@ -17,14 +17,14 @@ namespace nfkit {
 /// Reduced energy u(x) [B] (dimensionless) of configurations x [B, D]; differentiable.
 using EnergyFn = std::function<torch::Tensor(const torch::Tensor& x)>;
 
-torch::Tensor forward_kl(Flow& flow, const torch::Tensor& x, const torch::Tensor& context = {});
+torch::Tensor forward_kl(Distribution& flow, const torch::Tensor& x, const torch::Tensor& context = {});
 
 /// -log q(x) per sample [N] without gradients, in chunks of `chunk` rows (bounded memory for
 /// large evaluation sets). x (and context) are moved to the flow's dtype and device; the
 /// result is float64 on the CPU.
-torch::Tensor negative_log_likelihood(Flow& flow, const torch::Tensor& x,
+torch::Tensor negative_log_likelihood(Distribution& flow, const torch::Tensor& x,
                                       const torch::Tensor& context = {}, int64_t chunk = 8192);
-torch::Tensor reverse_kl(Flow& flow, const EnergyFn& energy, int64_t n,
+torch::Tensor reverse_kl(Distribution& flow, const EnergyFn& energy, int64_t n,
                          const torch::Tensor& context = {});
 
 }  // namespace nfkit

@@ -15,6 +15,15 @@
 //   mixture:D:K   D    K equal isotropic Gaussians (sigma 0.5), centres the first K
 //                      Halton points in [-4, 4]^D (D <= 32)                       Monte Carlo*
 //   funnel[:D]    D    Neal's funnel: x_0 ~ N(0, 9), x_i ~ N(0, e^{x_0}), D = 4   analytic
+//   8gaussians    2    torchcfm's: 8 Gaussians at radius 5, covariance sqrt(0.1) I
+//                      (variance 0.316 per coordinate, std 0.562, as torchcfm's
+//                      eight_normal_sample(var = 0.1) builds it)                   quadrature
+//   moons         2    two moons (sklearn make_moons, Gaussian noise 0.2) x 3 - 1
+//                      as in torchcfm (whose own generator adds uniform noise
+//                      along the diagonal instead; ours has a smooth density)      quadrature
+//   scurve        2    sklearn's S curve in its (x, z) plane, x 2, noise 0.2      quadrature
+// moons and scurve: log-density by the midpoint rule along the curve (node spacing s/20,
+// relative error ~1e-4 near the curve's ends, less elsewhere); their entropies by quadrature on a 500 x 500 grid.
 // Quadrature: midpoint rule on a 1000 x 1000 grid over the plotting box (mass outside
 // < 1e-10), accurate to ~1e-5 nats. *Monte Carlo: -mean log p over 10^6 samples of a fixed
 // generator (standard error ~1e-3 nats; quadrature in 2-D). The log-density itself is exact for
@@ -46,7 +55,8 @@ class ToyDensity {
   virtual double box() const = 0;
 };
 
-/// "gmm", "rings", "spirals", "checkerboard", "banana[:D]", "mixture:D:K" or "funnel[:D]".
+/// "gmm", "rings", "spirals", "checkerboard", "banana[:D]", "mixture:D:K", "funnel[:D]",
+/// "8gaussians", "moons" or "scurve".
 /// UsageError otherwise.
 std::unique_ptr<ToyDensity> make_toy_density(const std::string& spec);
 /// Whether spec names a built-in density.

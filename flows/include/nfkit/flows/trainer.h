@@ -58,8 +58,9 @@ struct TrainerOptions {
 };
 
 /// What to minimise: forward KL on train (validated on val), reverse KL on energy, or the
-/// mix (1 - reverse_weight) forward + reverse_weight reverse. Validation uses val when given,
-/// else the reverse-KL estimate when an energy is given, else the first 8192 training rows.
+/// mix (1 - reverse_weight) forward + reverse_weight reverse; or a custom minibatch loss on
+/// train (`loss`). Validation uses `validate` when given, else val, else the reverse-KL
+/// estimate when an energy is given, else the first 8192 training rows.
 struct Objective {
   torch::Tensor train, train_context;
   torch::Tensor val, val_context;
@@ -72,6 +73,14 @@ struct Objective {
   /// Validation data is used as given (dequantise it once, with a fixed seed).
   std::function<std::tuple<torch::Tensor, torch::Tensor>(const torch::Tensor&, const torch::Tensor&)>
       augment;
+  /// Replaces the forward-KL term: the loss of a training minibatch (x, context) of `train`
+  /// (after augment), e.g. a flow-matching regression (flows/flow_matching.h). Called under
+  /// the step's seed. With a custom loss the rows of `train` may be wider than the model
+  /// (packed pairs); the loss unpacks them.
+  std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)> loss;
+  /// Replaces the validation NLL: a number to minimise, computed deterministically (seed the
+  /// generator inside; the trainer reseeds every step, so this never shifts training).
+  std::function<double()> validate;
 };
 
 struct TrainReport {
@@ -88,7 +97,8 @@ struct TrainReport {
 
 class Trainer {
  public:
-  Trainer(std::shared_ptr<Flow> flow, TrainerOptions opts, Objective objective,
+  /// model: any Distribution whose parameters are trained (a Flow, a ContinuousFlow).
+  Trainer(std::shared_ptr<Distribution> model, TrainerOptions opts, Objective objective,
           json metadata = json::object());
   ~Trainer();
 
@@ -112,7 +122,7 @@ class Trainer {
 
  private:
   struct State;
-  std::shared_ptr<Flow> flow_;
+  std::shared_ptr<Distribution> flow_;
   TrainerOptions opts_;
   Objective obj_;
   json metadata_;

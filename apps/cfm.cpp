@@ -1,0 +1,518 @@
+// nfkit cfm train|sample|eval: continuous flows trained by flow matching (flows/flow_matching.h),
+// sampled with any solver, evaluated by exact W2, NFE, straightness and exact NLL.
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <iomanip>
+#include <sstream>
+
+#include "cli.h"
+#include "data_source.h"
+#include "nfkit/core/checks.h"
+#include "nfkit/core/files.h"
+#include "nfkit/core/h5.h"
+#include "nfkit/core/runtime.h"
+#include "nfkit/flows/checkpoint.h"
+#include "nfkit/flows/continuous_flow.h"
+#include "nfkit/flows/flow_matching.h"
+#include "nfkit/flows/optimal_transport.h"
+#include "nfkit/flows/sources.h"
+#include "nfkit/flows/trainer.h"
+
+namespace nfkit::cli {
+
+namespace {
+
+torch::Dtype dtype_option(const std::string& s) {
+  if (s == "float64") return torch::kFloat64;
+  if (s == "float32") return torch::kFloat32;
+  usage_error("--dtype", "'" + s + "' is not a dtype, expected float32 or float64");
+}
+
+// Solver options shared by the three verbs; `steps_name` is --steps (sample, eval) or
+// --solver-steps (train, where --steps counts optimizer steps).
+void add_solver_options(po::options_description& o, const std::string& steps_name) {
+  o.add_options()
+      ("solver", po::value<std::string>()->default_value("dopri5"), "ODE solver: euler, midpoint, heun, rk4, dopri5")
+      (steps_name.c_str(), po::value<int64_t>()->default_value(100), "steps of a fixed-grid solver")
+      ("rtol", po::value<double>()->default_value(1e-5, "1e-05"), "dopri5 relative tolerance")
+      ("atol", po::value<double>()->default_value(1e-5, "1e-05"), "dopri5 absolute tolerance")
+      ("max-steps", po::value<int64_t>()->default_value(10000), "dopri5 step cap");
+}
+
+OdeOptions solver_from(const po::variables_map& vm, const std::string& steps_name) {
+  OdeOptions o;
+  o.method(parse_ode_method(vm["solver"].as<std::string>()))
+      .steps(vm[steps_name].as<int64_t>())
+      .rtol(vm["rtol"].as<double>())
+      .atol(vm["atol"].as<double>())
+      .max_steps(vm["max-steps"].as<int64_t>());
+  if (o.steps() < 1) usage_error("--" + steps_name, "must be >= 1");
+  o.validate();
+  return o;
+}
+
+// The source distribution: the Normal base, a built-in density (exact log-density), or the
+// rows of a file (no density).
+DistributionPtr make_source(const std::string& spec, int64_t dim, const DataSource* rows) {
+  if (spec == "normal") return std::make_shared<StandardNormal>(dim);
+  if (is_toy_density(spec)) return std::make_shared<ToyDistribution>(spec);
+  NFKIT_ASSERT(rows != nullptr, "file source without rows");
+  return std::make_shared<Empirical>(rows->x);
+}
+
+// Rows for the training loss: x1 alone, or [x0, x1] pairs (reflow).
+struct RoundData {
+  torch::Tensor train, val;
+  bool paired = false;
+};
+
+Objective cfm_objective(const std::shared_ptr<ContinuousFlow>& cnf, const CfmOptions& cfm,
+                        const RoundData& d, uint64_t val_seed) {
+  const int64_t D = cnf->dim();
+  auto source = cnf->base();
+  auto split = [D, paired = d.paired, source](const torch::Tensor& x) -> std::pair<torch::Tensor, torch::Tensor> {
+    if (paired) return {x.narrow(1, 0, D), x.narrow(1, D, D)};
+    torch::Tensor x0;
+    {
+      torch::NoGradGuard ng;
+      x0 = source->sample(x.size(0)).to(x.options());
+    }
+    return {x0, x};
+  };
+  Objective obj;
+  obj.train = d.train;
+  obj.loss = [cnf, cfm, split](const torch::Tensor& x, const torch::Tensor& c) {
+    auto [x0, x1] = split(x);
+    return cfm_loss(*cnf->velocity(), cfm, x0, x1, c);
+  };
+  const auto val = d.val.to(cnf->tensor_options());
+  obj.validate = [cnf, cfm, split, val, val_seed] {
+    torch::NoGradGuard ng;
+    torch::manual_seed(val_seed);
+    double total = 0;
+    int64_t n = 0;
+    for (int64_t i = 0; i < val.size(0); i += 1024) {
+      const auto x = val.narrow(0, i, std::min<int64_t>(1024, val.size(0) - i));
+      auto [x0, x1] = split(x);
+      total += cfm_loss(*cnf->velocity(), cfm, x0, x1).item<double>() * x.size(0);
+      n += x.size(0);
+    }
+    return total / n;
+  };
+  return obj;
+}
+
+TrainReport run_round(const std::shared_ptr<ContinuousFlow>& cnf, const CfmOptions& cfm,
+                      const RoundData& d, const TrainerOptions& topts, const json& metadata,
+                      bool restart, Context& ctx) {
+  Trainer trainer(cnf, topts, cfm_objective(cnf, cfm, d, derive_seed(topts.seed(), 9, 0)), metadata);
+  trainer.should_stop = [](int64_t) { return stop_requested(); };
+  const auto& ckpt = topts.checkpoint_path();
+  if (!restart && file_exists(ckpt)) {
+    trainer.load_checkpoint(ckpt);
+    if (!ctx.globals.quiet) ctx.err << "resuming from " << ckpt << " at step " << trainer.step() << std::endl;
+  }
+  auto rep = trainer.train();
+  if (rep.interrupted)
+    throw Interrupted("interrupted at step " + std::to_string(rep.steps_done) + "; progress saved to " +
+                      ckpt + "; rerun the same command to resume");
+  std::remove(ckpt.c_str());
+  return rep;
+}
+
+po::options_description train_opts() {
+  po::options_description o;
+  o.add_options()
+      ("target", po::value<std::string>()->required(), "target data (t = 1): a built-in (8gaussians, moons, scurve, "
+                                                       "rings, banana[:D], ...), file.csv or file.h5:/dataset")
+      ("source", po::value<std::string>()->default_value("normal"), "source (t = 0): normal, a built-in or a file")
+      ("out", po::value<std::string>()->required(), "model file to write (HDF5 checkpoint)")
+      ("method", po::value<std::string>()->default_value("icfm"), "icfm, otcfm, sbcfm, fm, vpcfm, wcfm or rf")
+      ("sigma", po::value<double>(), "path noise (default 0.1; 0 for rf; sbcfm needs > 0)")
+      ("wcfm-eps", po::value<double>(), "wcfm Gibbs-kernel eps (default: the mean squared distance "
+                                        "between independent source and target training samples)")
+      ("time", po::value<std::string>()->default_value("uniform"), "time distribution: uniform or ushaped (Lee et al. 2024, a = 4)")
+      ("loss", po::value<std::string>()->default_value("mse"), "mse or pseudo-huber (c = 0.00054 sqrt(d))")
+      ("reflow", po::value<int64_t>()->default_value(0), "reflow rounds after the first training (rectified flow)")
+      ("reflow-pairs", po::value<int64_t>(), "(z0, ODE(z0)) pairs per reflow round (default: the training rows)")
+      ("n-samples", po::value<int64_t>()->default_value(11000), "samples drawn from a built-in target")
+      ("n-val", po::value<int64_t>()->default_value(1000), "rows held out for validation (at most 10%)")
+      ("steps", po::value<int64_t>()->default_value(10000), "optimizer steps per round")
+      ("batch-size", po::value<int64_t>()->default_value(512), "minibatch size")
+      ("lr", po::value<double>()->default_value(1e-3, "0.001"), "learning rate (AdamW)")
+      ("weight-decay", po::value<double>()->default_value(0.0), "AdamW decoupled weight decay")
+      ("warmup", po::value<int64_t>()->default_value(0), "linear warm-up steps before cosine decay")
+      ("ema", po::value<double>()->default_value(0.0), "EMA decay of the weights (0 = off)")
+      ("eval-every", po::value<int64_t>(), "steps between validations (default: steps/20)")
+      ("checkpoint-every", po::value<int64_t>()->default_value(500), "steps between checkpoints (<out>.ckpt)")
+      ("restart", po::bool_switch(), "ignore existing checkpoints and start over")
+      ("hidden", po::value<int64_t>()->default_value(64), "hidden units per layer of the velocity MLP")
+      ("hidden-layers", po::value<int64_t>()->default_value(3), "hidden layers of the velocity MLP")
+      ("activation", po::value<std::string>()->default_value("selu"), "selu or silu")
+      ("time-embedding", po::value<std::string>()->default_value("concat"), "concat or sinusoidal")
+      ("divergence", po::value<std::string>()->default_value("auto"), "log-density divergence: auto (exact up to 16 dimensions), exact, hutchinson")
+      ("probes", po::value<int64_t>()->default_value(1), "Hutchinson probes")
+      ("dtype", po::value<std::string>()->default_value("float32"), "float32 or float64");
+  add_solver_options(o, "solver-steps");
+  return o;
+}
+
+void run_train(const po::variables_map& vm, Context& ctx) {
+  const std::string out = vm["out"].as<std::string>();
+  // Every option is checked before any data is read or work done.
+  CfmOptions cfm;
+  cfm.method(parse_cfm_method(vm["method"].as<std::string>()));
+  cfm.sigma(vm.count("sigma") ? vm["sigma"].as<double>() : cfm_default_sigma(cfm.method()));
+  cfm.time(vm["time"].as<std::string>()).loss(vm["loss"].as<std::string>());
+  if (vm.count("wcfm-eps")) cfm.wcfm_eps(vm["wcfm-eps"].as<double>());
+  cfm.validate();
+  const auto ode = solver_from(vm, "solver-steps");
+  auto copts = ContinuousFlowOptions().ode(ode).path(cfm_method_name(cfm.method()))
+                   .divergence(vm["divergence"].as<std::string>()).probes(vm["probes"].as<int64_t>());
+  copts.validate();
+  const auto dtype = dtype_option(vm["dtype"].as<std::string>());
+  const int64_t reflow = vm["reflow"].as<int64_t>();
+  if (reflow < 0) usage_error("--reflow", "must be >= 0");
+  const int64_t steps = vm["steps"].as<int64_t>();
+  check_positive_int("--steps", "value", steps);
+  check_positive_int("--batch-size", "value", vm["batch-size"].as<int64_t>());
+  check_positive("--lr", "value", vm["lr"].as<double>());
+  check_nonnegative("--weight-decay", "value", vm["weight-decay"].as<double>());
+  if (vm["warmup"].as<int64_t>() < 0) usage_error("--warmup", "must be >= 0");
+  const int64_t eval_every = vm.count("eval-every") ? vm["eval-every"].as<int64_t>() : std::max<int64_t>(1, steps / 20);
+  check_positive_int("--eval-every", "value", eval_every);
+  const int64_t n_val_req = vm["n-val"].as<int64_t>();
+  check_positive_int("--n-val", "value", n_val_req);
+  const std::string source_spec = vm["source"].as<std::string>();
+  if (cfm.method() == CfmMethod::kFM && source_spec != "normal")
+    usage_error("--source", "fm (Lipman et al.'s target path) needs the Normal source; use icfm or otcfm between data sets");
+  VelocityMLPOptions vopts(1);
+  vopts.hidden(vm["hidden"].as<int64_t>()).hidden_layers(vm["hidden-layers"].as<int64_t>())
+      .activation(vm["activation"].as<std::string>()).time_embedding(vm["time-embedding"].as<std::string>());
+  vopts.validate();
+  const bool restart = vm["restart"].as<bool>();
+
+  seed_all(derive_seed(ctx.globals.seed, 3, 0));
+  auto target = load_data(vm["target"].as<std::string>(), vm["n-samples"].as<int64_t>(), "--target");
+  const int64_t D = target.x.size(1), N = target.x.size(0);
+  std::unique_ptr<DataSource> source_rows;
+  if (source_spec != "normal") {
+    source_rows = std::make_unique<DataSource>(load_data(source_spec, vm["n-samples"].as<int64_t>(), "--source"));
+    if (source_rows->x.size(1) != D)
+      usage_error("--source", "has dimension " + std::to_string(source_rows->x.size(1)) + " but --target has " +
+                                  std::to_string(D) + "; source and target must have the same dimension");
+  }
+  check_writable(out);
+  const int64_t n_val = std::min<int64_t>(n_val_req, std::max<int64_t>(1, N / 10));
+  if (N - n_val < 2) runtime_error(target.description, "has " + std::to_string(N) + " rows, too few to train and validate");
+  seed_all(derive_seed(ctx.globals.seed, 3, 1));
+  const auto perm = torch::randperm(N, torch::kInt64);
+  const auto val = target.x.index_select(0, perm.narrow(0, 0, n_val));
+  const auto train = target.x.index_select(0, perm.narrow(0, n_val, N - n_val));
+
+  // The model: the source as the base at t = 0, an MLP velocity field.
+  seed_all(derive_seed(ctx.globals.seed, 3, 2));
+  auto base = make_source(source_spec, D, source_rows.get());
+  auto velocity = std::make_shared<VelocityMLP>(vopts.dim(D));
+  auto cnf = std::make_shared<ContinuousFlow>(base, velocity, copts);
+  cnf->to(ctx.globals.device, dtype);
+
+  if (cfm.method() == CfmMethod::kWCFM && !vm.count("wcfm-eps")) {
+    seed_all(derive_seed(ctx.globals.seed, 3, 3));
+    torch::NoGradGuard ng;
+    const int64_t m = std::min<int64_t>(4096, train.size(0));
+    const auto x0 = base->sample(m).to(torch::kCPU, torch::kFloat64);
+    cfm.wcfm_eps((x0 - train.narrow(0, 0, m)).pow(2).sum(1).mean().item<double>());
+  }
+  const int64_t n_pairs = vm.count("reflow-pairs") ? vm["reflow-pairs"].as<int64_t>() : train.size(0);
+  check_positive_int("--reflow-pairs", "value", n_pairs);
+
+  auto topts = TrainerOptions()
+                   .steps(steps)
+                   .batch_size(vm["batch-size"].as<int64_t>())
+                   .lr(vm["lr"].as<double>())
+                   .weight_decay(vm["weight-decay"].as<double>())
+                   .warmup_steps(vm["warmup"].as<int64_t>())
+                   .ema_decay(vm["ema"].as<double>())
+                   .eval_every(eval_every)
+                   .checkpoint_every(vm["checkpoint-every"].as<int64_t>())
+                   .checkpoint_path(out + ".ckpt")
+                   .quiet(ctx.globals.quiet);
+  json metadata = {{"target", target.description}, {"source", source_spec}, {"cfm", cfm.to_json()},
+                   {"trainer", topts.to_json()}, {"n_train", train.size(0)}, {"n_val", n_val},
+                   {"reflow", reflow}, {"reflow_pairs", n_pairs}, {"nfkit_version", version_string()}};
+  if (!ctx.globals.quiet)
+    ctx.err << "cfm: " << cfm_method_name(cfm.method()) << ", sigma " << cfm.sigma()
+            << (cfm.method() == CfmMethod::kWCFM ? ", wcfm eps " + std::to_string(cfm.wcfm_eps()) : std::string())
+            << ", " << source_spec << " -> " << target.description << ", dim " << D << ", "
+            << train.size(0) << " training rows, " << steps << " steps per round"
+            << (reflow > 0 ? ", " + std::to_string(reflow) + " reflow rounds" : std::string()) << std::endl;
+
+  // Round 0 trains on the method's pairs; reflow round k on (z0, ODE(z0)) pairs of the model
+  // after round k - 1, with the straight path, starting from its weights (Liu et al. 2023).
+  // A finished round is kept in <out>.round<k>.h5 so that an interrupted run resumes there.
+  TrainReport rep;
+  std::vector<double> round_val;
+  for (int64_t r = 0; r <= reflow; ++r) {
+    const std::string stage = out + ".round" + std::to_string(r) + ".h5";
+    if (reflow > 0 && !restart && file_exists(stage)) {
+      auto done = load_continuous_flow(stage);
+      H5Reader rd(stage);
+      read_state(rd, "/model", *cnf);
+      round_val.push_back(done.metadata.value("best_val", NAN));
+      if (!ctx.globals.quiet) ctx.err << "round " << r << " done (" << stage << ")" << std::endl;
+      continue;
+    }
+    RoundData d;
+    CfmOptions round_cfm = cfm;
+    if (r == 0) {
+      d.train = train;
+      d.val = val;
+    } else {
+      round_cfm.method(CfmMethod::kRF).sigma(0);
+      seed_all(derive_seed(ctx.globals.seed, 7, static_cast<uint64_t>(r)));
+      torch::NoGradGuard ng;
+      if (!ctx.globals.quiet) ctx.err << "reflow round " << r << ": integrating " << n_pairs << " + " << n_val << " couplings" << std::endl;
+      auto pairs = [&](int64_t n) {
+        const auto z0 = base->sample(n);
+        const auto z1 = cnf->transport(z0, 0.0, 1.0);
+        return torch::cat({z0, z1}, 1).to(torch::kCPU, torch::kFloat64);
+      };
+      d.train = pairs(n_pairs);
+      d.val = pairs(n_val);
+      d.paired = true;
+    }
+    auto ropts = TrainerOptions(topts).seed(derive_seed(ctx.globals.seed, 6, static_cast<uint64_t>(r)));
+    rep = run_round(cnf, round_cfm, d, ropts, metadata, restart, ctx);
+    round_val.push_back(rep.best_val);
+    if (reflow > 0) {
+      json m = metadata;
+      m["best_val"] = rep.best_val;
+      save_flow(stage, *cnf, m);
+    }
+  }
+  metadata["best_step"] = rep.best_step;
+  metadata["best_val_loss"] = rep.best_val;
+  metadata["round_val_loss"] = round_val;
+  {
+    H5Writer w(out, "checkpoint", kCheckpointVersion);
+    write_flow(w, *cnf, metadata, rep.steps_done);
+    w.commit();
+  }
+  for (int64_t r = 0; r <= reflow && reflow > 0; ++r) std::remove((out + ".round" + std::to_string(r) + ".h5").c_str());
+
+  ctx.results = {{"model", out}, {"method", cfm_method_name(cfm.method())}, {"target", target.description},
+                 {"source", source_spec}, {"dim", D}, {"steps", rep.steps_done}, {"best_step", rep.best_step},
+                 {"val_loss", rep.best_val}, {"round_val_loss", round_val}, {"cfm", cfm.to_json()},
+                 {"bad_steps", rep.bad_steps}};
+  ctx.out << std::setprecision(5) << "model written to " << out << " (" << cfm_method_name(cfm.method())
+          << ", dim " << D << ", " << reflow + 1 << (reflow ? " rounds" : " round") << " of " << steps
+          << " steps)\nvalidation flow-matching loss " << rep.best_val << " (best, step " << rep.best_step << ")\n";
+}
+
+void write_samples(const std::string& out, const torch::Tensor& x, const torch::Tensor& log_q,
+                   const json& attrs) {
+  const std::string ext = file_extension(out);
+  if (ext == "csv") {
+    std::ostringstream os;
+    os << std::setprecision(17);
+    for (int64_t j = 0; j < x.size(1); ++j) os << (j ? "," : "") << "x" << j;
+    if (log_q.defined()) os << ",log_q";
+    os << "\n";
+    const auto xd = x.to(torch::kFloat64).contiguous();
+    const auto ld = log_q.defined() ? log_q.to(torch::kFloat64).contiguous() : log_q;
+    for (int64_t r = 0; r < x.size(0); ++r) {
+      for (int64_t j = 0; j < x.size(1); ++j) os << (j ? "," : "") << xd[r][j].item<double>();
+      if (ld.defined()) os << "," << ld[r].item<double>();
+      os << "\n";
+    }
+    write_file_atomic(out, os.str());
+  } else {
+    H5Writer w(out, "samples", 1);
+    w.write("/x", x);
+    if (log_q.defined()) w.write("/log_q", log_q);
+    for (const auto& [k, v] : attrs.items())
+      w.set_attr("/", k, v.is_string() ? v.get<std::string>() : v.dump());
+    w.commit();
+  }
+}
+
+void check_samples_path(const std::string& out) {
+  const std::string ext = file_extension(out);
+  if (ext != "h5" && ext != "hdf5" && ext != "csv")
+    usage_error("--out", "'" + out + "' must end in .h5, .hdf5 or .csv");
+}
+
+std::vector<int64_t> parse_int_list(const std::string& s, const std::string& option) {
+  std::vector<int64_t> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t pos = 0;
+      const long long k = std::stoll(item, &pos);
+      if (pos != item.size() || k < 1) throw std::invalid_argument("bad");
+      v.push_back(k);
+    } catch (const std::exception&) {
+      usage_error(option, "'" + s + "' must be a comma-separated list of positive integers");
+    }
+  }
+  if (v.empty()) usage_error(option, "must list at least one step count");
+  return v;
+}
+
+void run_sample(const po::variables_map& vm, Context& ctx) {
+  const std::string out = vm["out"].as<std::string>();
+  check_samples_path(out);
+  const int64_t n = vm["n"].as<int64_t>();
+  check_positive_int("-n", "value", n);
+  const auto ode = solver_from(vm, "steps");
+  const bool with_lq = vm["log-prob"].as<bool>();
+  auto loaded = load_continuous_flow(vm["model"].as<std::string>());
+  auto& cnf = *loaded.flow;
+  cnf.to(ctx.globals.device);
+  cnf.options().ode(ode);
+  check_writable(out);
+  seed_all(derive_seed(ctx.globals.seed, 10, 0));
+  torch::Tensor x, lq;
+  if (with_lq) {
+    std::tie(x, lq) = cnf.sample_and_log_prob(n);
+    lq = lq.cpu();
+  } else {
+    x = cnf.sample(n);
+  }
+  x = x.cpu();
+  const auto st = cnf.last_stats();
+  write_samples(out, x, lq, {{"model", vm["model"].as<std::string>()}, {"solver", ode.summary()}, {"nfe", st.nfe}});
+  ctx.results = {{"out", out}, {"n", n}, {"dim", cnf.dim()}, {"solver", ode.to_json()}, {"nfe", st.nfe}};
+  if (with_lq) {
+    ctx.results["mean_log_q"] = lq.mean().item<double>();
+    ctx.results["estimator"] = cnf.estimator();
+  }
+  ctx.out << "wrote " << n << " samples of dimension " << cnf.dim() << " to " << out << " (" << ode.summary()
+          << ", " << st.nfe << " evaluations" << (with_lq ? ", log q by the " + cnf.estimator() + " divergence" : "")
+          << ")\n";
+}
+
+void run_eval(const po::variables_map& vm, Context& ctx) {
+  const int64_t n = vm["n"].as<int64_t>();
+  check_positive_int("-n", "value", n);
+  const auto ode = solver_from(vm, "steps");
+  std::vector<int64_t> euler;
+  if (vm.count("euler-steps")) euler = parse_int_list(vm["euler-steps"].as<std::string>(), "--euler-steps");
+  const int64_t s_steps = vm["straightness-steps"].as<int64_t>();
+  check_positive_int("--straightness-steps", "value", s_steps);
+  const std::string model = vm["model"].as<std::string>();
+  auto loaded = load_continuous_flow(model);
+  auto& cnf = *loaded.flow;
+  cnf.to(ctx.globals.device);
+  cnf.options().ode(ode);
+  if (vm.count("divergence")) cnf.options().divergence(vm["divergence"].as<std::string>());
+  if (vm.count("probes")) cnf.options().probes(vm["probes"].as<int64_t>());
+  cnf.options().validate();
+  std::string target_spec = vm.count("target") ? vm["target"].as<std::string>()
+                                               : loaded.metadata.value("target", std::string());
+  if (!vm.count("target") && !is_toy_density(target_spec))
+    usage_error("--target", "is required: the model was trained on '" + target_spec +
+                                "', not a built-in density, so give held-out rows (file.csv or file.h5:/dataset)");
+  seed_all(derive_seed(ctx.globals.seed, 8, 0));
+  auto target = load_data(target_spec, n, "--target");
+  if (target.x.size(1) != cnf.dim())
+    usage_error("--target", "has dimension " + std::to_string(target.x.size(1)) + " but the model " + std::to_string(cnf.dim()));
+  auto test = target.x;
+  if (test.size(0) > n) test = test.narrow(0, 0, n);
+  const int64_t m = test.size(0);
+
+  torch::NoGradGuard ng;
+  seed_all(derive_seed(ctx.globals.seed, 8, 1));
+  const auto z0 = cnf.base()->sample(m);
+  json r = {{"model", model}, {"target", target.description}, {"n", m}, {"dim", cnf.dim()},
+            {"path", cnf.options().path()}};
+  ctx.out << std::fixed << std::setprecision(4);
+  auto w2_of = [&](const OdeOptions& o, int64_t* nfe) {
+    const auto x = cnf.transport(z0, 0.0, 1.0, o);
+    *nfe = cnf.last_stats().nfe;
+    return wasserstein2(x.cpu(), test);
+  };
+  int64_t nfe = 0;
+  const double w2 = w2_of(ode, &nfe);
+  r["solver"] = ode.to_json();
+  r["w2"] = w2;
+  r["nfe"] = nfe;
+  ctx.out << "W2 (exact, n = " << m << ")  " << w2 << "   " << ode.summary() << ", " << nfe << " evaluations\n";
+  json ej = json::array();
+  for (int64_t k : euler) {
+    int64_t e = 0;
+    const double w = w2_of(OdeOptions().method(OdeMethod::kEuler).steps(k), &e);
+    ej.push_back({{"steps", k}, {"w2", w}, {"nfe", e}});
+    ctx.out << "W2 euler " << std::setw(3) << k << " steps  " << w << "\n";
+  }
+  if (!euler.empty()) r["euler"] = ej;
+  const double S = straightness(cnf, z0, s_steps);
+  r["straightness"] = S;
+  ctx.out << "straightness       " << S << "   (E int ||(X1 - X0) - v||^2 dt, " << s_steps << " Euler steps)\n";
+  const bool has_density = std::dynamic_pointer_cast<Empirical>(cnf.base()) == nullptr;
+  if (has_density && !vm["no-nll"].as<bool>()) {
+    const auto lp = cnf.log_prob(test.to(cnf.tensor_options())).to(torch::kFloat64).cpu();
+    const double nll = -lp.mean().item<double>(), se = lp.std().item<double>() / std::sqrt(double(m));
+    r["nll"] = nll;
+    r["nll_se"] = se;
+    r["nll_nfe"] = cnf.last_stats().nfe;
+    r["estimator"] = cnf.estimator();
+    ctx.out << "NLL                " << nll << " +- " << se << " nats/sample (" << cnf.estimator()
+            << " divergence, " << cnf.last_stats().nfe << " evaluations)\n";
+    if (target.truth) {
+      const double H = target.truth->entropy();
+      r["entropy"] = H;
+      r["gap"] = nll - H;
+      ctx.out << "true entropy       " << H << " nats\ngap                " << nll - H << " nats\n";
+    }
+  } else if (!has_density) {
+    ctx.out << "NLL                not defined: the source is given by data rows (no density)\n";
+  }
+  ctx.results = r;
+}
+
+}  // namespace
+
+Command cfm_train_command() {
+  return {"cfm", "train", "train a continuous flow by flow matching (I-CFM, OT-CFM, SB-CFM, FM, VP-CFM, W-CFM, rectified flow)",
+          train_opts, run_train};
+}
+
+Command cfm_sample_command() {
+  return {"cfm", "sample", "draw samples (and with --log-prob their exact log-densities) from a continuous flow",
+          [] {
+            po::options_description o;
+            o.add_options()
+                ("model", po::value<std::string>()->required(), "model file written by cfm train")
+                ("n,n", po::value<int64_t>()->required(), "number of samples")
+                ("out", po::value<std::string>()->required(), "output: FILE.h5 (/x, /log_q) or FILE.csv")
+                ("log-prob", po::bool_switch(), "also integrate the divergence for log q(x)");
+            add_solver_options(o, "steps");
+            return o;
+          },
+          run_sample};
+}
+
+Command cfm_eval_command() {
+  return {"cfm", "eval", "evaluate a continuous flow: exact W2 to held-out target samples, NFE, straightness, exact NLL",
+          [] {
+            po::options_description o;
+            o.add_options()
+                ("model", po::value<std::string>()->required(), "model file written by cfm train")
+                ("target", po::value<std::string>(), "held-out target samples (default: fresh samples of the built-in target)")
+                ("n,n", po::value<int64_t>()->default_value(1000), "evaluation samples")
+                ("euler-steps", po::value<std::string>(), "also report W2 for Euler with these step counts, e.g. 1,2,4,8")
+                ("straightness-steps", po::value<int64_t>()->default_value(100), "Euler steps of the straightness integral")
+                ("divergence", po::value<std::string>(), "override the model's divergence estimator: auto, exact, hutchinson")
+                ("probes", po::value<int64_t>(), "override the number of Hutchinson probes")
+                ("no-nll", po::bool_switch(), "skip the log-likelihood");
+            add_solver_options(o, "steps");
+            return o;
+          },
+          run_eval};
+}
+
+}  // namespace nfkit::cli

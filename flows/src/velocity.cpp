@@ -1,0 +1,106 @@
+#include "nfkit/flows/velocity.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "nfkit/core/checks.h"
+#include "nfkit/core/error.h"
+
+namespace nfkit {
+
+torch::Tensor VelocityField::forward(const torch::Tensor& t, const torch::Tensor& x,
+                                     const torch::Tensor& context) {
+  const char* fn = "VelocityField";
+  check_dim(fn, "x", x, 2);
+  check_size(fn, "x", x, 1, dim_);
+  check_context(fn, context, context_dim_, x.size(0));
+  torch::Tensor tb = t.to(x.options());
+  if (tb.dim() == 0) {
+    tb = tb.expand({x.size(0)});
+  } else {
+    check_dim(fn, "t", tb, 1);
+    check_size(fn, "t", tb, 0, x.size(0));
+  }
+  return velocity(tb, x, context);
+}
+
+nlohmann::json VelocityMLPOptions::to_json() const {
+  return {{"dim", dim_}, {"context_dim", context_dim_}, {"hidden", hidden_},
+          {"hidden_layers", hidden_layers_}, {"activation", activation_},
+          {"time_embedding", time_embedding_}, {"time_features", time_features_}};
+}
+
+void VelocityMLPOptions::validate() const {
+  check_positive_int("VelocityMLP", "dim", dim_);
+  if (context_dim_ < 0) usage_error("VelocityMLP", "context_dim must be >= 0");
+  check_positive_int("--hidden", "value", hidden_);
+  check_positive_int("--hidden-layers", "value", hidden_layers_);
+  if (activation_ != "selu" && activation_ != "silu")
+    usage_error("--activation", "'" + activation_ + "' is not an activation, expected selu or silu");
+  if (time_embedding_ != "concat" && time_embedding_ != "sinusoidal")
+    usage_error("--time-embedding", "'" + time_embedding_ + "' is not a time embedding, expected concat or sinusoidal");
+  if (time_embedding_ == "sinusoidal" && (time_features_ < 2 || time_features_ % 2 != 0))
+    usage_error("--time-features", "must be an even number >= 2");
+}
+
+VelocityMLP::VelocityMLP(VelocityMLPOptions opts)
+    : VelocityField(opts.dim(), opts.context_dim()), opts_(std::move(opts)) {
+  opts_.validate();
+  selu_ = opts_.activation() == "selu";
+  const bool sin = opts_.time_embedding() == "sinusoidal";
+  const int64_t tf = sin ? opts_.time_features() : 1;
+  if (sin) {
+    const int64_t half = opts_.time_features() / 2;
+    freqs_ = register_buffer(
+        "freqs", torch::exp(-std::log(10000.0) * torch::arange(half, torch::kFloat32) / half));
+  }
+  int64_t in = opts_.dim() + tf + opts_.context_dim();
+  for (int64_t l = 0; l <= opts_.hidden_layers(); ++l) {
+    const int64_t out = l == opts_.hidden_layers() ? opts_.dim() : opts_.hidden();
+    layers_.push_back(register_module("layer" + std::to_string(l), torch::nn::Linear(in, out)));
+    in = out;
+  }
+}
+
+nlohmann::json VelocityMLP::config() const {
+  auto j = opts_.to_json();
+  j["type"] = "velocity_mlp";
+  return j;
+}
+
+torch::Tensor VelocityMLP::velocity(const torch::Tensor& t, const torch::Tensor& x,
+                                    const torch::Tensor& context) {
+  std::vector<torch::Tensor> parts{x};
+  if (freqs_.defined()) {
+    const auto arg = (1000.0 * t).unsqueeze(1) * freqs_.to(x.dtype()).unsqueeze(0);
+    parts.push_back(torch::sin(arg));
+    parts.push_back(torch::cos(arg));
+  } else {
+    parts.push_back(t.unsqueeze(1));
+  }
+  if (context.defined()) parts.push_back(context.to(x.dtype()));
+  auto h = torch::cat(parts, 1);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    h = layers_[l]->forward(h);
+    if (l + 1 < layers_.size()) h = selu_ ? torch::selu(h) : torch::silu(h);
+  }
+  return h;
+}
+
+VelocityFieldPtr make_velocity_field(const nlohmann::json& c) {
+  const std::string type = c.at("type").get<std::string>();
+  if (type == "velocity_mlp") {
+    VelocityMLPOptions o(c.at("dim").get<int64_t>());
+    o.context_dim(c.at("context_dim").get<int64_t>())
+        .hidden(c.at("hidden").get<int64_t>())
+        .hidden_layers(c.at("hidden_layers").get<int64_t>())
+        .activation(c.at("activation").get<std::string>())
+        .time_embedding(c.at("time_embedding").get<std::string>())
+        .time_features(c.at("time_features").get<int64_t>());
+    return std::make_shared<VelocityMLP>(o);
+  }
+  runtime_error("make_velocity_field", "unknown velocity field type '" + type + "'");
+}
+
+}  // namespace nfkit

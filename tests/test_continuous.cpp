@@ -1,0 +1,490 @@
+// Continuous flows and flow matching: ODE solvers against closed-form solutions, the CNF
+// log-density against a linear field whose flow is known, Hutchinson's unbiasedness, the
+// flow-matching paths against their time derivatives, optimal transport against brute force.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <numeric>
+
+#include "helpers.h"
+#include "nfkit/core/files.h"
+#include "nfkit/core/h5.h"
+#include "nfkit/flows/checkpoint.h"
+#include "nfkit/flows/continuous_flow.h"
+#include "nfkit/flows/flow_matching.h"
+#include "nfkit/flows/optimal_transport.h"
+#include "nfkit/flows/trainer.h"
+
+using namespace nfkit;
+using namespace nfkit::test;
+
+namespace {
+const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+
+// v(t, x) = (1 + t) A x: the flow from 0 to 1 is x1 = expm(1.5 A) x0, div v = (1 + t) tr A.
+class LinearField : public VelocityField {
+ public:
+  explicit LinearField(const torch::Tensor& A) : VelocityField(A.size(0), 0) {
+    A_ = register_parameter("A", A.clone());
+  }
+  nlohmann::json config() const override { return {{"type", "test_linear"}}; }
+  torch::Tensor A_;
+
+ protected:
+  torch::Tensor velocity(const torch::Tensor& t, const torch::Tensor& x, const torch::Tensor&) override {
+    return (1 + t).unsqueeze(1) * torch::matmul(x, A_.t());
+  }
+};
+
+// log N(x; 0, M M^T) for x [B, D].
+torch::Tensor gaussian_log_prob(const torch::Tensor& x, const torch::Tensor& M) {
+  const int64_t D = x.size(1);
+  const auto z = std::get<0>(torch::linalg_solve_ex(M, x.t())).t();  // M z = x
+  const double logdet = std::get<1>(torch::linalg_slogdet(M)).item<double>();
+  return -0.5 * z.pow(2).sum(1) - 0.5 * D * std::log(2 * M_PI) - logdet;
+}
+
+torch::Tensor test_matrix() {
+  return torch::tensor({{0.3, -0.8, 0.1}, {0.5, -0.2, 0.4}, {-0.3, 0.2, 0.1}}, f64);
+}
+
+std::shared_ptr<ContinuousFlow> linear_cnf(ContinuousFlowOptions o = ContinuousFlowOptions()) {
+  auto base = std::make_shared<StandardNormal>(3);
+  base->to(torch::kFloat64);
+  auto v = std::make_shared<LinearField>(test_matrix());
+  return std::make_shared<ContinuousFlow>(base, v, o);
+}
+
+std::shared_ptr<ContinuousFlow> mlp_cnf(int64_t dim, int64_t context_dim = 0) {
+  torch::manual_seed(3);
+  // SiLU: a smooth field (SELU's kink at 0 makes the divergence jump, which limits how closely
+  // an adaptive solver's error control tracks the log-density).
+  auto v = std::make_shared<VelocityMLP>(
+      VelocityMLPOptions(dim).context_dim(context_dim).hidden(32).activation("silu"));
+  auto cnf = std::make_shared<ContinuousFlow>(std::make_shared<StandardNormal>(dim), v);
+  cnf->to(torch::kFloat64);
+  return cnf;
+}
+}  // namespace
+
+TEST_CASE("ode: fixed-grid methods converge at their order, dopri5 meets its tolerance", "[continuous]") {
+  // dy/dt = -2 t y: y(t) = y0 exp(-(t^2 - t0^2)).
+  OdeFn f = [](double t, const torch::Tensor& y) { return -2.0 * t * y; };
+  const auto y0 = torch::tensor({{1.0, -0.5}}, f64);
+  const auto exact = y0 * std::exp(-1.0);
+  for (auto [m, order] : std::vector<std::pair<OdeMethod, double>>{
+           {OdeMethod::kEuler, 1}, {OdeMethod::kMidpoint, 2}, {OdeMethod::kHeun, 2}, {OdeMethod::kRK4, 4}}) {
+    INFO(ode_method_name(m));
+    OdeStats st;
+    const double e1 = (odeint(f, y0, 0, 1, OdeOptions().method(m).steps(16), &st) - exact).abs().max().item<double>();
+    CHECK(st.steps == 16);
+    CHECK(st.nfe == 16 * ode_evals_per_step(m));
+    const double e2 = (odeint(f, y0, 0, 1, OdeOptions().method(m).steps(32)) - exact).abs().max().item<double>();
+    // Halving the step divides the error by 2^order (within 15%).
+    CHECK(std::log2(e1 / e2) == Approx(order).epsilon(0.15));
+  }
+  OdeStats st;
+  const auto y = odeint(f, y0, 0, 1, OdeOptions().rtol(1e-10).atol(1e-12), &st);
+  CHECK((y - exact).abs().max().item<double>() < 1e-9);
+  CHECK(st.nfe > 0);
+  CHECK(st.nfe == 2 + 6 * (st.steps + st.rejected));
+  // Backwards in time returns the start.
+  const auto back = odeint(f, y, 1, 0, OdeOptions().rtol(1e-10).atol(1e-12));
+  CHECK((back - y0).abs().max().item<double>() < 1e-9);
+  // A user grid on [0, 1] (non-uniform) is used by the fixed-grid methods.
+  OdeStats sg;
+  const auto yg = odeint(f, y0, 0, 1, OdeOptions().method(OdeMethod::kRK4).grid({0, 0.1, 0.3, 0.6, 1.0}), &sg);
+  CHECK(sg.steps == 4);
+  CHECK((yg - exact).abs().max().item<double>() < 1e-3);
+  CHECK(ode_time_grid(OdeOptions().grid({0, 0.25, 1}), 1, 0) == std::vector<double>{1, 0.75, 0});
+}
+
+TEST_CASE("ode: the step cap and a blow-up are reported, never a silent NaN", "[continuous]") {
+  // dy/dt = y^2, y(0) = 1: y = 1 / (1 - t) blows up at t = 1.
+  OdeFn f = [](double, const torch::Tensor& y) { return y * y; };
+  const auto y0 = torch::ones({1, 1}, f64);
+  CHECK_THROWS_WITH(odeint(f, y0, 0, 2, OdeOptions().max_steps(50)),
+                    Catch::Contains("dopri5") && Catch::Contains("t = 0.9"));
+  CHECK_THROWS_WITH(odeint(f, y0, 0, 2, OdeOptions().method(OdeMethod::kEuler).steps(100)),
+                    Catch::Contains("non-finite"));
+  CHECK_THROWS_AS(parse_ode_method("leapfrog"), UsageError);
+  CHECK_THROWS_WITH(OdeOptions().steps(0).validate(), Catch::Contains("--steps"));
+  CHECK_THROWS_WITH(OdeOptions().grid({0, 0.5}).validate(), Catch::Contains("--grid"));
+}
+
+TEST_CASE("continuous flow: log-density of a linear field equals the Gaussian pushforward", "[continuous]") {
+  auto o = ContinuousFlowOptions();
+  o.ode().rtol(1e-10).atol(1e-10);
+  auto cnf = linear_cnf(o);
+  const auto M = torch::matrix_exp(1.5 * test_matrix());
+  torch::manual_seed(1);
+  const auto x = 2 * torch::randn({64, 3}, f64);
+  CHECK(cnf->estimator() == "exact");
+  const auto lp = cnf->log_prob(x);
+  CHECK((lp - gaussian_log_prob(x, M)).abs().max().item<double>() < 1e-6);
+  CHECK(cnf->last_stats().nfe > 0);
+  // Sampling: x = M z, and the returned log q equals the closed form at the samples.
+  auto [xs, lq] = cnf->sample_and_log_prob(256);
+  CHECK((lq - gaussian_log_prob(xs, M)).abs().max().item<double>() < 1e-6);
+  // Transport there and back returns the input (solver tolerance).
+  const auto z = cnf->transport(x, 1.0, 0.0);
+  CHECK((z - std::get<0>(torch::linalg_solve_ex(M, x.t())).t()).abs().max().item<double>() < 1e-7);
+  CHECK((cnf->transport(z, 0.0, 1.0) - x).abs().max().item<double>() < 1e-7);
+}
+
+TEST_CASE("continuous flow: Hutchinson's estimate is unbiased within its Monte-Carlo error", "[continuous]") {
+  for (const std::string probe : {"rademacher", "gaussian"}) {
+    INFO(probe);
+    auto o = ContinuousFlowOptions().divergence("hutchinson").probe(probe).probe_seed(9);
+    o.ode().method(OdeMethod::kRK4).steps(20);
+    auto cnf = linear_cnf(o);
+    CHECK(cnf->estimator() == "hutchinson (" + probe + ", 1 probe)");
+    auto exact = linear_cnf(ContinuousFlowOptions().divergence("exact").ode(o.ode()));
+    torch::manual_seed(2);
+    const auto x = torch::randn({4000, 3}, f64);
+    const auto diff = cnf->log_prob(x) - exact->log_prob(x);  // one probe per row
+    const double se = diff.std().item<double>() / std::sqrt(4000.0);
+    CHECK(se > 1e-3);  // the estimate really is random here
+    CHECK(std::abs(diff.mean().item<double>()) < 4 * se);
+    // Seeded: the same call gives the same numbers; another seed other numbers.
+    const auto lp9 = cnf->log_prob(x);
+    CHECK(torch::equal(lp9, cnf->log_prob(x)));
+    cnf->options().probe_seed(10);
+    CHECK(!torch::equal(lp9, cnf->log_prob(x)));
+    // More probes, less spread.
+    cnf->options().probes(16);
+    const auto d16 = cnf->log_prob(x) - exact->log_prob(x);
+    CHECK(d16.std().item<double>() < 0.35 * diff.std().item<double>());
+  }
+}
+
+TEST_CASE("continuous flow: distribution contract, context rules, checkpoint round trip", "[continuous]") {
+  auto cnf = mlp_cnf(2);
+  test::perturb_parameters(*cnf->velocity(), 0.3, 4);
+  torch::manual_seed(5);
+  const auto x = torch::randn({10, 2}, f64);
+  const auto lp = cnf->log_prob(x);
+  CHECK(lp.sizes() == torch::IntArrayRef{10});
+  CHECK(lp.dtype() == torch::kFloat64);
+  CHECK(cnf->sample(7).sizes() == torch::IntArrayRef{7, 2});
+  // Forward (sampling) and backward (log_prob) integrations agree to the solver tolerance.
+  cnf->options().ode().rtol(1e-9).atol(1e-9);
+  auto [xs, lq] = cnf->sample_and_log_prob(50);
+  CHECK((cnf->log_prob(xs) - lq).abs().max().item<double>() < 1e-5);
+  cnf->options().ode(OdeOptions());
+  CHECK_THROWS_AS(cnf->log_prob(x, torch::zeros({10, 1}, f64)), UsageError);
+  CHECK_THROWS_AS(cnf->log_prob(torch::zeros({4, 3}, f64)), UsageError);
+
+  auto cond = mlp_cnf(2, 3);
+  CHECK_THROWS_AS(cond->log_prob(x), UsageError);
+  CHECK(cond->log_prob(x, torch::randn({10, 3}, f64)).sizes() == torch::IntArrayRef{10});
+  CHECK(cond->sample(4, torch::randn({4, 3}, f64)).sizes() == torch::IntArrayRef{4, 2});
+
+  const auto path = test::temp_path("cnf.h5");
+  cnf->options().path("otcfm").ode().method(OdeMethod::kRK4).steps(12);
+  save_flow(path, *cnf, {{"data", "rings"}});
+  auto loaded = load_continuous_flow(path);
+  CHECK(loaded.metadata.at("data") == "rings");
+  CHECK(loaded.flow->options().path() == "otcfm");
+  CHECK(loaded.flow->options().ode().steps() == 12);
+  CHECK(torch::equal(loaded.flow->log_prob(x), cnf->log_prob(x)));
+  CHECK_THROWS_WITH(load_flow(path), Catch::Contains("continuous_flow") && Catch::Contains(path));
+  CHECK_THROWS_AS(ContinuousFlowOptions().divergence("trace").validate(), UsageError);
+  CHECK_THROWS_AS(ContinuousFlowOptions().probes(0).validate(), UsageError);
+}
+
+TEST_CASE("flow matching: every path's u_t is the time derivative of its x_t", "[continuous]") {
+  torch::manual_seed(6);
+  const int64_t B = 16, D = 3;
+  const auto x0 = torch::randn({B, D}, f64), x1 = torch::randn({B, D}, f64) + 2;
+  const auto eps = torch::randn({B, D}, f64);
+  const auto t = 0.05 + 0.9 * torch::rand({B}, f64);
+  const double h = 1e-6;
+  for (const auto& name : cfm_method_names()) {
+    INFO(name);
+    const auto m = parse_cfm_method(name);
+    const double sigma = m == CfmMethod::kRF ? 0.0 : 0.3;
+    const auto p = conditional_path(m, sigma, x0, x1, t, eps);
+    const auto fd = (conditional_path(m, sigma, x0, x1, t + h, eps).xt -
+                     conditional_path(m, sigma, x0, x1, t - h, eps).xt) / (2 * h);
+    CHECK((p.ut - fd).abs().max().item<double>() < 1e-6);
+  }
+  // Closed forms, exactly.
+  const auto tc = t.unsqueeze(1);
+  auto ic = conditional_path(CfmMethod::kICFM, 0.3, x0, x1, t, eps);
+  CHECK(torch::allclose(ic.xt, tc * x1 + (1 - tc) * x0 + 0.3 * eps, 0, 1e-15));
+  CHECK(torch::equal(ic.ut, x1 - x0));
+  auto vp = conditional_path(CfmMethod::kVPCFM, 0.0, x0, x1, torch::full({B}, 1.0, f64), eps);
+  CHECK(torch::allclose(vp.xt, x1, 0, 1e-15));
+  auto fm = conditional_path(CfmMethod::kFM, 0.1, x0, x1, torch::zeros({B}, f64), eps);
+  CHECK(torch::allclose(fm.xt, x0, 0, 1e-15));
+  auto sb = conditional_path(CfmMethod::kSBCFM, 0.5, x0, x1, torch::full({B}, 0.5, f64), eps);
+  CHECK(torch::allclose(sb.xt, 0.5 * (x0 + x1) + 0.25 * eps, 0, 1e-14));
+  CHECK(torch::allclose(sb.ut, x1 - x0, 0, 1e-12));  // (1 - 2t) = 0 at t = 1/2
+}
+
+TEST_CASE("flow matching: options refuse bad values with the option's name", "[continuous]") {
+  CHECK_THROWS_WITH(CfmOptions().method(CfmMethod::kSBCFM).sigma(0).validate(),
+                    Catch::Contains("--sigma") && Catch::Contains("sbcfm"));
+  CHECK_THROWS_WITH(CfmOptions().method(CfmMethod::kSBCFM).sigma(-1).validate(), Catch::Contains("--sigma"));
+  CHECK_THROWS_WITH(CfmOptions().method(CfmMethod::kRF).sigma(0.1).validate(), Catch::Contains("--sigma"));
+  CHECK_THROWS_WITH(CfmOptions().time("beta").validate(), Catch::Contains("--time"));
+  CHECK_THROWS_WITH(CfmOptions().loss("l1").validate(), Catch::Contains("--loss"));
+  CHECK_THROWS_WITH(parse_cfm_method("ddpm"), Catch::Contains("--method") && Catch::Contains("icfm"));
+  CHECK_THROWS_AS(CfmOptions().wcfm_eps(0).validate(), UsageError);
+  CfmOptions().method(CfmMethod::kRF).sigma(0).validate();
+  auto v = VelocityMLP(VelocityMLPOptions(2));
+  CHECK_THROWS_WITH(cfm_loss(v, CfmOptions(), torch::zeros({4, 2}), torch::zeros({4, 3})),
+                    Catch::Contains("different dimensions"));
+}
+
+TEST_CASE("optimal transport: assignment equals brute force, pairs nearest points, W2 exact", "[continuous]") {
+  for (int seed = 0; seed < 20; ++seed) {
+    torch::manual_seed(seed);
+    const auto C = torch::rand({6, 6}, f64);
+    const auto perm = linear_assignment(C);
+    const double got = C.gather(1, perm.unsqueeze(1)).sum().item<double>();
+    std::vector<int64_t> p(6);
+    std::iota(p.begin(), p.end(), 0);
+    double best = 1e300;
+    const auto* c = C.data_ptr<double>();
+    do {
+      double s = 0;
+      for (int i = 0; i < 6; ++i) s += c[i * 6 + p[i]];
+      best = std::min(best, s);
+    } while (std::next_permutation(p.begin(), p.end()));
+    CHECK(got == Approx(best).epsilon(1e-12));
+    // perm is a permutation
+    CHECK(std::get<0>(torch::sort(perm)).equal(torch::arange(6, torch::kInt64)));
+  }
+  // Hand-made: x1 is x0 shuffled and nudged; the assignment undoes the shuffle.
+  torch::manual_seed(3);
+  const auto x0 = 10 * torch::randn({50, 2}, f64);
+  const auto shuffle = torch::randperm(50, torch::kInt64);
+  const auto x1 = x0.index_select(0, shuffle) + 0.01;
+  const auto perm = linear_assignment(squared_distances(x0, x1));
+  CHECK(torch::equal(shuffle.index_select(0, perm), torch::arange(50, torch::kInt64)));
+  // W2 of a translate is the translation's length.
+  const auto y = x0 + torch::tensor({3.0, 4.0}, f64);
+  CHECK(wasserstein2(x0, y) == Approx(5.0).epsilon(1e-12));
+  CHECK_THROWS_AS(wasserstein2(x0, y.narrow(0, 0, 10)), UsageError);
+
+  // OT-CFM's coupling draws only optimal pairs.
+  const auto a = torch::tensor({{0.0, 0.0}, {10.0, 0.0}, {0.0, 10.0}}, f64);
+  const auto b = torch::tensor({{10.1, 0.0}, {0.0, 10.1}, {0.1, 0.0}}, f64);
+  torch::manual_seed(4);
+  auto c = couple(CfmOptions().method(CfmMethod::kOTCFM), a, b);
+  CHECK(((c.x0 - c.x1).norm(2, 1) < 0.2).all().item<bool>());
+  // W-CFM weights: mean 1, the nearer pair the larger.
+  auto w = couple(CfmOptions().method(CfmMethod::kWCFM).wcfm_eps(10), a, b);
+  CHECK(w.weight.mean().item<double>() == Approx(1.0));
+  CHECK(w.weight[0].item<double>() < w.weight[2].item<double>());
+}
+
+TEST_CASE("optimal transport: log-domain Sinkhorn meets its marginals and nears the exact cost", "[continuous]") {
+  torch::manual_seed(8);
+  const auto x = torch::randn({64, 2}, f64), y = torch::randn({64, 2}, f64) * 2 + 1;
+  const auto C = squared_distances(x, y);
+  const auto perm = linear_assignment(C);
+  const double exact = C.gather(1, perm.unsqueeze(1)).mean().item<double>();
+  double last = 1e300;
+  for (double reg : {1.0, 0.1, 0.01, 0.001}) {
+    // Sinkhorn converges linearly at a rate that slows as reg -> 0 (here max C / reg ~ 10^3 to
+    // 10^4): 1e-10 in the row marginal (L1) for the larger regs; for the smaller, 20000 sweeps
+    // after epsilon scaling reach a few 1e-6, so 1e-5 is asked for.
+    const double tol = reg >= 0.1 ? 1e-10 : 1e-5;
+    auto r = sinkhorn_log(C, reg * C.mean().item<double>(), 20000, tol);
+    INFO(reg);
+    CHECK(r.converged);
+    CHECK((r.plan.sum(1) - 1.0 / 64).abs().sum().item<double>() < tol);
+    CHECK((r.plan.sum(0) - 1.0 / 64).abs().max().item<double>() < 1e-12);  // exact after the g sweep
+    const double cost = (r.plan * C).sum().item<double>();
+    CHECK(cost >= exact - 1e-9);  // no plan beats the optimum
+    CHECK(cost < last);
+    last = cost;
+  }
+  CHECK(last < 1.01 * exact);
+}
+
+TEST_CASE("flow matching: U-shaped times follow p(t) ∝ cosh(a (t - 1/2))", "[continuous]") {
+  torch::manual_seed(12);
+  const int64_t n = 400000;
+  const auto t = sample_times(CfmOptions().time("ushaped"), n, f64);
+  CHECK(t.min().item<double>() >= 0);
+  CHECK(t.max().item<double>() <= 1);
+  const double a = 4;
+  // F(x) = [sinh(a (x - 1/2)) + sinh(a/2)] / (2 sinh(a/2)).
+  for (double x : {0.05, 0.2, 0.5, 0.9}) {
+    const double F = (std::sinh(a * (x - 0.5)) + std::sinh(a / 2)) / (2 * std::sinh(a / 2));
+    const double got = (t < x).to(torch::kFloat64).mean().item<double>();
+    CHECK(std::abs(got - F) < 4 * std::sqrt(F * (1 - F) / n) + 1e-12);
+  }
+}
+
+TEST_CASE("flow matching: straightness is 0 for a constant field and positive for a rotation", "[continuous]") {
+  auto base = std::make_shared<StandardNormal>(3);
+  base->to(torch::kFloat64);
+  auto zero = std::make_shared<LinearField>(torch::zeros({3, 3}, f64));
+  ContinuousFlow still(base, zero);
+  const auto x0 = torch::randn({100, 3}, f64);
+  CHECK(straightness(still, x0) == Approx(0.0).margin(1e-14));
+  ContinuousFlow rot(base, std::make_shared<LinearField>(test_matrix()));
+  CHECK(straightness(rot, x0) > 0.05);
+}
+
+TEST_CASE("flow matching through the trainer: I-CFM learns a Gaussian, resume is bit-identical", "[continuous]") {
+  // Target N(m, diag(s^2)) from N(0, I); a 2-D MLP field learns it in a few hundred steps.
+  const auto m = torch::tensor({2.0, -1.0}, f64), s = torch::tensor({0.5, 1.5}, f64);
+  torch::manual_seed(13);
+  const auto data = m + s * torch::randn({4000, 2}, f64);
+  auto make = [] {
+    torch::manual_seed(14);
+    auto v = std::make_shared<VelocityMLP>(VelocityMLPOptions(2).hidden(32));
+    auto cnf = std::make_shared<ContinuousFlow>(std::make_shared<StandardNormal>(2), v);
+    cnf->to(torch::kFloat64);
+    return cnf;
+  };
+  auto objective = [&](std::shared_ptr<ContinuousFlow> cnf, CfmOptions cfm = CfmOptions()) {
+    Objective obj;
+    obj.train = data;
+    obj.loss = [cnf, cfm](const torch::Tensor& x1, const torch::Tensor& c) {
+      return cfm_loss(*cnf->velocity(), cfm, torch::randn_like(x1), x1, c);
+    };
+    obj.validate = [cnf, cfm, &data] {
+      torch::NoGradGuard ng;
+      torch::manual_seed(99);
+      const auto x1 = data.narrow(0, 0, 512);
+      return cfm_loss(*cnf->velocity(), cfm, torch::randn_like(x1), x1).item<double>();
+    };
+    return obj;
+  };
+  auto opts = TrainerOptions().steps(1500).batch_size(256).lr(3e-3).eval_every(250).quiet(true).seed(3);
+  auto cnf = make();
+  Trainer(cnf, opts, objective(cnf)).train();
+  {
+    torch::manual_seed(15);
+    torch::NoGradGuard ng;
+    const auto xs = cnf->sample(4000);
+    // 4000 samples: standard errors 0.008-0.024 on the means, less on the deviations.
+    CHECK((xs.mean(0) - m).abs().max().item<double>() < 0.1);
+    CHECK((xs.std(0) - s).abs().max().item<double>() < 0.1);
+    // Exact NLL of the learned density near the entropy of the target.
+    const auto test = m + s * torch::randn({2000, 2}, f64);
+    const double H = 2 * 0.5 * std::log(2 * M_PI * M_E) + torch::log(s).sum().item<double>();
+    CHECK(std::abs(-cnf->log_prob(test).mean().item<double>() - H) < 0.1);
+  }
+
+  // Resume: 30 steps + checkpoint + 30 steps equals 60 uninterrupted steps, bit for bit.
+  const auto ckpt = test::temp_path("cfm_resume.h5");
+  auto short_opts = TrainerOptions(opts).steps(60).eval_every(30).checkpoint_path(ckpt);
+  // OT-CFM: the pairing draws from the generator too.
+  const auto ot = CfmOptions().method(CfmMethod::kOTCFM);
+  auto a = make();
+  Trainer(a, short_opts, objective(a, ot)).train();
+  auto b = make();
+  {
+    Trainer tb(b, short_opts, objective(b, ot));
+    tb.should_stop = [](int64_t step) { return step == 30; };
+    CHECK(tb.train().interrupted);
+  }
+  auto c = make();
+  Trainer tc(c, short_opts, objective(c, ot));
+  tc.load_checkpoint(ckpt);
+  CHECK(tc.step() == 30);
+  tc.train();
+  const auto pa = a->parameters(), pc = c->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) CHECK(torch::equal(pa[i], pc[i]));
+}
+
+namespace {
+int line_count(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+// --json: the last stdout line is the results object.
+json last_json(std::string out) {
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  const auto nl = out.rfind('\n');
+  return json::parse(nl == std::string::npos ? out : out.substr(nl + 1));
+}
+}  // namespace
+
+TEST_CASE("cli: cfm train, sample and eval on 8gaussians; reflow; resume", "[cli][continuous]") {
+  const auto model = test::temp_path("cfm_8g.h5");
+  auto r = run_nfkit({"cfm", "train", "--target", "8gaussians", "--method", "otcfm", "--steps", "400",
+                      "--n-samples", "3000", "--eval-every", "100", "--out", model, "--quiet", "--json",
+                      "--threads", "2"});
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto tr = last_json(r.out);
+  CHECK(tr.at("method") == "otcfm");
+  CHECK(tr.at("steps") == 400);
+  CHECK(file_exists(model));
+  CHECK_FALSE(file_exists(model + ".ckpt"));
+
+  auto e = run_nfkit({"cfm", "eval", "--model", model, "-n", "500", "--euler-steps", "1,4", "--json", "--threads", "2"});
+  INFO(e.err);
+  REQUIRE(e.code == 0);
+  const auto ev = last_json(e.out);
+  // The source N(0, I) is ~4.6 (W2) from 8gaussians; 400 OT-CFM steps bring the model well in.
+  CHECK(ev.at("w2").get<double>() < 1.5);
+  CHECK(ev.at("nfe").get<int64_t>() > 0);
+  CHECK(ev.at("euler").size() == 2);
+  CHECK(ev.at("straightness").get<double>() >= 0);
+  CHECK(ev.at("estimator") == "exact");
+  CHECK(std::isfinite(ev.at("nll").get<double>()));
+  CHECK(ev.at("gap").get<double>() > -0.05);  // never (much) below the entropy: it is a density
+
+  const auto samples = test::temp_path("cfm_samples.h5");
+  auto s = run_nfkit({"cfm", "sample", "--model", model, "-n", "64", "--out", samples, "--log-prob",
+                      "--solver", "rk4", "--steps", "20"});
+  INFO(s.err);
+  REQUIRE(s.code == 0);
+  H5Reader h(samples);
+  CHECK(h.read("/x").sizes() == torch::IntArrayRef{64, 2});
+  CHECK(h.read("/log_q").sizes() == torch::IntArrayRef{64});
+
+  // Rectified flow with one reflow round, from 8gaussians to moons (data to data).
+  const auto rf = test::temp_path("cfm_rf.h5");
+  auto rr = run_nfkit({"cfm", "train", "--source", "8gaussians", "--target", "moons", "--method", "rf",
+                       "--reflow", "1", "--reflow-pairs", "1000", "--steps", "150", "--n-samples", "2000",
+                       "--out", rf, "--quiet", "--json", "--solver", "rk4", "--solver-steps", "20"});
+  INFO(rr.err);
+  REQUIRE(rr.code == 0);
+  CHECK(last_json(rr.out).at("round_val_loss").size() == 2);
+  CHECK_FALSE(file_exists(rf + ".round0.h5"));
+
+}
+
+TEST_CASE("cli: cfm bad input gets one line, the right exit code and no file", "[cli][continuous]") {
+  const auto out = test::temp_path("cfm_bad.h5");
+  auto check_fails = [&](std::vector<std::string> args, int code, const std::string& needle) {
+    auto r = run_nfkit(args);
+    INFO(r.err);
+    CHECK(r.code == code);
+    CHECK(line_count(r.err) == 1);
+    CHECK(r.err.find(needle) != std::string::npos);
+    CHECK_FALSE(file_exists(out));
+  };
+  const std::vector<std::string> base{"cfm", "train", "--target", "8gaussians", "--steps", "5", "--quiet", "--out", out};
+  auto with = [&](std::vector<std::string> extra) {
+    auto a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  check_fails(with({"--method", "ddpm"}), 2, "--method");
+  check_fails(with({"--method", "sbcfm", "--sigma", "0"}), 2, "--sigma");
+  check_fails(with({"--solver", "leapfrog"}), 2, "--solver");
+  check_fails(with({"--solver-steps", "0"}), 2, "--solver-steps");
+  check_fails(with({"--source", "banana:4"}), 2, "same dimension");
+  check_fails(with({"--method", "fm", "--source", "moons"}), 2, "--source");
+  check_fails(with({"--time", "beta"}), 2, "--time");
+  const auto nan_csv = test::temp_path("nan.csv");
+  std::ofstream(nan_csv) << "1,2\n3,nan\n";
+  check_fails({"cfm", "train", "--target", nan_csv, "--out", out, "--quiet"}, 1, "must be finite");
+  // A discrete flow's checkpoint is another kind of model.
+  const auto flow = test::temp_path("a_flow.h5");
+  REQUIRE(run_nfkit({"flow", "train", "--data", "rings", "--steps", "5", "--n-samples", "300", "--layers", "1",
+                     "--hidden", "8", "--quiet", "--out", flow}).code == 0);
+  check_fails({"cfm", "eval", "--model", flow}, 1, "kind 'flow'");
+  check_fails({"cfm", "sample", "--model", flow, "-n", "5", "--out", out}, 1, "kind 'flow'");
+  check_fails({"cfm", "sample", "--model", flow, "-n", "5", "--out", test::temp_path("x.txt")}, 2, "--out");
+}
