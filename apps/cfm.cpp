@@ -12,6 +12,7 @@
 #include "nfkit/core/files.h"
 #include "nfkit/core/h5.h"
 #include "nfkit/core/runtime.h"
+#include "nfkit/flows/boss.h"
 #include "nfkit/flows/checkpoint.h"
 #include "nfkit/flows/continuous_flow.h"
 #include "nfkit/flows/flow_matching.h"
@@ -132,6 +133,7 @@ po::options_description train_opts() {
       ("sigma", po::value<double>(), "path noise (default 0.1; 0 for rf; sbcfm needs > 0)")
       ("wcfm-eps", po::value<double>(), "wcfm Gibbs-kernel eps (default: the mean squared distance "
                                         "between independent source and target training samples)")
+      ("sinkhorn-iters", po::value<int64_t>()->default_value(500), "sbcfm: Sinkhorn sweeps per minibatch plan (epsilon scaling included)")
       ("time", po::value<std::string>()->default_value("uniform"), "time distribution: uniform or ushaped (Lee et al. 2024, a = 4)")
       ("loss", po::value<std::string>()->default_value("mse"), "mse or pseudo-huber (c = 0.00054 sqrt(d))")
       ("reflow", po::value<int64_t>()->default_value(0), "reflow rounds after the first training (rectified flow)")
@@ -166,6 +168,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   cfm.sigma(vm.count("sigma") ? vm["sigma"].as<double>() : cfm_default_sigma(cfm.method()));
   cfm.time(vm["time"].as<std::string>()).loss(vm["loss"].as<std::string>());
   if (vm.count("wcfm-eps")) cfm.wcfm_eps(vm["wcfm-eps"].as<double>());
+  cfm.sinkhorn_iters(vm["sinkhorn-iters"].as<int64_t>());
   cfm.validate();
   const auto ode = solver_from(vm, "solver-steps");
   auto copts = ContinuousFlowOptions().ode(ode).path(cfm_method_name(cfm.method()))
@@ -367,13 +370,23 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
   check_samples_path(out);
   const int64_t n = vm["n"].as<int64_t>();
   check_positive_int("-n", "value", n);
-  const auto ode = solver_from(vm, "steps");
+  auto ode = solver_from(vm, "steps");
   const bool with_lq = vm["log-prob"].as<bool>();
+  const int64_t boss = vm.count("boss") ? vm["boss"].as<int64_t>() : 0;
+  if (vm.count("boss")) check_positive_int("--boss", "value", boss);
+  const int64_t boss_fine = vm["boss-fine"].as<int64_t>();
+  check_positive_int("--boss-fine", "value", boss_fine);
+  if (boss > boss_fine) usage_error("--boss", "must be at most --boss-fine (" + std::to_string(boss_fine) + ")");
   auto loaded = load_continuous_flow(vm["model"].as<std::string>());
   auto& cnf = *loaded.flow;
   cnf.to(ctx.globals.device);
-  cnf.options().ode(ode);
   check_writable(out);
+  if (boss > 0) {  // Euler on the BOSS schedule, fitted on source samples of a separate stream
+    seed_all(derive_seed(ctx.globals.seed, 10, 1));
+    const auto cost = boss_cost(cnf, cnf.base()->sample(1000), boss_fine);
+    ode = OdeOptions().method(OdeMethod::kEuler).grid(boss_grid(cost, boss));
+  }
+  cnf.options().ode(ode);
   seed_all(derive_seed(ctx.globals.seed, 10, 0));
   torch::Tensor x, lq;
   if (with_lq) {
@@ -386,6 +399,7 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
   const auto st = cnf.last_stats();
   write_samples(out, x, lq, {{"model", vm["model"].as<std::string>()}, {"solver", ode.summary()}, {"nfe", st.nfe}});
   ctx.results = {{"out", out}, {"n", n}, {"dim", cnf.dim()}, {"solver", ode.to_json()}, {"nfe", st.nfe}};
+  if (boss > 0) ctx.results["boss_grid"] = ode.grid();
   if (with_lq) {
     ctx.results["mean_log_q"] = lq.mean().item<double>();
     ctx.results["estimator"] = cnf.estimator();
@@ -401,6 +415,14 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
   const auto ode = solver_from(vm, "steps");
   std::vector<int64_t> euler;
   if (vm.count("euler-steps")) euler = parse_int_list(vm["euler-steps"].as<std::string>(), "--euler-steps");
+  if (vm["boss"].as<bool>()) {
+    if (euler.empty()) usage_error("--boss", "needs --euler-steps (the step counts to schedule)");
+    check_positive_int("--boss-fine", "value", vm["boss-fine"].as<int64_t>());
+    for (int64_t k : euler)
+      if (k > vm["boss-fine"].as<int64_t>())
+        usage_error("--boss", "step count " + std::to_string(k) + " exceeds --boss-fine " +
+                                  std::to_string(vm["boss-fine"].as<int64_t>()));
+  }
   const int64_t s_steps = vm["straightness-steps"].as<int64_t>();
   check_positive_int("--straightness-steps", "value", s_steps);
   const std::string model = vm["model"].as<std::string>();
@@ -449,6 +471,20 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
     ctx.out << "W2 euler " << std::setw(3) << k << " steps  " << w << "\n";
   }
   if (!euler.empty()) r["euler"] = ej;
+  if (vm["boss"].as<bool>()) {
+    const int64_t fine = vm["boss-fine"].as<int64_t>();
+    seed_all(derive_seed(ctx.globals.seed, 8, 2));  // the cost matrix's own samples
+    const auto cost = boss_cost(cnf, cnf.base()->sample(1000), fine);
+    json bj = json::array();
+    for (int64_t k : euler) {
+      int64_t e = 0;
+      const auto grid = boss_grid(cost, k);
+      const double w = w2_of(OdeOptions().method(OdeMethod::kEuler).grid(grid), &e);
+      bj.push_back({{"steps", k}, {"w2", w}, {"nfe", e}, {"grid", grid}});
+      ctx.out << "W2 BOSS  " << std::setw(3) << k << " steps  " << w << "\n";
+    }
+    r["boss"] = bj;
+  }
   const double S = straightness(cnf, z0, s_steps);
   r["straightness"] = S;
   ctx.out << "straightness       " << S << "   (E int ||(X1 - X0) - v||^2 dt, " << s_steps << " Euler steps)\n";
@@ -489,7 +525,9 @@ Command cfm_sample_command() {
                 ("model", po::value<std::string>()->required(), "model file written by cfm train")
                 ("n,n", po::value<int64_t>()->required(), "number of samples")
                 ("out", po::value<std::string>()->required(), "output: FILE.h5 (/x, /log_q) or FILE.csv")
-                ("log-prob", po::bool_switch(), "also integrate the divergence for log q(x)");
+                ("log-prob", po::bool_switch(), "also integrate the divergence for log q(x)")
+                ("boss", po::value<int64_t>(), "sample with K Euler steps on the BOSS schedule (Nguyen et al. 2024) instead of --solver")
+                ("boss-fine", po::value<int64_t>()->default_value(100), "fine RK4 grid of the BOSS cost matrix");
             add_solver_options(o, "steps");
             return o;
           },
@@ -505,6 +543,8 @@ Command cfm_eval_command() {
                 ("target", po::value<std::string>(), "held-out target samples (default: fresh samples of the built-in target)")
                 ("n,n", po::value<int64_t>()->default_value(1000), "evaluation samples")
                 ("euler-steps", po::value<std::string>(), "also report W2 for Euler with these step counts, e.g. 1,2,4,8")
+                ("boss", po::bool_switch(), "and for Euler on the BOSS schedules of those step counts (Nguyen et al. 2024)")
+                ("boss-fine", po::value<int64_t>()->default_value(100), "fine RK4 grid of the BOSS cost matrix")
                 ("straightness-steps", po::value<int64_t>()->default_value(100), "Euler steps of the straightness integral")
                 ("divergence", po::value<std::string>(), "override the model's divergence estimator: auto, exact, hutchinson")
                 ("probes", po::value<int64_t>(), "override the number of Hutchinson probes")

@@ -41,6 +41,7 @@ def main():
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sinkhorn-iters", type=int, default=500)
     ap.add_argument("--json")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -58,25 +59,30 @@ def main():
                              "--steps", str(a.steps), "--n-samples", "11000", "--n-val", "1000",
                              "--out", model, "--seed", str(seed), "--threads", str(a.threads),
                              "--quiet", "--json"]
+                    if base == "sbcfm":
+                        train += ["--sinkhorn-iters", str(a.sinkhorn_iters)]
                     if method.endswith("+reflow"):
                         train += ["--reflow", "1"]
                     t = nfkit(a.binary, train)
                     e = nfkit(a.binary, ["cfm", "eval", "--model", model, "-n", "1000", "--euler-steps",
-                                         "1,2,4,8", "--no-nll", "--seed", str(seed + 1000),
+                                         "1,2,4,8", "--boss", "--no-nll", "--seed", str(seed + 1000),
                                          "--threads", str(a.threads), "--json"])
                     row = {"task": task, "method": method, "seed": seed, "w2": e["w2"], "nfe": e["nfe"],
                            "straightness": e["straightness"], "val_loss": t["val_loss"]}
                     for x in e["euler"]:
                         row[f"w2_euler{x['steps']}"] = x["w2"]
+                    for x in e["boss"]:
+                        row[f"w2_boss{x['steps']}"] = x["w2"]
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
-    cols = ["w2", "nfe", "w2_euler1", "w2_euler2", "w2_euler4", "w2_euler8", "straightness"]
+    cols = ["w2", "nfe", "w2_euler1", "w2_euler2", "w2_euler4", "w2_euler8", "w2_boss2", "w2_boss4",
+            "w2_boss8", "straightness"]
     print(f"{a.steps} steps per round, seeds {a.seeds}; W2 exact (n = 1000), mean +- sd\n")
-    print("| task | method | W2 adaptive | NFE | W2 Euler 1 | Euler 2 | Euler 4 | Euler 8 | straightness |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| task | method | W2 adaptive | NFE | W2 Euler 1 | Euler 2 | Euler 4 | Euler 8 | BOSS 2 | BOSS 4 | BOSS 8 | straightness |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for task in a.tasks.split(","):
         for method in a.methods.split(","):
             sel = [r for r in rows if r["task"] == task and r["method"] == method]

@@ -58,7 +58,7 @@ DistributionPtr make_distribution(const json& c) {
   if (type == "flow") return make_flow(c);
   if (type == "toy_density") return std::make_shared<ToyDistribution>(c.at("spec").get<std::string>());
   if (type == "empirical")  // the rows are a buffer, filled by read_state
-    return std::make_shared<Empirical>(torch::zeros({c.at("n").get<int64_t>(), c.at("dim").get<int64_t>()}, torch::kFloat64));
+    return std::make_shared<Empirical>(torch::zeros({c.at("n").get<int64_t>(), c.at("dim").get<int64_t>()}));
   runtime_error("make_distribution", "unknown distribution type '" + type + "'");
 }
 

@@ -113,7 +113,7 @@ torch::Tensor fixed_grid(const OdeFn& f, torch::Tensor y, const std::vector<doub
     const double t = g[k], h = g[k + 1] - g[k];
     switch (m) {
       case OdeMethod::kEuler:
-        y = y + h * f(t, y);
+        y = y.add(f(t, y), h);  // one kernel: y + h f
         break;
       case OdeMethod::kMidpoint: {
         const auto k1 = f(t, y);

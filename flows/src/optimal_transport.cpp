@@ -122,9 +122,9 @@ SinkhornResult sinkhorn_log(const torch::Tensor& cost_in, double reg, int64_t ma
   const double log_a = -std::log(static_cast<double>(n)), log_b = -std::log(static_cast<double>(m));
   auto f = torch::zeros({n}, C.options()), g = torch::zeros({m}, C.options());
   SinkhornResult r;
-  // Epsilon scaling (Schmitzer, SIAM J. Sci. Comput. 41, 2019): a few sweeps at each of
-  // reg_k = max(reg, max C / 2^k), warm-starting the potentials, then iterations at reg until
-  // the row marginal is within tol. Without it, small reg needs ~ max C / reg sweeps.
+  // Epsilon scaling (Schmitzer, SIAM J. Sci. Comput. 41, 2019): ten sweeps at each of
+  // reg_k = max C / 2^k > reg, warm-starting the potentials, then sweeps at reg until the row
+  // marginal is within tol. Without it, small reg needs ~ max C / reg sweeps.
   auto sweep = [&](double e) {
     f = e * (log_a - torch::logsumexp((g.unsqueeze(0) - C) / e, 1));
     g = e * (log_b - torch::logsumexp((f.unsqueeze(1) - C) / e, 0));

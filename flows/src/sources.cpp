@@ -15,7 +15,7 @@ void only_unit_temperature(const char* fn, double T) {
 
 ToyDistribution::ToyDistribution(const std::string& spec)
     : Distribution(make_toy_density(spec)->dim(), 0), spec_(spec), density_(make_toy_density(spec)) {
-  like_ = register_buffer("like", torch::zeros({1}, torch::kFloat64));
+  like_ = register_buffer("like", torch::zeros({1}));  // default dtype, like every module
 }
 
 void ToyDistribution::set_temperature(double T) { only_unit_temperature("ToyDistribution", T); }

@@ -15,10 +15,8 @@ torch::Tensor VelocityField::forward(const torch::Tensor& t, const torch::Tensor
   check_dim(fn, "x", x, 2);
   check_size(fn, "x", x, 1, dim_);
   check_context(fn, context, context_dim_, x.size(0));
-  torch::Tensor tb = t.to(x.options());
-  if (tb.dim() == 0) {
-    tb = tb.expand({x.size(0)});
-  } else {
+  const torch::Tensor tb = t.to(x.options());
+  if (tb.dim() != 0) {
     check_dim(fn, "t", tb, 1);
     check_size(fn, "t", tb, 0, x.size(0));
   }
@@ -71,19 +69,32 @@ nlohmann::json VelocityMLP::config() const {
 
 torch::Tensor VelocityMLP::velocity(const torch::Tensor& t, const torch::Tensor& x,
                                     const torch::Tensor& context) {
-  std::vector<torch::Tensor> parts{x};
+  // The first layer acts on [x, time features, context] through column blocks of its weight,
+  // without concatenating: with one time for the whole batch (an ODE solve), the time term is
+  // a vector folded into the bias, and the layer is one addmm.
+  const int64_t D = opts_.dim(), C = opts_.context_dim();
+  const auto& first = layers_[0];
+  const int64_t tf = first->weight.size(1) - D - C;
+  const auto w = first->weight;
+  torch::Tensor tfeat;  // [tf] or [B, tf]
   if (freqs_.defined()) {
-    const auto arg = (1000.0 * t).unsqueeze(1) * freqs_.to(x.dtype()).unsqueeze(0);
-    parts.push_back(torch::sin(arg));
-    parts.push_back(torch::cos(arg));
+    const auto arg = (1000.0 * t).unsqueeze(-1) * freqs_.to(x.dtype());
+    tfeat = torch::cat({torch::sin(arg), torch::cos(arg)}, -1);
   } else {
-    parts.push_back(t.unsqueeze(1));
+    tfeat = t.unsqueeze(-1);
   }
-  if (context.defined()) parts.push_back(context.to(x.dtype()));
-  auto h = torch::cat(parts, 1);
-  for (size_t l = 0; l < layers_.size(); ++l) {
+  const auto wt = w.narrow(1, D, tf);
+  torch::Tensor h;
+  if (tfeat.dim() == 1) {
+    h = torch::addmm(torch::addmv(first->bias, wt, tfeat), x, w.narrow(1, 0, D).t());
+  } else {
+    h = torch::addmm(first->bias, x, w.narrow(1, 0, D).t()).addmm_(tfeat, wt.t());
+  }
+  if (C > 0) h = h.addmm(context.to(x.dtype()), w.narrow(1, D + tf, C).t());
+  h = selu_ ? torch::selu_(h) : torch::silu_(h);
+  for (size_t l = 1; l < layers_.size(); ++l) {
     h = layers_[l]->forward(h);
-    if (l + 1 < layers_.size()) h = selu_ ? torch::selu(h) : torch::silu(h);
+    if (l + 1 < layers_.size()) h = selu_ ? torch::selu_(h) : torch::silu_(h);  // in place: no extra buffer
   }
   return h;
 }

@@ -7,8 +7,8 @@
 //   Empirical        the uniform distribution over stored rows (a buffer, kept in
 //                    checkpoints): sampling draws rows with replacement; it has no density,
 //                    so log_prob is a RuntimeError that says so.
-// Both are unconditional, float64 by default (they follow .to(dtype)), and only temperature 1
-// is defined for them.
+// Both are unconditional and follow .to(dtype) like any module (ToyDistribution starts in the
+// default dtype, Empirical in its rows' dtype); only temperature 1 is defined for them.
 //
 //   auto src = std::make_shared<nfkit::ToyDistribution>("8gaussians");
 //   auto x0 = src->sample(512);

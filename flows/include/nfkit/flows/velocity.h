@@ -37,7 +37,7 @@ class VelocityField : public torch::nn::Module {
   virtual nlohmann::json config() const = 0;
 
  protected:
-  /// t is [B] here (broadcast from a 0-d time by forward()).
+  /// t is [B] (a time per row) or 0-d (one time for the whole batch, as in an ODE solve).
   virtual torch::Tensor velocity(const torch::Tensor& t, const torch::Tensor& x,
                                  const torch::Tensor& context) = 0;
 
