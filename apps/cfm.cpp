@@ -6,8 +6,7 @@
 #include <iomanip>
 #include <sstream>
 
-#include "cli.h"
-#include "data_source.h"
+#include "flow_common.h"
 #include "nfkit/core/checks.h"
 #include "nfkit/core/files.h"
 #include "nfkit/core/h5.h"
@@ -23,12 +22,6 @@
 namespace nfkit::cli {
 
 namespace {
-
-torch::Dtype dtype_option(const std::string& s) {
-  if (s == "float64") return torch::kFloat64;
-  if (s == "float32") return torch::kFloat32;
-  usage_error("--dtype", "'" + s + "' is not a dtype, expected float32 or float64");
-}
 
 // Solver options shared by the three verbs; `steps_name` is --steps (sample, eval) or
 // --solver-steps (train, where --steps counts optimizer steps).
@@ -174,7 +167,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   auto copts = ContinuousFlowOptions().ode(ode).path(cfm_method_name(cfm.method()))
                    .divergence(vm["divergence"].as<std::string>()).probes(vm["probes"].as<int64_t>());
   copts.validate();
-  const auto dtype = dtype_option(vm["dtype"].as<std::string>());
+  const auto dtype = parse_dtype(vm["dtype"].as<std::string>());
   const int64_t reflow = vm["reflow"].as<int64_t>();
   if (reflow < 0) usage_error("--reflow", "must be >= 0");
   const int64_t steps = vm["steps"].as<int64_t>();
@@ -260,10 +253,10 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   for (int64_t r = 0; r <= reflow; ++r) {
     const std::string stage = out + ".round" + std::to_string(r) + ".h5";
     if (reflow > 0 && !restart && file_exists(stage)) {
-      auto done = load_continuous_flow(stage);
       H5Reader rd(stage);
-      read_state(rd, "/model", *cnf);
-      round_val.push_back(done.metadata.value("best_val", NAN));
+      rd.expect_format("checkpoint", kCheckpointVersion);
+      read_state(rd, "/model", *cnf);  // same configuration: the run that wrote it
+      round_val.push_back(json::parse(rd.attr_string("/", "metadata")).value("best_val", NAN));
       if (!ctx.globals.quiet) ctx.err << "round " << r << " done (" << stage << ")" << std::endl;
       continue;
     }
@@ -325,9 +318,12 @@ void write_samples(const std::string& out, const torch::Tensor& x, const torch::
     os << "\n";
     const auto xd = x.to(torch::kFloat64).contiguous();
     const auto ld = log_q.defined() ? log_q.to(torch::kFloat64).contiguous() : log_q;
+    const double* px = xd.data_ptr<double>();
+    const double* pl = ld.defined() ? ld.data_ptr<double>() : nullptr;
+    const int64_t D = x.size(1);
     for (int64_t r = 0; r < x.size(0); ++r) {
-      for (int64_t j = 0; j < x.size(1); ++j) os << (j ? "," : "") << xd[r][j].item<double>();
-      if (ld.defined()) os << "," << ld[r].item<double>();
+      for (int64_t j = 0; j < D; ++j) os << (j ? "," : "") << px[r * D + j];
+      if (pl) os << "," << pl[r];
       os << "\n";
     }
     write_file_atomic(out, os.str());
