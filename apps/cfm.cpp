@@ -14,6 +14,7 @@
 #include "nfkit/flows/boss.h"
 #include "nfkit/flows/checkpoint.h"
 #include "nfkit/flows/continuous_flow.h"
+#include "nfkit/flows/flow_map.h"
 #include "nfkit/flows/flow_matching.h"
 #include "nfkit/flows/optimal_transport.h"
 #include "nfkit/flows/sources.h"
@@ -122,8 +123,10 @@ po::options_description train_opts() {
                                                        "rings, banana[:D], ...), file.csv or file.h5:/dataset")
       ("source", po::value<std::string>()->default_value("normal"), "source (t = 0): normal, a built-in or a file")
       ("out", po::value<std::string>()->required(), "model file to write (HDF5 checkpoint)")
-      ("method", po::value<std::string>()->default_value("icfm"), "icfm, otcfm, sbcfm, fm, vpcfm, wcfm or rf")
-      ("sigma", po::value<double>(), "path noise (default 0.1; 0 for rf; sbcfm needs > 0)")
+      ("method", po::value<std::string>()->default_value("icfm"), "icfm, otcfm, sbcfm, fm, vpcfm, wcfm, rf or flowmap")
+      ("sigma", po::value<double>(), "path noise (default 0.1; 0 for rf and flowmap; sbcfm needs > 0)")
+      ("diagonal-fraction", po::value<double>()->default_value(0.75), "flowmap: fraction of each batch on the diagonal s = t "
+                                                                       "(flow matching); the rest carries the Lagrangian self-distillation loss")
       ("wcfm-eps", po::value<double>(), "wcfm Gibbs-kernel eps (default: the mean squared distance "
                                         "between independent source and target training samples)")
       ("sinkhorn-iters", po::value<int64_t>()->default_value(500), "sbcfm: Sinkhorn sweeps per minibatch plan (epsilon scaling included)")
@@ -162,6 +165,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   cfm.time(vm["time"].as<std::string>()).loss(vm["loss"].as<std::string>());
   if (vm.count("wcfm-eps")) cfm.wcfm_eps(vm["wcfm-eps"].as<double>());
   cfm.sinkhorn_iters(vm["sinkhorn-iters"].as<int64_t>());
+  cfm.diagonal_fraction(vm["diagonal-fraction"].as<double>());
   cfm.validate();
   const auto ode = solver_from(vm, "solver-steps");
   auto copts = ContinuousFlowOptions().ode(ode).path(cfm_method_name(cfm.method()))
@@ -170,6 +174,9 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   const auto dtype = parse_dtype(vm["dtype"].as<std::string>());
   const int64_t reflow = vm["reflow"].as<int64_t>();
   if (reflow < 0) usage_error("--reflow", "must be >= 0");
+  const bool flow_map = cfm.method() == CfmMethod::kFlowMap;
+  if (flow_map && reflow > 0)
+    usage_error("--reflow", "applies to velocity fields; a flow map (--method flowmap) already jumps in few steps");
   const int64_t steps = vm["steps"].as<int64_t>();
   check_positive_int("--steps", "value", steps);
   check_positive_int("--batch-size", "value", vm["batch-size"].as<int64_t>());
@@ -207,10 +214,15 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   const auto val = target.x.index_select(0, perm.narrow(0, 0, n_val));
   const auto train = target.x.index_select(0, perm.narrow(0, n_val, N - n_val));
 
-  // The model: the source as the base at t = 0, an MLP velocity field.
+  // The model: the source as the base at t = 0, an MLP velocity field (or a two-time flow map,
+  // whose diagonal is the velocity field).
   seed_all(derive_seed(ctx.globals.seed, 3, 2));
   auto base = make_source(source_spec, D, source_rows.get());
-  auto velocity = std::make_shared<VelocityMLP>(vopts.dim(D));
+  VelocityFieldPtr velocity;
+  if (flow_map)
+    velocity = std::make_shared<FlowMapMLP>(vopts.dim(D));
+  else
+    velocity = std::make_shared<VelocityMLP>(vopts.dim(D));
   auto cnf = std::make_shared<ContinuousFlow>(base, velocity, copts);
   cnf->to(ctx.globals.device, dtype);
 
@@ -373,10 +385,27 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
   const int64_t boss_fine = vm["boss-fine"].as<int64_t>();
   check_positive_int("--boss-fine", "value", boss_fine);
   if (boss > boss_fine) usage_error("--boss", "must be at most --boss-fine (" + std::to_string(boss_fine) + ")");
+  const int64_t map_steps = vm.count("map-steps") ? vm["map-steps"].as<int64_t>() : 0;
+  if (vm.count("map-steps")) check_positive_int("--map-steps", "value", map_steps);
+  if (map_steps > 0 && (boss > 0 || with_lq))
+    usage_error("--map-steps", "samples by jumps of the flow map: it cannot be combined with --boss or --log-prob");
   auto loaded = load_continuous_flow(vm["model"].as<std::string>());
   auto& cnf = *loaded.flow;
   cnf.to(ctx.globals.device);
+  auto* fmap = dynamic_cast<FlowMapMLP*>(cnf.velocity().get());
+  if (map_steps > 0 && fmap == nullptr)
+    usage_error("--map-steps", "'" + vm["model"].as<std::string>() + "' is a velocity field, not a flow map (train with --method flowmap)");
   check_writable(out);
+  if (map_steps > 0) {
+    seed_all(derive_seed(ctx.globals.seed, 10, 0));
+    const auto x = sample_flow_map(*fmap, cnf.base()->sample(n).to(cnf.tensor_options()), map_steps).cpu();
+    const std::string how = "flow map, " + std::to_string(map_steps) + (map_steps == 1 ? " jump" : " jumps");
+    write_samples(out, x, {}, {{"model", vm["model"].as<std::string>()}, {"solver", how}, {"nfe", map_steps}});
+    ctx.results = {{"out", out}, {"n", n}, {"dim", cnf.dim()}, {"map_steps", map_steps}, {"nfe", map_steps}};
+    ctx.out << "wrote " << n << " samples of dimension " << cnf.dim() << " to " << out << " (" << how << ", "
+            << map_steps << " evaluations)\n";
+    return;
+  }
   if (boss > 0) {  // Euler on the BOSS schedule, fitted on source samples of a separate stream
     seed_all(derive_seed(ctx.globals.seed, 10, 1));
     const auto cost = boss_cost(cnf, cnf.base()->sample(1000), boss_fine);
@@ -411,6 +440,8 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
   const auto ode = solver_from(vm, "steps");
   std::vector<int64_t> euler;
   if (vm.count("euler-steps")) euler = parse_int_list(vm["euler-steps"].as<std::string>(), "--euler-steps");
+  std::vector<int64_t> jumps;
+  if (vm.count("map-steps")) jumps = parse_int_list(vm["map-steps"].as<std::string>(), "--map-steps");
   if (vm["boss"].as<bool>()) {
     if (euler.empty()) usage_error("--boss", "needs --euler-steps (the step counts to schedule)");
     check_positive_int("--boss-fine", "value", vm["boss-fine"].as<int64_t>());
@@ -426,6 +457,9 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
   auto& cnf = *loaded.flow;
   cnf.to(ctx.globals.device);
   cnf.options().ode(ode);
+  auto* fmap = dynamic_cast<FlowMapMLP*>(cnf.velocity().get());
+  if (!jumps.empty() && fmap == nullptr)
+    usage_error("--map-steps", "'" + model + "' is a velocity field, not a flow map (train with --method flowmap)");
   if (vm.count("divergence")) cnf.options().divergence(vm["divergence"].as<std::string>());
   if (vm.count("probes")) cnf.options().probes(vm["probes"].as<int64_t>());
   cnf.options().validate();
@@ -467,6 +501,13 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
     ctx.out << "W2 euler " << std::setw(3) << k << " steps  " << w << "\n";
   }
   if (!euler.empty()) r["euler"] = ej;
+  json mj = json::array();
+  for (int64_t k : jumps) {
+    const double w = wasserstein2(sample_flow_map(*fmap, z0, k).cpu(), test);
+    mj.push_back({{"steps", k}, {"w2", w}, {"nfe", k}});
+    ctx.out << "W2 map   " << std::setw(3) << k << (k == 1 ? " jump   " : " jumps  ") << w << "\n";
+  }
+  if (!jumps.empty()) r["map"] = mj;
   if (vm["boss"].as<bool>()) {
     const int64_t fine = vm["boss-fine"].as<int64_t>();
     seed_all(derive_seed(ctx.globals.seed, 8, 2));  // the cost matrix's own samples
@@ -509,7 +550,7 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
 }  // namespace
 
 Command cfm_train_command() {
-  return {"cfm", "train", "train a continuous flow by flow matching (I-CFM, OT-CFM, SB-CFM, FM, VP-CFM, W-CFM, rectified flow)",
+  return {"cfm", "train", "train a continuous flow by flow matching (I-CFM, OT-CFM, SB-CFM, FM, VP-CFM, W-CFM, rectified flow, flow maps)",
           train_opts, run_train};
 }
 
@@ -523,6 +564,7 @@ Command cfm_sample_command() {
                 ("out", po::value<std::string>()->required(), "output: FILE.h5 (/x, /log_q) or FILE.csv")
                 ("log-prob", po::bool_switch(), "also integrate the divergence for log q(x)")
                 ("boss", po::value<int64_t>(), "sample with K Euler steps on the BOSS schedule (Nguyen et al. 2024) instead of --solver")
+                ("map-steps", po::value<int64_t>(), "flow maps: sample with K jumps of the map on a uniform grid instead of an ODE solve")
                 ("boss-fine", po::value<int64_t>()->default_value(100), "fine RK4 grid of the BOSS cost matrix");
             add_solver_options(o, "steps");
             return o;
@@ -540,6 +582,7 @@ Command cfm_eval_command() {
                 ("n,n", po::value<int64_t>()->default_value(1000), "evaluation samples")
                 ("euler-steps", po::value<std::string>(), "also report W2 for Euler with these step counts, e.g. 1,2,4,8")
                 ("boss", po::bool_switch(), "and for Euler on the BOSS schedules of those step counts (Nguyen et al. 2024)")
+                ("map-steps", po::value<std::string>(), "flow maps: also report W2 for these numbers of jumps, e.g. 1,2,4,8")
                 ("boss-fine", po::value<int64_t>()->default_value(100), "fine RK4 grid of the BOSS cost matrix")
                 ("straightness-steps", po::value<int64_t>()->default_value(100), "Euler steps of the straightness integral")
                 ("divergence", po::value<std::string>(), "override the model's divergence estimator: auto, exact, hutchinson")

@@ -6,6 +6,7 @@
 
 #include "nfkit/core/checks.h"
 #include "nfkit/core/error.h"
+#include "nfkit/flows/flow_map.h"
 #include "nfkit/flows/optimal_transport.h"
 
 namespace nfkit {
@@ -15,7 +16,7 @@ const std::vector<std::pair<std::string, CfmMethod>>& method_table() {
   static const std::vector<std::pair<std::string, CfmMethod>> t{
       {"icfm", CfmMethod::kICFM}, {"otcfm", CfmMethod::kOTCFM}, {"sbcfm", CfmMethod::kSBCFM},
       {"fm", CfmMethod::kFM},     {"vpcfm", CfmMethod::kVPCFM}, {"wcfm", CfmMethod::kWCFM},
-      {"rf", CfmMethod::kRF}};
+      {"rf", CfmMethod::kRF},     {"flowmap", CfmMethod::kFlowMap}};
   return t;
 }
 }  // namespace
@@ -23,7 +24,7 @@ const std::vector<std::pair<std::string, CfmMethod>>& method_table() {
 CfmMethod parse_cfm_method(const std::string& name, const std::string& option) {
   for (const auto& [n, m] : method_table())
     if (n == name) return m;
-  usage_error(option, "'" + name + "' is not a flow-matching method, expected icfm, otcfm, sbcfm, fm, vpcfm, wcfm or rf");
+  usage_error(option, "'" + name + "' is not a flow-matching method, expected icfm, otcfm, sbcfm, fm, vpcfm, wcfm, rf or flowmap");
 }
 
 std::string cfm_method_name(CfmMethod m) {
@@ -41,14 +42,14 @@ const std::vector<std::string>& cfm_method_names() {
   return names;
 }
 
-double cfm_default_sigma(CfmMethod m) { return m == CfmMethod::kRF ? 0.0 : 0.1; }
+double cfm_default_sigma(CfmMethod m) { return m == CfmMethod::kRF || m == CfmMethod::kFlowMap ? 0.0 : 0.1; }
 
 nlohmann::json CfmOptions::to_json() const {
   return {{"method", cfm_method_name(method_)}, {"sigma", sigma_},
           {"exact_ot_max", exact_ot_max_},      {"ot_reg", ot_reg_},
           {"sinkhorn_iters", sinkhorn_iters_},  {"wcfm_eps", wcfm_eps_},
           {"time", time_},                      {"ushape_a", ushape_a_},
-          {"loss", loss_}};
+          {"loss", loss_},                      {"diagonal_fraction", diagonal_fraction_}};
 }
 
 CfmOptions CfmOptions::from_json(const nlohmann::json& j) {
@@ -61,7 +62,8 @@ CfmOptions CfmOptions::from_json(const nlohmann::json& j) {
       .wcfm_eps(j.at("wcfm_eps").get<double>())
       .time(j.at("time").get<std::string>())
       .ushape_a(j.at("ushape_a").get<double>())
-      .loss(j.at("loss").get<std::string>());
+      .loss(j.at("loss").get<std::string>())
+      .diagonal_fraction(j.value("diagonal_fraction", 0.75));  // absent before flow maps
   return o;
 }
 
@@ -75,6 +77,10 @@ void CfmOptions::validate() const {
     usage_error("--sigma", "must be < 1 for fm (sigma_min of the target path)");
   if (method_ == CfmMethod::kRF && sigma_ != 0)
     usage_error("--sigma", "rectified flow uses the straight path (sigma = 0); use icfm for sigma > 0");
+  if (method_ == CfmMethod::kFlowMap && sigma_ != 0)
+    usage_error("--sigma", "flow maps use the deterministic interpolant (sigma = 0)");
+  check_finite("--diagonal-fraction", "value", diagonal_fraction_);
+  if (diagonal_fraction_ < 0 || diagonal_fraction_ > 1) usage_error("--diagonal-fraction", "must be in [0, 1]");
   check_positive_int("--exact-ot-max", "value", exact_ot_max_);
   check_positive("--ot-reg", "value", ot_reg_);
   check_positive_int("--sinkhorn-iters", "value", sinkhorn_iters_);
@@ -96,6 +102,7 @@ ConditionalPath conditional_path(CfmMethod m, double sigma, const torch::Tensor&
     case CfmMethod::kOTCFM:
     case CfmMethod::kWCFM:
     case CfmMethod::kRF:
+    case CfmMethod::kFlowMap:
       p.xt = t * x1 + (1 - t) * x0;
       if (sigma != 0) p.xt = p.xt + sigma * eps;
       p.ut = x1 - x0;
@@ -178,28 +185,35 @@ torch::Tensor sample_times(const CfmOptions& o, int64_t n, const torch::TensorOp
   return torch::where(flip, 1 - t, t);
 }
 
-torch::Tensor cfm_loss(VelocityField& v, const CfmOptions& o, const torch::Tensor& x0,
-                       const torch::Tensor& x1, const torch::Tensor& context) {
-  const char* fn = "cfm_loss";
+void check_cfm_batch(const char* fn, const torch::Tensor& x0, const torch::Tensor& x1) {
   check_dim(fn, "x0", x0, 2);
   check_dim(fn, "x1", x1, 2);
   if (x0.size(1) != x1.size(1))
     usage_error(fn, "source and target have different dimensions (" + std::to_string(x0.size(1)) +
                         " and " + std::to_string(x1.size(1)) + ")");
   if (x0.size(0) != x1.size(0)) usage_error(fn, "x0 and x1 need the same number of rows");
+}
+
+torch::Tensor cfm_per_row_loss(const CfmOptions& o, const torch::Tensor& err) {
+  if (o.loss() == "mse") return err.pow(2).mean(1);
+  const double cc = 0.00054 * std::sqrt(static_cast<double>(err.size(1)));
+  return torch::sqrt(err.pow(2).sum(1) + cc * cc) - cc;
+}
+
+torch::Tensor cfm_loss(VelocityField& v, const CfmOptions& o, const torch::Tensor& x0,
+                       const torch::Tensor& x1, const torch::Tensor& context) {
+  if (o.method() == CfmMethod::kFlowMap) {
+    auto* fm = dynamic_cast<FlowMapMLP*>(&v);
+    if (fm == nullptr) usage_error("cfm_loss", "flowmap needs a FlowMapMLP field (a two-time flow map)");
+    return flow_map_loss(*fm, o, x0, x1, context);
+  }
+  check_cfm_batch("cfm_loss", x0, x1);
   const auto c = couple(o, x0, x1, context);
-  const int64_t B = c.x0.size(0), D = c.x0.size(1);
+  const int64_t B = c.x0.size(0);
   const auto t = sample_times(o, B, c.x0.options());
   const auto eps = torch::randn_like(c.x0);
   const auto p = conditional_path(o.method(), o.sigma(), c.x0, c.x1, t, eps);
-  const auto vt = v.forward(t, p.xt, c.context);
-  torch::Tensor per;
-  if (o.loss() == "mse") {
-    per = (vt - p.ut).pow(2).mean(1);
-  } else {
-    const double cc = 0.00054 * std::sqrt(static_cast<double>(D));
-    per = torch::sqrt((vt - p.ut).pow(2).sum(1) + cc * cc) - cc;
-  }
+  auto per = cfm_per_row_loss(o, v.forward(t, p.xt, c.context) - p.ut);
   if (c.weight.defined()) per = per * c.weight;
   return per.mean();
 }

@@ -6,6 +6,7 @@
 
 #include "nfkit/core/checks.h"
 #include "nfkit/core/error.h"
+#include "nfkit/flows/flow_map.h"
 
 namespace nfkit {
 
@@ -101,7 +102,7 @@ torch::Tensor VelocityMLP::velocity(const torch::Tensor& t, const torch::Tensor&
 
 VelocityFieldPtr make_velocity_field(const nlohmann::json& c) {
   const std::string type = c.at("type").get<std::string>();
-  if (type == "velocity_mlp") {
+  if (type == "velocity_mlp" || type == "flow_map_mlp") {
     VelocityMLPOptions o(c.at("dim").get<int64_t>());
     o.context_dim(c.at("context_dim").get<int64_t>())
         .hidden(c.at("hidden").get<int64_t>())
@@ -109,6 +110,7 @@ VelocityFieldPtr make_velocity_field(const nlohmann::json& c) {
         .activation(c.at("activation").get<std::string>())
         .time_embedding(c.at("time_embedding").get<std::string>())
         .time_features(c.at("time_features").get<int64_t>());
+    if (type == "flow_map_mlp") return std::make_shared<FlowMapMLP>(o);
     return std::make_shared<VelocityMLP>(o);
   }
   runtime_error("make_velocity_field", "unknown velocity field type '" + type + "'");

@@ -25,6 +25,8 @@
 //          and SB-CFM solve for (eps_w plays SB-CFM's reg = 2 sigma^2).
 //   rf     rectified flow (Liu et al., ICLR 2023): the I-CFM path with sigma = 0; with reflow
 //          the pairs are (z0, ODE(z0)) of the previous model (the command line's --reflow).
+//   flowmap  flow maps by Lagrangian self-distillation (Boffi et al. 2025, flows/flow_map.h):
+//          the rf path on the diagonal plus the LSD loss off it; the field must be a FlowMapMLP.
 // Time t ~ U(0, 1), or the U-shaped p(t) ∝ cosh(a (t - 1/2)) of Lee et al. (NeurIPS 2024,
 // "Improving the training of rectified flows"), a = 4. Per-sample loss: the mean squared error
 // over coordinates (torchcfm), or Lee et al.'s pseudo-Huber sqrt(||v - u||^2 + c^2) - c with
@@ -44,13 +46,13 @@
 
 namespace nfkit {
 
-enum class CfmMethod { kICFM, kOTCFM, kSBCFM, kFM, kVPCFM, kWCFM, kRF };
+enum class CfmMethod { kICFM, kOTCFM, kSBCFM, kFM, kVPCFM, kWCFM, kRF, kFlowMap };
 
 /// UsageError naming `option` for an unknown name.
 CfmMethod parse_cfm_method(const std::string& name, const std::string& option = "--method");
 std::string cfm_method_name(CfmMethod m);
 const std::vector<std::string>& cfm_method_names();
-/// sigma the method uses unless told: 0 for rf, 0.1 otherwise (torchcfm's 2-D examples).
+/// sigma the method uses unless told: 0 for rf and flowmap, 0.1 otherwise (torchcfm's 2-D examples).
 double cfm_default_sigma(CfmMethod m);
 
 struct CfmOptions {
@@ -69,6 +71,9 @@ struct CfmOptions {
   TORCH_ARG(double, ushape_a) = 4.0;
   /// "mse" or "pseudo-huber".
   TORCH_ARG(std::string, loss) = "mse";
+  /// flowmap: the fraction of each batch on the diagonal s = t (flow matching on b_t); the
+  /// rest carries the LSD loss.
+  TORCH_ARG(double, diagonal_fraction) = 0.75;
 
  public:
   nlohmann::json to_json() const;
@@ -97,6 +102,13 @@ Coupling couple(const CfmOptions& o, const torch::Tensor& x0, const torch::Tenso
 
 /// n times from the options' time distribution (global generator).
 torch::Tensor sample_times(const CfmOptions& o, int64_t n, const torch::TensorOptions& opts);
+
+/// UsageError unless x0 and x1 are [B, D] with the same B and D (named `fn`).
+void check_cfm_batch(const char* fn, const torch::Tensor& x0, const torch::Tensor& x1);
+
+/// Per-row loss [B] of the error v - u [B, D]: the mean square over coordinates (mse) or
+/// pseudo-Huber sqrt(||v - u||^2 + c^2) - c, c = 0.00054 sqrt(D).
+torch::Tensor cfm_per_row_loss(const CfmOptions& o, const torch::Tensor& err);
 
 /// The flow-matching loss of v on one minibatch (pairing, times, noise from the global
 /// generator). x0 from the source, x1 from the target, [B, D].
