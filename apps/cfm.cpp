@@ -19,6 +19,7 @@
 #include "nfkit/flows/optimal_transport.h"
 #include "nfkit/flows/sources.h"
 #include "nfkit/flows/trainer.h"
+#include "nfkit/flows/wflow.h"
 
 namespace nfkit::cli {
 
@@ -98,10 +99,10 @@ Objective cfm_objective(const std::shared_ptr<ContinuousFlow>& cnf, const CfmOpt
   return obj;
 }
 
-TrainReport run_round(const std::shared_ptr<ContinuousFlow>& cnf, const CfmOptions& cfm,
-                      const RoundData& d, const TrainerOptions& topts, const json& metadata,
-                      bool restart, Context& ctx) {
-  Trainer trainer(cnf, topts, cfm_objective(cnf, cfm, d, derive_seed(topts.seed(), 9, 0)), metadata);
+// One training run through the trainer, resumed from <out>.ckpt unless --restart.
+TrainReport run_round(const std::shared_ptr<Distribution>& model, Objective objective,
+                      const TrainerOptions& topts, const json& metadata, bool restart, Context& ctx) {
+  Trainer trainer(model, topts, std::move(objective), metadata);
   trainer.should_stop = [](int64_t) { return stop_requested(); };
   const auto& ckpt = topts.checkpoint_path();
   if (!restart && file_exists(ckpt)) {
@@ -123,13 +124,17 @@ po::options_description train_opts() {
                                                        "rings, banana[:D], ...), file.csv or file.h5:/dataset")
       ("source", po::value<std::string>()->default_value("normal"), "source (t = 0): normal, a built-in or a file")
       ("out", po::value<std::string>()->required(), "model file to write (HDF5 checkpoint)")
-      ("method", po::value<std::string>()->default_value("icfm"), "icfm, otcfm, sbcfm, fm, vpcfm, wcfm, rf or flowmap")
+      ("method", po::value<std::string>()->default_value("icfm"), "icfm, otcfm, sbcfm, fm, vpcfm, wcfm, rf, flowmap, "
+                                                                  "or wflow (a one-step generator, Han et al. 2026)")
       ("sigma", po::value<double>(), "path noise (default 0.1; 0 for rf and flowmap; sbcfm needs > 0)")
       ("diagonal-fraction", po::value<double>()->default_value(0.75), "flowmap: fraction of each batch on the diagonal s = t "
                                                                        "(flow matching); the rest carries the Lagrangian self-distillation loss")
       ("wcfm-eps", po::value<double>(), "wcfm Gibbs-kernel eps (default: the mean squared distance "
                                         "between independent source and target training samples)")
-      ("sinkhorn-iters", po::value<int64_t>()->default_value(500), "sbcfm: Sinkhorn sweeps per minibatch plan (epsilon scaling included)")
+      ("sinkhorn-iters", po::value<int64_t>()->default_value(500), "sbcfm, wflow: Sinkhorn sweeps per minibatch plan (epsilon scaling included)")
+      ("wflow-eps", po::value<double>(), "wflow: entropic regularisation of the Sinkhorn divergence, units of |x - y|^2/2 "
+                                          "(default: 1% of the target's mean |y - y'|^2/2)")
+      ("wflow-step", po::value<double>()->default_value(1.0), "wflow: particle step eta of the target x + eta V(x)")
       ("time", po::value<std::string>()->default_value("uniform"), "time distribution: uniform or ushaped (Lee et al. 2024, a = 4)")
       ("loss", po::value<std::string>()->default_value("mse"), "mse or pseudo-huber (c = 0.00054 sqrt(d))")
       ("reflow", po::value<int64_t>()->default_value(0), "reflow rounds after the first training (rectified flow)")
@@ -156,7 +161,108 @@ po::options_description train_opts() {
   return o;
 }
 
+// The optimizer options shared by every kind of model cfm train writes (checked).
+TrainerOptions trainer_options_from(const po::variables_map& vm, const std::string& out, bool quiet) {
+  const int64_t steps = vm["steps"].as<int64_t>();
+  check_positive_int("--steps", "value", steps);
+  check_positive_int("--batch-size", "value", vm["batch-size"].as<int64_t>());
+  check_positive("--lr", "value", vm["lr"].as<double>());
+  check_nonnegative("--weight-decay", "value", vm["weight-decay"].as<double>());
+  if (vm["warmup"].as<int64_t>() < 0) usage_error("--warmup", "must be >= 0");
+  const int64_t eval_every = vm.count("eval-every") ? vm["eval-every"].as<int64_t>() : std::max<int64_t>(1, steps / 20);
+  check_positive_int("--eval-every", "value", eval_every);
+  check_positive_int("--n-val", "value", vm["n-val"].as<int64_t>());
+  return TrainerOptions()
+      .steps(steps)
+      .batch_size(vm["batch-size"].as<int64_t>())
+      .lr(vm["lr"].as<double>())
+      .weight_decay(vm["weight-decay"].as<double>())
+      .warmup_steps(vm["warmup"].as<int64_t>())
+      .ema_decay(vm["ema"].as<double>())
+      .eval_every(eval_every)
+      .checkpoint_every(vm["checkpoint-every"].as<int64_t>())
+      .checkpoint_path(out + ".ckpt")
+      .quiet(quiet);
+}
+
+// Held-out validation rows (at most 10%) and the training rows of the target, shuffled.
+std::pair<torch::Tensor, torch::Tensor> split_target(const DataSource& target, int64_t n_val_req, uint64_t seed) {
+  const int64_t N = target.x.size(0);
+  const int64_t n_val = std::min<int64_t>(n_val_req, std::max<int64_t>(1, N / 10));
+  if (N - n_val < 2) runtime_error(target.description, "has " + std::to_string(N) + " rows, too few to train and validate");
+  seed_all(seed);
+  const auto perm = torch::randperm(N, torch::kInt64);
+  return {target.x.index_select(0, perm.narrow(0, n_val, N - n_val)), target.x.index_select(0, perm.narrow(0, 0, n_val))};
+}
+
+// --method wflow: a one-step generator trained along the Sinkhorn-divergence gradient flow
+// (flows/wflow.h), from the Normal reference; validated by the exact W2 to held-out rows.
+void run_train_wflow(const po::variables_map& vm, Context& ctx) {
+  const std::string out = vm["out"].as<std::string>();
+  if (vm["source"].as<std::string>() != "normal")
+    usage_error("--source", "wflow trains a generator from the Normal reference; use icfm or otcfm between data sets");
+  if (vm["reflow"].as<int64_t>() != 0) usage_error("--reflow", "applies to velocity fields, not to a one-step generator (wflow)");
+  WFlowOptions wo;
+  wo.step(vm["wflow-step"].as<double>()).sinkhorn_iters(vm["sinkhorn-iters"].as<int64_t>());
+  if (vm.count("wflow-eps")) wo.eps(vm["wflow-eps"].as<double>());
+  wo.validate();
+  auto topts = trainer_options_from(vm, out, ctx.globals.quiet);
+  OneStepGeneratorOptions gopts(1);
+  gopts.hidden(vm["hidden"].as<int64_t>()).hidden_layers(vm["hidden-layers"].as<int64_t>())
+      .activation(vm["activation"].as<std::string>());
+  gopts.validate();
+  const auto dtype = parse_dtype(vm["dtype"].as<std::string>());
+  const bool restart = vm["restart"].as<bool>();
+
+  seed_all(derive_seed(ctx.globals.seed, 3, 0));
+  auto target = load_data(vm["target"].as<std::string>(), vm["n-samples"].as<int64_t>(), "--target");
+  const int64_t D = target.x.size(1);
+  check_writable(out);
+  torch::Tensor train, val;
+  std::tie(train, val) = split_target(target, vm["n-val"].as<int64_t>(), derive_seed(ctx.globals.seed, 3, 1));
+  if (!vm.count("wflow-eps")) {  // 1% of the target's mean |y - y'|^2 / 2 (twice its total variance / 2)
+    const int64_t m = std::min<int64_t>(4096, train.size(0));
+    const auto y = train.narrow(0, 0, m).to(torch::kFloat64);
+    wo.eps(0.01 * 0.5 * (y - y.roll(1, 0)).pow(2).sum(1).mean().item<double>());
+  }
+  seed_all(derive_seed(ctx.globals.seed, 3, 2));
+  auto G = std::make_shared<OneStepGenerator>(std::make_shared<StandardNormal>(D), gopts.dim(D));
+  G->to(ctx.globals.device, dtype);
+
+  Objective obj;
+  obj.train = train;
+  obj.loss = [G, wo](const torch::Tensor& x, const torch::Tensor&) { return wflow_loss(*G, wo, x); };
+  const auto vrows = val.narrow(0, 0, std::min<int64_t>(1000, val.size(0))).to(torch::kFloat64);
+  const uint64_t vseed = derive_seed(ctx.globals.seed, 9, 0);
+  obj.validate = [G, vrows, vseed] {
+    torch::NoGradGuard ng;
+    torch::manual_seed(vseed);
+    return wasserstein2(G->sample(vrows.size(0)).to(torch::kCPU, torch::kFloat64), vrows);
+  };
+  topts.seed(derive_seed(ctx.globals.seed, 6, 0));
+  json metadata = {{"target", target.description}, {"source", "normal"}, {"method", "wflow"},
+                   {"wflow", wo.to_json()}, {"trainer", topts.to_json()}, {"n_train", train.size(0)},
+                   {"n_val", val.size(0)}, {"nfkit_version", version_string()}};
+  if (!ctx.globals.quiet)
+    ctx.err << "cfm: wflow (one-step generator), Sinkhorn eps " << wo.eps() << ", normal -> " << target.description
+            << ", dim " << D << ", " << train.size(0) << " training rows, " << topts.steps() << " steps" << std::endl;
+  const auto rep = run_round(G, obj, topts, metadata, restart, ctx);
+  metadata["best_step"] = rep.best_step;
+  metadata["best_val_w2"] = rep.best_val;
+  {
+    H5Writer w(out, "checkpoint", kCheckpointVersion);
+    write_flow(w, *G, metadata, rep.steps_done);
+    w.commit();
+  }
+  ctx.results = {{"model", out}, {"method", "wflow"}, {"target", target.description}, {"source", "normal"},
+                 {"dim", D}, {"steps", rep.steps_done}, {"best_step", rep.best_step}, {"val_w2", rep.best_val},
+                 {"wflow", wo.to_json()}, {"bad_steps", rep.bad_steps}};
+  ctx.out << std::setprecision(5) << "model written to " << out << " (wflow one-step generator, dim " << D << ", "
+          << topts.steps() << " steps)\nvalidation W2 " << rep.best_val << " (best, step " << rep.best_step << ")\n";
+}
+
 void run_train(const po::variables_map& vm, Context& ctx) {
+  if (vm["method"].as<std::string>() == "wflow") return run_train_wflow(vm, ctx);
   const std::string out = vm["out"].as<std::string>();
   // Every option is checked before any data is read or work done.
   CfmOptions cfm;
@@ -177,16 +283,8 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   const bool flow_map = cfm.method() == CfmMethod::kFlowMap;
   if (flow_map && reflow > 0)
     usage_error("--reflow", "applies to velocity fields; a flow map (--method flowmap) already jumps in few steps");
-  const int64_t steps = vm["steps"].as<int64_t>();
-  check_positive_int("--steps", "value", steps);
-  check_positive_int("--batch-size", "value", vm["batch-size"].as<int64_t>());
-  check_positive("--lr", "value", vm["lr"].as<double>());
-  check_nonnegative("--weight-decay", "value", vm["weight-decay"].as<double>());
-  if (vm["warmup"].as<int64_t>() < 0) usage_error("--warmup", "must be >= 0");
-  const int64_t eval_every = vm.count("eval-every") ? vm["eval-every"].as<int64_t>() : std::max<int64_t>(1, steps / 20);
-  check_positive_int("--eval-every", "value", eval_every);
-  const int64_t n_val_req = vm["n-val"].as<int64_t>();
-  check_positive_int("--n-val", "value", n_val_req);
+  const auto topts = trainer_options_from(vm, out, ctx.globals.quiet);
+  const int64_t steps = topts.steps();
   const std::string source_spec = vm["source"].as<std::string>();
   if (cfm.method() == CfmMethod::kFM && source_spec != "normal")
     usage_error("--source", "fm (Lipman et al.'s target path) needs the Normal source; use icfm or otcfm between data sets");
@@ -198,7 +296,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
 
   seed_all(derive_seed(ctx.globals.seed, 3, 0));
   auto target = load_data(vm["target"].as<std::string>(), vm["n-samples"].as<int64_t>(), "--target");
-  const int64_t D = target.x.size(1), N = target.x.size(0);
+  const int64_t D = target.x.size(1);
   std::unique_ptr<DataSource> source_rows;
   if (source_spec != "normal") {
     source_rows = std::make_unique<DataSource>(load_data(source_spec, vm["n-samples"].as<int64_t>(), "--source"));
@@ -207,12 +305,9 @@ void run_train(const po::variables_map& vm, Context& ctx) {
                                   std::to_string(D) + "; source and target must have the same dimension");
   }
   check_writable(out);
-  const int64_t n_val = std::min<int64_t>(n_val_req, std::max<int64_t>(1, N / 10));
-  if (N - n_val < 2) runtime_error(target.description, "has " + std::to_string(N) + " rows, too few to train and validate");
-  seed_all(derive_seed(ctx.globals.seed, 3, 1));
-  const auto perm = torch::randperm(N, torch::kInt64);
-  const auto val = target.x.index_select(0, perm.narrow(0, 0, n_val));
-  const auto train = target.x.index_select(0, perm.narrow(0, n_val, N - n_val));
+  torch::Tensor train, val;
+  std::tie(train, val) = split_target(target, vm["n-val"].as<int64_t>(), derive_seed(ctx.globals.seed, 3, 1));
+  const int64_t n_val = val.size(0);
 
   // The model: the source as the base at t = 0, an MLP velocity field (or a two-time flow map,
   // whose diagonal is the velocity field).
@@ -236,17 +331,6 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   const int64_t n_pairs = vm.count("reflow-pairs") ? vm["reflow-pairs"].as<int64_t>() : train.size(0);
   check_positive_int("--reflow-pairs", "value", n_pairs);
 
-  auto topts = TrainerOptions()
-                   .steps(steps)
-                   .batch_size(vm["batch-size"].as<int64_t>())
-                   .lr(vm["lr"].as<double>())
-                   .weight_decay(vm["weight-decay"].as<double>())
-                   .warmup_steps(vm["warmup"].as<int64_t>())
-                   .ema_decay(vm["ema"].as<double>())
-                   .eval_every(eval_every)
-                   .checkpoint_every(vm["checkpoint-every"].as<int64_t>())
-                   .checkpoint_path(out + ".ckpt")
-                   .quiet(ctx.globals.quiet);
   json metadata = {{"target", target.description}, {"source", source_spec}, {"cfm", cfm.to_json()},
                    {"trainer", topts.to_json()}, {"n_train", train.size(0)}, {"n_val", n_val},
                    {"reflow", reflow}, {"reflow_pairs", n_pairs}, {"nfkit_version", version_string()}};
@@ -292,7 +376,8 @@ void run_train(const po::variables_map& vm, Context& ctx) {
       d.paired = true;
     }
     auto ropts = TrainerOptions(topts).seed(derive_seed(ctx.globals.seed, 6, static_cast<uint64_t>(r)));
-    rep = run_round(cnf, round_cfm, d, ropts, metadata, restart, ctx);
+    rep = run_round(cnf, cfm_objective(cnf, round_cfm, d, derive_seed(ropts.seed(), 9, 0)), ropts, metadata,
+                    restart, ctx);
     round_val.push_back(rep.best_val);
     if (reflow > 0) {
       json m = metadata;
@@ -389,6 +474,24 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
   if (vm.count("map-steps")) check_positive_int("--map-steps", "value", map_steps);
   if (map_steps > 0 && (boss > 0 || with_lq))
     usage_error("--map-steps", "samples by jumps of the flow map: it cannot be combined with --boss or --log-prob");
+  if (checkpoint_model_type(vm["model"].as<std::string>()) == "one_step_generator") {
+    if (with_lq || boss > 0 || map_steps > 0)
+      usage_error(with_lq ? "--log-prob" : boss > 0 ? "--boss" : "--map-steps",
+                  "'" + vm["model"].as<std::string>() + "' is a one-step generator (wflow): it has no density and no ODE");
+    auto G = load_one_step_generator(vm["model"].as<std::string>()).generator;
+    G->to(ctx.globals.device);
+    check_writable(out);
+    seed_all(derive_seed(ctx.globals.seed, 10, 0));
+    torch::Tensor x;
+    {
+      torch::NoGradGuard ng;
+      x = G->sample(n).cpu();
+    }
+    write_samples(out, x, {}, {{"model", vm["model"].as<std::string>()}, {"solver", "one-step generator"}, {"nfe", 1}});
+    ctx.results = {{"out", out}, {"n", n}, {"dim", G->dim()}, {"nfe", 1}};
+    ctx.out << "wrote " << n << " samples of dimension " << G->dim() << " to " << out << " (one-step generator, 1 evaluation)\n";
+    return;
+  }
   auto loaded = load_continuous_flow(vm["model"].as<std::string>());
   auto& cnf = *loaded.flow;
   cnf.to(ctx.globals.device);
@@ -434,6 +537,40 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
           << ")\n";
 }
 
+// The held-out target of `cfm eval`: --target, or fresh samples of the built-in the model was
+// trained on; at most n rows.
+DataSource eval_target(const po::variables_map& vm, const json& metadata, int64_t n, int64_t dim) {
+  const std::string spec = vm.count("target") ? vm["target"].as<std::string>() : metadata.value("target", std::string());
+  if (!vm.count("target") && !is_toy_density(spec))
+    usage_error("--target", "is required: the model was trained on '" + spec +
+                                "', not a built-in density, so give held-out rows (file.csv or file.h5:/dataset)");
+  auto target = load_data(spec, n, "--target");
+  if (target.x.size(1) != dim)
+    usage_error("--target", "has dimension " + std::to_string(target.x.size(1)) + " but the model " + std::to_string(dim));
+  if (target.x.size(0) > n) target.x = target.x.narrow(0, 0, n);
+  return target;
+}
+
+// cfm eval of a one-step generator: W2 at its one evaluation (no density, no trajectory).
+void eval_generator(const po::variables_map& vm, Context& ctx) {
+  const std::string model = vm["model"].as<std::string>();
+  for (const char* o : {"euler-steps", "map-steps"})
+    if (vm.count(o)) usage_error(std::string("--") + o, "'" + model + "' is a one-step generator (wflow): it has no ODE or map steps");
+  if (vm["boss"].as<bool>()) usage_error("--boss", "'" + model + "' is a one-step generator (wflow): it has no ODE");
+  auto loaded = load_one_step_generator(model);
+  auto& G = *loaded.generator;
+  G.to(ctx.globals.device);
+  seed_all(derive_seed(ctx.globals.seed, 8, 0));
+  const auto target = eval_target(vm, loaded.metadata, vm["n"].as<int64_t>(), G.dim());
+  torch::NoGradGuard ng;
+  seed_all(derive_seed(ctx.globals.seed, 8, 1));
+  const double w2 = wasserstein2(G.sample(target.x.size(0)).cpu(), target.x);
+  ctx.results = {{"model", model}, {"target", target.description}, {"n", target.x.size(0)}, {"dim", G.dim()},
+                 {"path", "wflow"}, {"w2", w2}, {"nfe", 1}};
+  ctx.out << std::fixed << std::setprecision(4) << "W2 (exact, n = " << target.x.size(0) << ")  " << w2
+          << "   one-step generator, 1 evaluation\nNLL                not defined: a one-step generator has no density\n";
+}
+
 void run_eval(const po::variables_map& vm, Context& ctx) {
   const int64_t n = vm["n"].as<int64_t>();
   check_positive_int("-n", "value", n);
@@ -453,6 +590,7 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
   const int64_t s_steps = vm["straightness-steps"].as<int64_t>();
   check_positive_int("--straightness-steps", "value", s_steps);
   const std::string model = vm["model"].as<std::string>();
+  if (checkpoint_model_type(model) == "one_step_generator") return eval_generator(vm, ctx);
   auto loaded = load_continuous_flow(model);
   auto& cnf = *loaded.flow;
   cnf.to(ctx.globals.device);
@@ -463,17 +601,9 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
   if (vm.count("divergence")) cnf.options().divergence(vm["divergence"].as<std::string>());
   if (vm.count("probes")) cnf.options().probes(vm["probes"].as<int64_t>());
   cnf.options().validate();
-  std::string target_spec = vm.count("target") ? vm["target"].as<std::string>()
-                                               : loaded.metadata.value("target", std::string());
-  if (!vm.count("target") && !is_toy_density(target_spec))
-    usage_error("--target", "is required: the model was trained on '" + target_spec +
-                                "', not a built-in density, so give held-out rows (file.csv or file.h5:/dataset)");
   seed_all(derive_seed(ctx.globals.seed, 8, 0));
-  auto target = load_data(target_spec, n, "--target");
-  if (target.x.size(1) != cnf.dim())
-    usage_error("--target", "has dimension " + std::to_string(target.x.size(1)) + " but the model " + std::to_string(cnf.dim()));
-  auto test = target.x;
-  if (test.size(0) > n) test = test.narrow(0, 0, n);
+  const auto target = eval_target(vm, loaded.metadata, n, cnf.dim());
+  const auto& test = target.x;
   const int64_t m = test.size(0);
 
   torch::NoGradGuard ng;

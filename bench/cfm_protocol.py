@@ -23,7 +23,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.dirname(here)
 TASKS = {"normal-8gaussians": ("normal", "8gaussians"), "normal-moons": ("normal", "moons"),
          "8gaussians-moons": ("8gaussians", "moons"), "normal-scurve": ("normal", "scurve")}
-METHODS = ["icfm", "otcfm", "sbcfm", "fm", "vpcfm", "wcfm", "rf", "rf+reflow"]
+METHODS = ["icfm", "otcfm", "sbcfm", "fm", "vpcfm", "wcfm", "rf", "rf+reflow", "flowmap"]
 
 
 def nfkit(binary, args):
@@ -64,25 +64,30 @@ def main():
                     if method.endswith("+reflow"):
                         train += ["--reflow", "1"]
                     t = nfkit(a.binary, train)
-                    e = nfkit(a.binary, ["cfm", "eval", "--model", model, "-n", "1000", "--euler-steps",
-                                         "1,2,4,8", "--boss", "--no-nll", "--seed", str(seed + 1000),
-                                         "--threads", str(a.threads), "--json"])
+                    ev = ["cfm", "eval", "--model", model, "-n", "1000", "--euler-steps", "1,2,4,8", "--boss",
+                          "--no-nll", "--seed", str(seed + 1000), "--threads", str(a.threads), "--json"]
+                    if base == "flowmap":  # also jumps of the map itself
+                        ev += ["--map-steps", "1,2,4,8"]
+                    e = nfkit(a.binary, ev)
                     row = {"task": task, "method": method, "seed": seed, "w2": e["w2"], "nfe": e["nfe"],
                            "straightness": e["straightness"], "val_loss": t["val_loss"]}
                     for x in e["euler"]:
                         row[f"w2_euler{x['steps']}"] = x["w2"]
                     for x in e["boss"]:
                         row[f"w2_boss{x['steps']}"] = x["w2"]
+                    for x in e.get("map", []):
+                        row[f"w2_map{x['steps']}"] = x["w2"]
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
     cols = ["w2", "nfe", "w2_euler1", "w2_euler2", "w2_euler4", "w2_euler8", "w2_boss2", "w2_boss4",
-            "w2_boss8", "straightness"]
+            "w2_boss8", "w2_map1", "w2_map2", "w2_map4", "w2_map8", "straightness"]
     print(f"{a.steps} steps per round, seeds {a.seeds}; W2 exact (n = 1000), mean +- sd\n")
-    print("| task | method | W2 adaptive | NFE | W2 Euler 1 | Euler 2 | Euler 4 | Euler 8 | BOSS 2 | BOSS 4 | BOSS 8 | straightness |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| task | method | W2 adaptive | NFE | W2 Euler 1 | Euler 2 | Euler 4 | Euler 8 | BOSS 2 | BOSS 4 | BOSS 8 "
+          "| map 1 | map 2 | map 4 | map 8 | straightness |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for task in a.tasks.split(","):
         for method in a.methods.split(","):
             sel = [r for r in rows if r["task"] == task and r["method"] == method]
@@ -90,7 +95,10 @@ def main():
                 continue
             cells = []
             for c in cols:
-                v = [r[c] for r in sel]
+                v = [r[c] for r in sel if c in r]
+                if not v:  # jumps exist for flow maps only
+                    cells.append("-")
+                    continue
                 sd = statistics.stdev(v) if len(v) > 1 else 0.0
                 cells.append(f"{statistics.mean(v):.0f}" if c == "nfe" else f"{statistics.mean(v):.3f} +- {sd:.3f}")
             print(f"| {task} | {method} | " + " | ".join(cells) + " |")

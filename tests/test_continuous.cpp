@@ -17,6 +17,7 @@
 #include "nfkit/flows/flow_matching.h"
 #include "nfkit/flows/optimal_transport.h"
 #include "nfkit/flows/trainer.h"
+#include "nfkit/flows/wflow.h"
 
 using namespace nfkit;
 using namespace nfkit::test;
@@ -766,6 +767,149 @@ TEST_CASE("cli: cfm flow maps: train, sample by jumps, eval at 1, 2, 4 jumps; ba
   REQUIRE(run_nfkit({"cfm", "train", "--target", "8gaussians", "--steps", "5", "--n-samples", "500",
                      "--quiet", "--out", vel}).code == 0);
   fails({"cfm", "eval", "--model", vel, "--map-steps", "1"}, "not a flow map");
+}
+
+TEST_CASE("Sinkhorn divergence: exact OT as eps -> 0, zero on equal clouds, Gaussian closed form", "[continuous]") {
+  // OT_0 <= OT_eps <= OT_0 + eps log n: the permutation plan has KL(P | a x b) = log n.
+  for (int seed = 0; seed < 3; ++seed) {
+    torch::manual_seed(40 + seed);
+    const auto x = torch::randn({8, 2}, f64), y = torch::randn({8, 2}, f64) + 1;
+    const auto C = squared_distances(x, y);
+    const double ot0 = 0.5 * C.gather(1, linear_assignment(C).unsqueeze(1)).mean().item<double>();
+    const double eps = 1e-2 * 0.5 * C.mean().item<double>();
+    const auto r = entropic_ot(x, y, eps, 5000, 1e-9);
+    INFO("row marginal error " << r.marginal_error << " after " << r.iterations << " sweeps");
+    CHECK(r.marginal_error < 1e-4);  // slow at eps / C ~ 1e-2: ~1e-5 after 5000 sweeps
+    CHECK(r.value >= ot0 - 1e-9);
+    CHECK(r.value <= ot0 + eps * std::log(8.0) + 1e-9);
+    CHECK(sinkhorn_divergence(x, x, 0.3, 5000, 1e-12) == Approx(0).margin(1e-12));
+    CHECK(sinkhorn_divergence(x, y, 0.3, 5000, 1e-12) > 0);
+  }
+  // N(a, A) vs N(b, B) in one dimension (Janati et al., NeurIPS 2020, with sigma^2 = eps for
+  // the cost |x - y|^2 / 2; checked against a fine discretisation): with
+  // D(P, Q) = sqrt(4 P Q + eps^2),
+  //   S = 1/2 [ (a - b)^2 + D(A,A)/2 + D(B,B)/2 - D(A,B)
+  //             + eps (log(D(A,B) + eps) - log(D(A,A) + eps)/2 - log(D(B,B) + eps)/2) ].
+  // The clouds are the 600 mid-quantiles of each Gaussian (discretisation error ~1e-3).
+  const int64_t n = 600;
+  const auto q = (torch::arange(n, f64) + 0.5) / n;
+  const auto z = std::sqrt(2.0) * torch::erfinv(2 * q - 1);
+  const double a = 0, A = 1, b = 1, B = 4;
+  for (double eps : {0.5, 0.1}) {
+    auto D = [eps](double P, double Q) { return std::sqrt(4 * P * Q + eps * eps); };
+    const double S = 0.5 * ((a - b) * (a - b) + D(A, A) / 2 + D(B, B) / 2 - D(A, B) +
+                            eps * (std::log(D(A, B) + eps) - std::log(D(A, A) + eps) / 2 - std::log(D(B, B) + eps) / 2));
+    const double num = sinkhorn_divergence((a + std::sqrt(A) * z).unsqueeze(1), (b + std::sqrt(B) * z).unsqueeze(1),
+                                           eps, 5000, 1e-10);
+    INFO("eps " << eps << ": closed form " << S << ", Sinkhorn " << num);
+    CHECK(std::abs(num - S) < 3e-3);
+  }
+  CHECK_THROWS_AS(entropic_ot(torch::randn({4, 2}, f64), torch::randn({4, 3}, f64), 0.1), UsageError);
+  CHECK_THROWS_AS(entropic_ot(torch::randn({4, 2}, f64), torch::randn({4, 2}, f64), 0.0), UsageError);
+}
+
+TEST_CASE("Sinkhorn velocity: T_xy - T_xx is minus n times the gradient of S_eps", "[continuous]") {
+  torch::manual_seed(44);
+  const int64_t n = 6;
+  const auto x = torch::randn({n, 2}, f64), y = torch::randn({7, 2}, f64) + 0.5;
+  const double eps = 0.3, h = 1e-5;
+  const auto V = sinkhorn_velocity(x, y, x, eps, 20000, 1e-13);
+  for (int64_t i : {0, 3}) {
+    for (int64_t d = 0; d < 2; ++d) {
+      auto xp = x.clone(), xm = x.clone();
+      xp[i][d] += h;
+      xm[i][d] -= h;
+      const double grad = (sinkhorn_divergence(xp, y, eps, 20000, 1e-13) - sinkhorn_divergence(xm, y, eps, 20000, 1e-13)) / (2 * h);
+      CHECK(-n * grad == Approx(V[i][d].item<double>()).epsilon(1e-5).margin(1e-8));
+    }
+  }
+  // The plans' column marginals are uniform, so the mean velocity is mean(y) - mean(s): the
+  // flow moves the model's mean to the data's.
+  torch::manual_seed(45);
+  const auto xb = torch::randn({256, 2}, f64), yb = torch::randn({256, 2}, f64) * 1.5 + 2, sb = torch::randn({256, 2}, f64);
+  const auto Vb = sinkhorn_velocity(xb, yb, sb, 0.2, 500, 1e-3);
+  CHECK((Vb.mean(0) - (yb.mean(0) - sb.mean(0))).abs().max().item<double>() < 1e-2);
+}
+
+TEST_CASE("W-Flow: a one-step generator trained on a Gaussian matches its moments and W2", "[continuous]") {
+  const auto m = torch::tensor({2.0, -1.0}, f64), sd = torch::tensor({0.5, 1.5}, f64);
+  torch::manual_seed(13);
+  const auto data = m + sd * torch::randn({4000, 2}, f64);
+  torch::manual_seed(14);
+  auto G = std::make_shared<OneStepGenerator>(std::make_shared<StandardNormal>(2), OneStepGeneratorOptions(2).hidden(32));
+  G->to(torch::kFloat64);
+  const auto o = WFlowOptions().eps(0.2);
+  Objective obj;
+  obj.train = data;
+  obj.loss = [G, o](const torch::Tensor& y, const torch::Tensor&) { return wflow_loss(*G, o, y); };
+  obj.validate = [G, &data] {
+    torch::NoGradGuard ng;
+    torch::manual_seed(99);
+    return wasserstein2(G->sample(500), data.narrow(0, 0, 500));
+  };
+  Trainer(G, TrainerOptions().steps(800).batch_size(256).lr(3e-3).eval_every(200).quiet(true).seed(3), obj).train();
+  torch::NoGradGuard ng;
+  torch::manual_seed(15);
+  // Moments from 20000 samples (standard errors <= 0.011); the data's own sample mean is within
+  // 0.05 of m.
+  const auto big = G->sample(20000);
+  CHECK((big.mean(0) - m).abs().max().item<double>() < 0.1);
+  CHECK((big.std(0) - sd).abs().max().item<double>() < 0.1);
+  const auto xs = big.narrow(0, 0, 1000);
+  // Two independent 1000-point samples of this Gaussian are ~0.1 apart in W2; N(0, I) is 2.4.
+  torch::manual_seed(16);
+  CHECK(wasserstein2(xs, m + sd * torch::randn({1000, 2}, f64)) < 0.3);
+  CHECK_THROWS_AS(G->log_prob(xs), RuntimeError);
+  CHECK_THROWS_AS(G->sample_and_log_prob(4), RuntimeError);
+  CHECK_THROWS_AS(WFlowOptions().eps(0).validate(), UsageError);
+}
+
+TEST_CASE("cli: cfm wflow trains, samples and evaluates a one-step generator; bad input", "[cli][continuous]") {
+  const auto model = test::temp_path("cfm_wflow.h5");
+  auto r = run_nfkit({"cfm", "train", "--target", "8gaussians", "--method", "wflow", "--steps", "200",
+                      "--batch-size", "256", "--n-samples", "3000", "--eval-every", "50", "--out", model,
+                      "--quiet", "--json", "--threads", "2"});
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(last_json(r.out).at("method") == "wflow");
+  auto e = run_nfkit({"cfm", "eval", "--model", model, "-n", "500", "--json", "--threads", "2"});
+  INFO(e.err);
+  REQUIRE(e.code == 0);
+  const auto ev = last_json(e.out);
+  CHECK(ev.at("nfe") == 1);
+  CHECK(ev.at("w2").get<double>() < 2.5);  // N(0, I) is ~4.6 from 8gaussians
+  CHECK_FALSE(ev.contains("nll"));
+  const auto samples = test::temp_path("cfm_wflow_x.h5");
+  auto s = run_nfkit({"cfm", "sample", "--model", model, "-n", "40", "--out", samples});
+  INFO(s.err);
+  REQUIRE(s.code == 0);
+  CHECK(H5Reader(samples).read("/x").sizes() == torch::IntArrayRef{40, 2});
+
+  const auto out = test::temp_path("cfm_wflow_bad.h5");
+  auto fails = [&](std::vector<std::string> args, const std::string& needle) {
+    auto b = run_nfkit(args);
+    INFO(b.err);
+    CHECK(b.code == 2);
+    CHECK(line_count(b.err) == 1);
+    CHECK(b.err.find(needle) != std::string::npos);
+    CHECK_FALSE(file_exists(out));
+  };
+  const std::vector<std::string> train{"cfm", "train", "--target", "8gaussians", "--method", "wflow", "--steps", "5",
+                                       "--quiet", "--out", out};
+  auto with = [&](std::vector<std::string> extra) {
+    auto a = train;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  fails(with({"--wflow-eps", "0"}), "--wflow-eps");
+  fails(with({"--source", "moons"}), "--source");
+  fails(with({"--reflow", "1"}), "--reflow");
+  fails({"cfm", "sample", "--model", model, "-n", "5", "--log-prob", "--out", out}, "--log-prob");
+  fails({"cfm", "eval", "--model", model, "--euler-steps", "1,2"}, "--euler-steps");
+  // A one-step generator is not a flow for the flow commands.
+  auto f = run_nfkit({"flow", "sample", "--model", model, "-n", "5", "--out", out});
+  CHECK(f.code == 1);
+  CHECK(f.err.find("one_step_generator") != std::string::npos);
 }
 
 TEST_CASE("cfm: the exact NLL of a flow-matching model on rings approaches the entropy", "[slow][continuous]") {

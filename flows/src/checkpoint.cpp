@@ -5,6 +5,7 @@
 #include "nfkit/core/error.h"
 #include "nfkit/flows/builder.h"
 #include "nfkit/flows/continuous_flow.h"
+#include "nfkit/flows/wflow.h"
 
 namespace nfkit {
 
@@ -68,7 +69,8 @@ std::tuple<std::shared_ptr<Model>, json, int64_t> load_model(const std::string& 
                                            : json::object();
     const std::string type = config.value("type", "");
     if (type != kind) {
-      const std::string hint = type == "continuous_flow" ? " (written by cfm train; use the cfm commands)"
+      const std::string hint = type == "continuous_flow" || type == "one_step_generator"
+                                   ? " (written by cfm train; use the cfm commands)"
                                : type == "flow"          ? " (written by flow train; use the flow commands)"
                                                          : "";
       runtime_error(path, "holds a model of kind '" + type + "', expected '" + kind + "'" + hint);
@@ -98,6 +100,23 @@ LoadedContinuousFlow load_continuous_flow(const std::string& path) {
   std::tie(out.flow, out.metadata, out.step) = load_model<ContinuousFlow>(
       path, "continuous_flow", [](const json& c) { return make_continuous_flow(c); });
   return out;
+}
+
+LoadedGenerator load_one_step_generator(const std::string& path) {
+  LoadedGenerator out;
+  std::tie(out.generator, out.metadata, out.step) = load_model<OneStepGenerator>(
+      path, "one_step_generator", [](const json& c) { return make_one_step_generator(c); });
+  return out;
+}
+
+std::string checkpoint_model_type(const std::string& path) {
+  H5Reader r(path);
+  r.expect_format("checkpoint", kCheckpointVersion);
+  try {
+    return json::parse(r.attr_string("/", "model_config")).value("type", "");
+  } catch (const json::exception& e) {
+    runtime_error(path, std::string("has a malformed model_config (") + e.what() + ")");
+  }
 }
 
 }  // namespace nfkit

@@ -147,6 +147,85 @@ SinkhornResult sinkhorn_log(const torch::Tensor& cost_in, double reg, int64_t ma
   return r;
 }
 
+namespace {
+torch::Tensor half_squared_distances(const torch::Tensor& x, const torch::Tensor& y) {
+  return 0.5 * (x.unsqueeze(1) - y.unsqueeze(0)).pow(2).sum(2);
+}
+}  // namespace
+
+EntropicOT entropic_ot(const torch::Tensor& x_in, const torch::Tensor& y_in, double eps, int64_t max_iter,
+                       double tol) {
+  const char* fn = "entropic_ot";
+  check_dim(fn, "x", x_in, 2);
+  check_dim(fn, "y", y_in, 2);
+  if (x_in.size(1) != y_in.size(1)) usage_error(fn, "x and y need the same dimension, got " + shape_string(x_in) + " and " + shape_string(y_in));
+  check_positive(fn, "eps", eps);
+  check_positive_int(fn, "max_iter", max_iter);
+  torch::NoGradGuard ng;
+  const auto x = x_in.detach(), y = y_in.detach().to(x.options());
+  check_finite(fn, "x", x);
+  check_finite(fn, "y", y);
+  const auto C = half_squared_distances(x, y);
+  const int64_t n = C.size(0), m = C.size(1);
+  const double log_a = -std::log(static_cast<double>(n)), log_b = -std::log(static_cast<double>(m));
+  auto f = torch::zeros({n}, C.options()), g = torch::zeros({m}, C.options());
+  EntropicOT r;
+  // Alternate c-transforms (Sinkhorn in the log domain) with epsilon scaling: two sweeps at
+  // each eps_k = max C / 2^k > eps, warm-started (Feydy et al. 2019 anneal with one per
+  // stage), then sweeps at eps until the row marginal of the plan
+  // a_i b_j exp((f_i + g_j - C_ij) / eps) is within tol.
+  auto ctransform_f = [&](double e) { f = -e * torch::logsumexp(log_b + (g.unsqueeze(0) - C) / e, 1); };
+  auto ctransform_g = [&](double e) { g = -e * torch::logsumexp(log_a + (f.unsqueeze(1) - C) / e, 0); };
+  for (double e = C.max().item<double>(); e > eps; e *= 0.5)
+    for (int k = 0; k < 2 && r.iterations < max_iter; ++k, ++r.iterations) {
+      ctransform_f(e);
+      ctransform_g(e);
+    }
+  while (r.iterations < max_iter) {
+    ctransform_f(eps);
+    ctransform_g(eps);
+    ++r.iterations;
+    if (r.iterations % 10 == 0 || r.iterations == max_iter) {
+      const auto rows = torch::exp(log_a + log_b + (f.unsqueeze(1) + g.unsqueeze(0) - C) / eps).sum(1);
+      r.marginal_error = (rows - std::exp(log_a)).abs().sum().item<double>();
+      if (r.marginal_error < tol) {
+        r.converged = true;
+        break;
+      }
+    }
+  }
+  // The value at the final g, with f its exact c-transform: <a, f> + <b, g> (the dual term
+  // <a x b, exp(...) - 1> vanishes once the row marginal holds).
+  ctransform_f(eps);
+  r.f = f;
+  r.g = g;
+  r.value = f.mean().item<double>() + g.mean().item<double>();
+  return r;
+}
+
+double sinkhorn_divergence(const torch::Tensor& x, const torch::Tensor& y, double eps, int64_t max_iter,
+                           double tol) {
+  return entropic_ot(x, y, eps, max_iter, tol).value - 0.5 * entropic_ot(x, x, eps, max_iter, tol).value -
+         0.5 * entropic_ot(y, y, eps, max_iter, tol).value;
+}
+
+torch::Tensor barycentric_projection(const EntropicOT& ot, const torch::Tensor& x, const torch::Tensor& y,
+                                     double eps) {
+  torch::NoGradGuard ng;
+  const auto xd = x.detach(), yd = y.detach().to(xd.options());
+  // Rows of the plan over a_i: b_j exp((f_i + g_j - C_ij) / eps) = softmax_j((g_j - C_ij) / eps)
+  // with f the c-transform of g, so every row sums to 1 exactly.
+  const auto w = torch::softmax((ot.g.to(xd.options()).unsqueeze(0) - half_squared_distances(xd, yd)) / eps, 1);
+  return torch::matmul(w, yd);
+}
+
+torch::Tensor sinkhorn_velocity(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& s,
+                                double eps, int64_t max_iter, double tol) {
+  const auto to_y = barycentric_projection(entropic_ot(x, y, eps, max_iter, tol), x, y, eps);
+  const auto to_s = barycentric_projection(entropic_ot(x, s, eps, max_iter, tol), x, s, eps);
+  return to_y - to_s;
+}
+
 std::pair<torch::Tensor, torch::Tensor> sample_plan(const torch::Tensor& plan, int64_t count) {
   const char* fn = "sample_plan";
   check_dim(fn, "plan", plan, 2);

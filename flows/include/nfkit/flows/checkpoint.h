@@ -9,7 +9,8 @@
 //                     trainer.h; absent in a model written for inference only.
 //
 // Any Distribution with a config() is written the same way (write_flow); model_config's "type"
-// says which loader rebuilds it: "flow" load_flow(), "continuous_flow" load_continuous_flow().
+// says which loader rebuilds it: "flow" load_flow(), "continuous_flow" load_continuous_flow(),
+// "one_step_generator" load_one_step_generator().
 // A model is rebuilt from the file alone: load_flow() builds the flow from model_config,
 // converts it to the stored dtype and loads every tensor, checking names and shapes.
 //
@@ -55,5 +56,18 @@ struct LoadedContinuousFlow {
 };
 /// Rebuilds a continuous flow (model_config type "continuous_flow", written by cfm train).
 LoadedContinuousFlow load_continuous_flow(const std::string& path);
+
+class OneStepGenerator;
+struct LoadedGenerator {
+  std::shared_ptr<OneStepGenerator> generator;
+  json metadata;
+  int64_t step = 0;
+};
+/// Rebuilds a one-step generator (type "one_step_generator", written by cfm train --method wflow).
+LoadedGenerator load_one_step_generator(const std::string& path);
+
+/// model_config's "type" of a checkpoint ("flow", "continuous_flow", "one_step_generator"),
+/// for commands that accept more than one kind. RuntimeError naming the file otherwise.
+std::string checkpoint_model_type(const std::string& path);
 
 }  // namespace nfkit

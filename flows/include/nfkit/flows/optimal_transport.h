@@ -12,6 +12,14 @@
 //                       epsilon scaling (Schmitzer 2019) so that small reg converges quickly.
 //   sample_plan         index pairs drawn with replacement from a plan, as torchcfm's
 //                       OTPlanSampler.sample_map does.
+//   entropic_ot         OT_eps(a, b) = min_P <P, C> + eps KL(P | a x b) for C = |x - y|^2 / 2
+//                       (the convention of Feydy et al., AISTATS 2019): dual potentials f, g
+//                       and the value <a, f> + <b, g>, log domain with epsilon scaling.
+//   sinkhorn_divergence S_eps(a, b) = OT_eps(a, b) - OT_eps(a, a)/2 - OT_eps(b, b)/2 (Genevay
+//                       et al. 2018; Feydy et al. 2019): >= 0, 0 iff a = b; -> W2^2 / 2 as
+//                       eps -> 0, -> MMD with the -|x - y| kernel as eps -> infinity.
+//   sinkhorn_velocity   the particle velocity of its Wasserstein gradient flow, T_ab(x) -
+//                       T_ax'(x), T the barycentric projections (flows/wflow.h).
 // Costs are float64 on the CPU; cost matrices [n, m], points [n, D].
 //
 //   auto perm = nfkit::linear_assignment(torch::cdist(x, y).pow(2));   // y[perm[i]] <-> x[i]
@@ -40,6 +48,33 @@ struct SinkhornResult {
 /// Log-domain Sinkhorn for cost [n, m] and regularisation reg > 0.
 SinkhornResult sinkhorn_log(const torch::Tensor& cost, double reg, int64_t max_iter = 2000,
                             double tol = 1e-8);
+
+struct EntropicOT {
+  torch::Tensor f, g;  ///< dual potentials [n], [m] (f_i = -eps log sum_j b_j exp((g_j - C_ij)/eps))
+  double value = 0;    ///< OT_eps = mean(f) + mean(g)
+  int64_t iterations = 0;
+  double marginal_error = 0;  ///< L1 error of the row marginal at exit
+  bool converged = false;
+};
+/// OT_eps between the uniform clouds x [n, D] and y [m, D], cost |x - y|^2 / 2, in x's dtype
+/// and on its device. eps > 0 (squared-distance units / 2).
+EntropicOT entropic_ot(const torch::Tensor& x, const torch::Tensor& y, double eps,
+                       int64_t max_iter = 2000, double tol = 1e-8);
+
+/// The debiased Sinkhorn divergence S_eps between the uniform clouds x and y.
+double sinkhorn_divergence(const torch::Tensor& x, const torch::Tensor& y, double eps,
+                           int64_t max_iter = 2000, double tol = 1e-8);
+
+/// T(x_i) = sum_j P_ij y_j / sum_j P_ij, the barycentric projection of the entropic plan of
+/// entropic_ot(x, y) onto y, [n, D] (no gradient).
+torch::Tensor barycentric_projection(const EntropicOT& ot, const torch::Tensor& x,
+                                     const torch::Tensor& y, double eps);
+
+/// V(x_i) = T_{x->y}(x_i) - T_{x->s}(x_i) [n, D] (no gradient): minus the gradient of the
+/// first variation of S_eps(x, y) when s is x itself (then -V_i / n = dS / dx_i), and the
+/// two-batch estimator of W-Flow when s is an independent second batch of the same model.
+torch::Tensor sinkhorn_velocity(const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& s,
+                                double eps, int64_t max_iter = 2000, double tol = 1e-8);
 
 /// `count` pairs (i, j) drawn with replacement with probability plan[i, j] / sum(plan).
 std::pair<torch::Tensor, torch::Tensor> sample_plan(const torch::Tensor& plan, int64_t count);
