@@ -602,6 +602,22 @@ torch::Tensor autograd_time_derivative(FlowMapMLP& fm, const torch::Tensor& s, c
 }
 }  // namespace
 
+namespace {
+// A usage error: exit 2, one line naming `needle`, and no output file.
+void usage_fails(const std::vector<std::string>& args, const std::string& needle, const std::string& out) {
+  auto b = run_nfkit(args);
+  INFO(b.err);
+  CHECK(b.code == 2);
+  CHECK(line_count(b.err) == 1);
+  CHECK(b.err.find(needle) != std::string::npos);
+  CHECK_FALSE(file_exists(out));
+}
+std::vector<std::string> concat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+}  // namespace
+
 TEST_CASE("flow map: X_{s,s} = x; forward-mode d/dt X equals autograd; its diagonal is the velocity", "[continuous]") {
   for (const std::string act : {"selu", "silu"}) {
     for (const std::string emb : {"concat", "sinusoidal"}) {
@@ -742,21 +758,10 @@ TEST_CASE("cli: cfm flow maps: train, sample by jumps, eval at 1, 2, 4 jumps; ba
   CHECK(line_count(all) == 51);
 
   const auto out = test::temp_path("cfm_map_bad.h5");
-  auto fails = [&](std::vector<std::string> args, const std::string& needle) {
-    auto b = run_nfkit(args);
-    INFO(b.err);
-    CHECK(b.code == 2);
-    CHECK(line_count(b.err) == 1);
-    CHECK(b.err.find(needle) != std::string::npos);
-    CHECK_FALSE(file_exists(out));
-  };
+  auto fails = [&](const std::vector<std::string>& args, const std::string& needle) { usage_fails(args, needle, out); };
   const std::vector<std::string> train{"cfm", "train", "--target", "8gaussians", "--method", "flowmap",
                                        "--steps", "5", "--quiet", "--out", out};
-  auto with = [&](std::vector<std::string> extra) {
-    auto a = train;
-    a.insert(a.end(), extra.begin(), extra.end());
-    return a;
-  };
+  auto with = [&](const std::vector<std::string>& extra) { return concat(train, extra); };
   fails(with({"--reflow", "1"}), "--reflow");
   fails(with({"--diagonal-fraction", "1.5"}), "--diagonal-fraction");
   fails(with({"--sigma", "0.1"}), "--sigma");
@@ -886,21 +891,10 @@ TEST_CASE("cli: cfm wflow trains, samples and evaluates a one-step generator; ba
   CHECK(H5Reader(samples).read("/x").sizes() == torch::IntArrayRef{40, 2});
 
   const auto out = test::temp_path("cfm_wflow_bad.h5");
-  auto fails = [&](std::vector<std::string> args, const std::string& needle) {
-    auto b = run_nfkit(args);
-    INFO(b.err);
-    CHECK(b.code == 2);
-    CHECK(line_count(b.err) == 1);
-    CHECK(b.err.find(needle) != std::string::npos);
-    CHECK_FALSE(file_exists(out));
-  };
+  auto fails = [&](const std::vector<std::string>& args, const std::string& needle) { usage_fails(args, needle, out); };
   const std::vector<std::string> train{"cfm", "train", "--target", "8gaussians", "--method", "wflow", "--steps", "5",
                                        "--quiet", "--out", out};
-  auto with = [&](std::vector<std::string> extra) {
-    auto a = train;
-    a.insert(a.end(), extra.begin(), extra.end());
-    return a;
-  };
+  auto with = [&](const std::vector<std::string>& extra) { return concat(train, extra); };
   fails(with({"--wflow-eps", "0"}), "--wflow-eps");
   fails(with({"--source", "moons"}), "--source");
   fails(with({"--reflow", "1"}), "--reflow");

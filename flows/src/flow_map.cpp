@@ -8,6 +8,7 @@
 #include "nfkit/core/checks.h"
 #include "nfkit/core/error.h"
 #include "nfkit/flows/flow_matching.h"
+#include "velocity_mlp_parts.h"
 
 namespace nfkit {
 
@@ -49,19 +50,8 @@ FlowMapMLP::FlowMapMLP(VelocityMLPOptions opts)
     : VelocityField(opts.dim(), opts.context_dim()), opts_(std::move(opts)) {
   opts_.validate();
   selu_ = opts_.activation() == "selu";
-  const bool sin = opts_.time_embedding() == "sinusoidal";
-  const int64_t tf = sin ? opts_.time_features() : 1;
-  if (sin) {
-    const int64_t half = opts_.time_features() / 2;
-    freqs_ = register_buffer(
-        "freqs", torch::exp(-std::log(10000.0) * torch::arange(half, torch::kFloat32) / half));
-  }
-  int64_t in = opts_.dim() + 2 * tf + opts_.context_dim();
-  for (int64_t l = 0; l <= opts_.hidden_layers(); ++l) {
-    const int64_t out = l == opts_.hidden_layers() ? opts_.dim() : opts_.hidden();
-    layers_.push_back(register_module("layer" + std::to_string(l), torch::nn::Linear(in, out)));
-    in = out;
-  }
+  const int64_t tf = detail::register_time_embedding(*this, opts_, &freqs_);
+  layers_ = detail::register_mlp_layers(*this, opts_.dim() + 2 * tf + opts_.context_dim(), opts_);
 }
 
 nlohmann::json FlowMapMLP::config() const {

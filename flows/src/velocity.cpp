@@ -7,6 +7,7 @@
 #include "nfkit/core/checks.h"
 #include "nfkit/core/error.h"
 #include "nfkit/flows/flow_map.h"
+#include "velocity_mlp_parts.h"
 
 namespace nfkit {
 
@@ -43,23 +44,33 @@ void VelocityMLPOptions::validate() const {
     usage_error("--time-features", "must be an even number >= 2");
 }
 
+namespace detail {
+
+int64_t register_time_embedding(torch::nn::Module& m, const VelocityMLPOptions& o, torch::Tensor* freqs) {
+  if (o.time_embedding() != "sinusoidal") return 1;
+  const int64_t half = o.time_features() / 2;
+  *freqs = m.register_buffer("freqs", torch::exp(-std::log(10000.0) * torch::arange(half, torch::kFloat32) / half));
+  return o.time_features();
+}
+
+std::vector<torch::nn::Linear> register_mlp_layers(torch::nn::Module& m, int64_t in, const VelocityMLPOptions& o) {
+  std::vector<torch::nn::Linear> layers;
+  for (int64_t l = 0; l <= o.hidden_layers(); ++l) {
+    const int64_t out = l == o.hidden_layers() ? o.dim() : o.hidden();
+    layers.push_back(m.register_module("layer" + std::to_string(l), torch::nn::Linear(in, out)));
+    in = out;
+  }
+  return layers;
+}
+
+}  // namespace detail
+
 VelocityMLP::VelocityMLP(VelocityMLPOptions opts)
     : VelocityField(opts.dim(), opts.context_dim()), opts_(std::move(opts)) {
   opts_.validate();
   selu_ = opts_.activation() == "selu";
-  const bool sin = opts_.time_embedding() == "sinusoidal";
-  const int64_t tf = sin ? opts_.time_features() : 1;
-  if (sin) {
-    const int64_t half = opts_.time_features() / 2;
-    freqs_ = register_buffer(
-        "freqs", torch::exp(-std::log(10000.0) * torch::arange(half, torch::kFloat32) / half));
-  }
-  int64_t in = opts_.dim() + tf + opts_.context_dim();
-  for (int64_t l = 0; l <= opts_.hidden_layers(); ++l) {
-    const int64_t out = l == opts_.hidden_layers() ? opts_.dim() : opts_.hidden();
-    layers_.push_back(register_module("layer" + std::to_string(l), torch::nn::Linear(in, out)));
-    in = out;
-  }
+  const int64_t tf = detail::register_time_embedding(*this, opts_, &freqs_);
+  layers_ = detail::register_mlp_layers(*this, opts_.dim() + tf + opts_.context_dim(), opts_);
 }
 
 nlohmann::json VelocityMLP::config() const {
