@@ -103,7 +103,8 @@ const std::vector<Command>& commands() {
       md_command(),         bg_train_command(),   bg_sample_command(),   bg_eval_command(),
       bg_run_command(),     evidence_command(),   pta_compare_command(),
       image_train_command(), image_bpd_command(),  image_sample_command(),
-      cfm_train_command(),  cfm_sample_command(),  cfm_eval_command()};
+      cfm_train_command(),  cfm_sample_command(),  cfm_eval_command(),
+      opf_solve_command()};
   return all;
 }
 

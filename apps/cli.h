@@ -78,5 +78,6 @@ Command image_sample_command();
 Command cfm_train_command();
 Command cfm_sample_command();
 Command cfm_eval_command();
+Command opf_solve_command();
 
 }  // namespace nfkit::cli

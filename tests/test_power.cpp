@@ -1,0 +1,338 @@
+// Power grids: the MATPOWER reader against the file's known contents and its malformed
+// variants, the DC model against conservation and the PTDF, the DC-OPF against an independent
+// scipy solve (case30, five load levels), PGLib's published DC baselines, closed-form optima,
+// finite-difference LMPs and the projection's variational inequality; `nfkit opf solve`.
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "helpers.h"
+#include "nfkit/core/files.h"
+#include "nfkit/physics/dc_opf.h"
+
+using namespace nfkit;
+using namespace nfkit::test;
+
+namespace {
+
+std::string case_path(const std::string& name) { return std::string(NFKIT_SOURCE_DIR) + "/data/matpower/" + name; }
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A small case in MATPOWER format: buses "id type pd", generators "bus pmax pmin", branches
+// "from to x rate", gencost rows verbatim.
+std::string small_case(const std::vector<std::string>& buses, const std::vector<std::string>& gens,
+                       const std::vector<std::string>& branches, const std::vector<std::string>& costs) {
+  std::ostringstream s;
+  s << "function mpc = small\nmpc.version = '2';\nmpc.baseMVA = 100;\nmpc.bus = [\n";
+  for (const auto& b : buses) {
+    std::istringstream in(b);
+    int id, type;
+    double pd;
+    in >> id >> type >> pd;
+    s << id << " " << type << " " << pd << " 0 0 0 1 1 0 135 1 1.05 0.95;\n";
+  }
+  s << "];\nmpc.gen = [\n";
+  for (const auto& g : gens) {
+    std::istringstream in(g);
+    int bus;
+    double pmax, pmin;
+    in >> bus >> pmax >> pmin;
+    s << bus << " 0 0 100 -100 1 100 1 " << pmax << " " << pmin << " 0 0 0 0 0 0 0 0 0 0 0;\n";
+  }
+  s << "];\nmpc.branch = [\n";
+  for (const auto& l : branches) {
+    std::istringstream in(l);
+    int f, t;
+    double x, rate;
+    in >> f >> t >> x >> rate;
+    s << f << " " << t << " 0 " << x << " 0 " << rate << " " << rate << " " << rate << " 0 0 1 -360 360;\n";
+  }
+  s << "];\nmpc.gencost = [\n";
+  for (const auto& c : costs) s << c << ";\n";
+  s << "];\n";
+  return s.str();
+}
+
+std::string read_fails(const std::string& text) {
+  try {
+    parse_matpower_case(text, "bad.m");
+  } catch (const RuntimeError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST_CASE("MATPOWER reader: case30 as the file says", "[opf]") {
+  const PowerCase pc = read_matpower_case(case_path("case30.m"));
+  CHECK(pc.name == "case30");
+  CHECK(pc.base_mva == 100.0);
+  REQUIRE(pc.buses.size() == 30);
+  REQUIRE(pc.generators.size() == 6);
+  REQUIRE(pc.branches.size() == 41);
+  REQUIRE(pc.gencosts.size() == 6);
+  CHECK(pc.total_demand() == Approx(189.2).epsilon(1e-12));
+  CHECK(pc.buses[0].type == BusType::kReference);
+  CHECK(pc.buses[1].pd == 21.7);
+  CHECK(pc.buses[4].bs == 0.19);
+  CHECK(pc.generators[0].pmax == 80.0);
+  CHECK(pc.branches[0].from == 1);
+  CHECK(pc.branches[0].to == 2);
+  CHECK(pc.branches[0].x == 0.06);
+  CHECK(pc.branches[0].rate_a == 130.0);
+  // gen 1: 0.02 P^2 + 2 P (MATPOWER's case30)
+  const GenCost& c = pc.gencosts[0];
+  CHECK(c.model == GenCost::Model::kPolynomial);
+  CHECK(c.order() == 2);
+  CHECK(c.cost(10.0) == Approx(0.02 * 100 + 2 * 10));
+  CHECK(c.marginal(10.0) == Approx(0.04 * 10 + 2));
+}
+
+TEST_CASE("MATPOWER reader: piecewise-linear and higher-order costs", "[opf]") {
+  GenCost pwl;
+  pwl.model = GenCost::Model::kPiecewiseLinear;
+  pwl.coeffs = {0, 0, 50, 500, 100, 1500};
+  CHECK(pwl.cost(25) == Approx(250));
+  CHECK(pwl.cost(75) == Approx(1000));
+  CHECK(pwl.marginal(75) == Approx(20));
+  CHECK(pwl.cost(110) == Approx(1700));  // the last segment extrapolates
+  GenCost cubic;
+  cubic.coeffs = {2, -1, 3, 4};  // 2P^3 - P^2 + 3P + 4
+  CHECK(cubic.cost(2) == Approx(16 - 4 + 6 + 4));
+  CHECK(cubic.marginal(2) == Approx(24 - 4 + 3));
+}
+
+TEST_CASE("MATPOWER reader: malformed files name the line and field", "[opf]") {
+  const std::string good = read_text(case_path("case30.m"));
+  // truncated in the branch matrix
+  const std::string truncated = good.substr(0, good.find("mpc.branch") + 200);
+  CHECK_THAT(read_fails(truncated), Catch::Contains("mpc.branch: '[' without a closing ']'"));
+  // a non-number: bus 4's Pd is on line 33
+  std::string bad = good;
+  bad.replace(bad.find("7.6\t1.6"), 3, "x.y");
+  CHECK_THAT(read_fails(bad), Catch::Contains("bad.m:33: mpc.bus row 4, column PD: 'x.y' is not a number"));
+  // a missing column
+  bad = good;
+  const std::string row4 = "7.6\t1.6\t0\t0\t1\t1\t0\t135\t1\t1.05\t0.95";
+  bad.replace(bad.find(row4), row4.size(), "7.6\t1.6\t0\t0\t1\t1\t0\t135\t1\t1.05");
+  CHECK_THAT(read_fails(bad), Catch::Contains("mpc.bus row 4: column VMIN is missing"));
+  // an unknown cost model
+  bad = good;
+  const size_t gc = bad.find("mpc.gencost");
+  bad.replace(bad.find("\t2\t0\t0\t3", gc), 2, "\t7");
+  CHECK_THAT(read_fails(bad), Catch::Contains("mpc.gencost row 1, column MODEL: 7 is not a cost model"));
+  // a generator at a bus that does not exist
+  bad = good;
+  bad.replace(bad.find("\t1\t23.54"), 2, "\t99");
+  CHECK_THAT(read_fails(bad), Catch::Contains("mpc.gen row 1, column GEN_BUS: bus 99 is not in mpc.bus"));
+  // missing matrices and the base
+  CHECK_THAT(read_fails("mpc.baseMVA = 100;\n"), Catch::Contains("mpc.bus is missing"));
+  CHECK_THAT(read_fails("mpc.version = '1';\n"), Catch::Contains("only version 2"));
+  CHECK_THAT(read_fails(small_case({"1 1 0"}, {"1 10 0"}, {}, {"2 0 0 2 1 0"})), Catch::Contains("no reference bus"));
+  CHECK_THAT(read_fails(small_case({"1 3 0", "2 1 5"}, {"1 10 0"}, {"1 2 0.1 0"}, {"2 0 0 3 1 0"})),
+             Catch::Contains("NCOST 3 needs 3 cost values, found 2"));
+  CHECK_THROWS_WITH(read_matpower_case("/nonexistent/case.m"), Catch::Contains("/nonexistent/case.m: cannot open"));
+}
+
+TEST_CASE("DC network: flows conserve power, PTDF agrees with the angles, islands are refused", "[opf]") {
+  const PowerCase pc = read_matpower_case(case_path("case30.m"));
+  for (auto conv : {DcConvention::kMatpower, DcConvention::kPowerModels}) {
+    const DcNetwork net(pc, conv);
+    const Eigen::VectorXd pd = 1.1 * net.base_load();
+    Eigen::VectorXd pg = Eigen::VectorXd::Constant(6, (pd.sum() + net.shunt_load().sum()) / 6.0);
+    const Eigen::VectorXd f = net.flows(pd, pg);
+    // Kirchhoff's current law at every bus: injection = Σ outgoing flows
+    Eigen::VectorXd out = Eigen::VectorXd::Zero(net.num_buses());
+    for (int64_t k = 0; k < net.num_branches(); ++k) {
+      out[net.branch_from()[k]] += f[k];
+      out[net.branch_to()[k]] -= f[k];
+    }
+    CHECK((out - net.injections(pd, pg)).cwiseAbs().maxCoeff() < 1e-9);
+    // PTDF times injections gives the same flows (no phase shifters in case30)
+    CHECK((net.ptdf() * net.injections(pd, pg) - f).cwiseAbs().maxCoeff() < 1e-9);
+    const auto rep = net.check(pd, pg);
+    CHECK(rep.balance_mw < 1e-9);
+  }
+  // a radial bus (26 hangs on branch 25-26) makes its branch no N-1 candidate, and its outage islands the grid
+  const auto outages = connected_branch_outages(pc);
+  int radial = -1;
+  for (size_t k = 0; k < pc.branches.size(); ++k)
+    if (pc.branches[k].from == 25 && pc.branches[k].to == 26) radial = static_cast<int>(k);
+  REQUIRE(radial >= 0);
+  CHECK(std::find(outages.begin(), outages.end(), radial) == outages.end());
+  CHECK(outages.size() == 38);  // 41 branches minus the three radial ones (9-11, 12-13, 25-26)
+  CHECK_THROWS_WITH(DcNetwork(with_branch_outage(pc, radial), DcConvention::kMatpower),
+                    Catch::Contains("the grid is islanded: bus 26"));
+  CHECK_THROWS_AS(parse_dc_convention("ac"), UsageError);
+}
+
+TEST_CASE("DC-OPF: case30 at 70..130% load matches an independent scipy solve", "[opf]") {
+  const std::string script = std::string(NFKIT_SOURCE_DIR) + "/tests/python/dcopf_scipy.py";
+  const std::string out = temp_path("scipy_dcopf.json");
+  const std::string cmd =
+      python_interpreter() + " " + script + " " + case_path("case30.m") + " 0.7,0.85,1,1.15,1.3 > " + out + " 2>&1";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  const auto ref = nlohmann::json::parse(read_text(out));
+  const DcNetwork net(read_matpower_case(case_path("case30.m")), DcConvention::kMatpower);
+  const std::vector<double> levels = {0.7, 0.85, 1.0, 1.15, 1.3};
+  for (size_t i = 0; i < levels.size(); ++i) {
+    const auto sol = solve_dc_opf(net, levels[i] * net.base_load());
+    REQUIRE(sol.status == OpfStatus::kOptimal);
+    INFO("load " << levels[i] << ": nfkit " << sol.cost << ", scipy " << ref[i].get<double>());
+    CHECK(std::abs(sol.cost / ref[i].get<double>() - 1.0) < 1e-6);
+    CHECK(sol.feasibility.feasible(1e-6));
+  }
+  // MATPOWER's rundcopf('case30'): 565.21 $/h
+  CHECK(solve_dc_opf(net, net.base_load()).cost == Approx(565.206).epsilon(1e-5));
+}
+
+TEST_CASE("DC-OPF: PGLib v23.07 DC baselines (PowerModels DCP convention)", "[opf]") {
+  // BASELINE.md of pglib-opf v23.07, "DC ($/h)", 5 significant digits
+  const std::vector<std::pair<std::string, double>> cases = {
+      {"pglib_opf_case14_ieee.m", 2.0515e+03},  {"pglib_opf_case30_ieee.m", 7.4728e+03},
+      {"pglib_opf_case57_ieee.m", 3.4773e+04},  {"pglib_opf_case118_ieee.m", 9.3101e+04},
+      {"pglib_opf_case300_ieee.m", 5.1785e+05}, {"pglib_opf_case1354_pegase.m", 1.2182e+06},
+      {"pglib_opf_case2000_goc.m", 9.4304e+05}};
+  for (const auto& [file, baseline] : cases) {
+    const DcNetwork net(read_matpower_case(case_path("pglib/" + file)), DcConvention::kPowerModels);
+    const auto sol = solve_dc_opf(net, net.base_load());
+    INFO(file << ": " << sol.message << ", cost " << sol.cost << " vs " << baseline);
+    REQUIRE(sol.status == OpfStatus::kOptimal);
+    CHECK(std::abs(sol.cost / baseline - 1.0) <= 5e-5);  // half a unit of the 5th digit
+    CHECK(sol.feasibility.feasible(1e-6));
+  }
+}
+
+TEST_CASE("DC-OPF: closed-form optima, LMPs as derivatives of the optimal cost, infeasibility", "[opf]") {
+  // cubic costs on one bus pair without limits: equal marginals 3 a_1 P_1^2 = 3 a_2 P_2^2
+  {
+    const auto pc = parse_matpower_case(small_case({"1 3 0", "2 1 90"}, {"1 200 0", "2 200 0"}, {"1 2 0.1 0"},
+                                                   {"2 0 0 4 0.001 0 0 0", "2 0 0 4 0.004 0 0 0"}),
+                                        "cubic.m");
+    const DcNetwork net(pc, DcConvention::kMatpower);
+    const auto sol = solve_dc_opf(net, net.base_load());
+    REQUIRE(sol.status == OpfStatus::kOptimal);
+    CHECK(sol.pg[0] == Approx(60).epsilon(1e-7));
+    CHECK(sol.pg[1] == Approx(30).epsilon(1e-7));
+    CHECK(sol.lmp[1] == Approx(3 * 0.001 * 3600).epsilon(1e-6));
+  }
+  // piecewise linear (marginal 10 up to 50 MW, then 20) against a linear 15 $/MWh unit
+  {
+    const auto pc = parse_matpower_case(small_case({"1 3 0", "2 1 80"}, {"1 100 0", "2 100 0"}, {"1 2 0.1 0"},
+                                                   {"1 0 0 3 0 0 50 500 100 1500", "2 0 0 2 15 0"}),
+                                        "pwl.m");
+    const DcNetwork net(pc, DcConvention::kMatpower);
+    const auto sol = solve_dc_opf(net, net.base_load());
+    REQUIRE(sol.status == OpfStatus::kOptimal);
+    CHECK(sol.pg[0] == Approx(50).epsilon(1e-6));
+    CHECK(sol.pg[1] == Approx(30).epsilon(1e-6));
+    CHECK(sol.cost == Approx(500 + 450).epsilon(1e-8));
+    CHECK(sol.lmp[1] == Approx(15).epsilon(1e-6));
+  }
+  // a line limit that cannot be met: capacity suffices, the network does not
+  {
+    const auto pc = parse_matpower_case(small_case({"1 3 0", "2 1 50"}, {"1 100 0"}, {"1 2 0.1 30"}, {"2 0 0 2 10 0"}),
+                                        "tight.m");
+    const DcNetwork net(pc, DcConvention::kMatpower);
+    const auto sol = solve_dc_opf(net, net.base_load());
+    CHECK(sol.status == OpfStatus::kInfeasible);
+    CHECK_THAT(sol.message, Catch::Contains("infeasibility"));
+    const auto over = solve_dc_opf(net, 3.0 * net.base_load());
+    CHECK(over.status == OpfStatus::kInfeasible);
+    CHECK_THAT(over.message, Catch::Contains("exceeds the in-service generation capacity 100 MW"));
+  }
+  // LMPs of case30 at 130% (a binding line separates them) against central differences of the optimal cost
+  const DcNetwork net(read_matpower_case(case_path("case30.m")), DcConvention::kMatpower);
+  const Eigen::VectorXd pd = 1.3 * net.base_load();
+  const auto sol = solve_dc_opf(net, pd);
+  REQUIRE(sol.status == OpfStatus::kOptimal);
+  REQUIRE(sol.lmp.maxCoeff() - sol.lmp.minCoeff() > 0.1);
+  const double h = 1e-3;  // MW; the cost is piecewise quadratic in pd, so the error is O(h^2) away from kinks
+  for (int64_t i : {0, 7, 14, 22, 29}) {
+    Eigen::VectorXd up = pd, dn = pd;
+    up[i] += h;
+    dn[i] -= h;
+    const double fd = (solve_dc_opf(net, up).cost - solve_dc_opf(net, dn).cost) / (2 * h);
+    INFO("bus " << net.bus_ids()[i] << ": LMP " << sol.lmp[i] << ", finite difference " << fd);
+    CHECK(sol.lmp[i] == Approx(fd).epsilon(1e-5));
+  }
+  CHECK_THROWS_AS(solve_dc_opf(net, Eigen::VectorXd::Zero(3)), UsageError);
+  Eigen::VectorXd nan_pd = pd;
+  nan_pd[4] = std::nan("");
+  CHECK_THROWS_WITH(solve_dc_opf(net, nan_pd), Catch::Contains("pd[4] is nan"));
+}
+
+TEST_CASE("Feasibility projection: feasible, closest, and the identity on feasible points", "[opf]") {
+  const DcNetwork net(read_matpower_case(case_path("case30.m")), DcConvention::kMatpower);
+  const Eigen::VectorXd pd = 1.3 * net.base_load();
+  const auto opt = solve_dc_opf(net, pd);
+  REQUIRE(opt.status == OpfStatus::kOptimal);
+  // the optimum is feasible: projecting it changes nothing
+  const auto same = project_dispatch(net, pd, opt.pg);
+  REQUIRE(same.status == OpfStatus::kOptimal);
+  CHECK((same.pg - opt.pg).cwiseAbs().maxCoeff() < 1e-6);
+  // an infeasible dispatch (every unit at 90% of Pmax: too much power, lines overloaded)
+  const Eigen::VectorXd p0 = 0.9 * net.pmax();
+  REQUIRE(!net.check(pd, p0).feasible());
+  const auto proj = project_dispatch(net, pd, p0);
+  REQUIRE(proj.status == OpfStatus::kOptimal);
+  CHECK(proj.feasibility.feasible(1e-6));
+  // variational inequality of a projection onto a convex set: (p0 - P)·(y - P) <= 0 for any
+  // feasible y; the OPF optimum and convex combinations of it with P are feasible points
+  for (double a : {0.0, 0.5, 1.0}) {
+    const Eigen::VectorXd y = a * opt.pg + (1 - a) * same.pg;
+    CHECK((p0 - proj.pg).dot(y - proj.pg) <= 1e-6);
+  }
+  CHECK((p0 - proj.pg).norm() <= (p0 - opt.pg).norm() + 1e-9);
+}
+
+TEST_CASE("nfkit opf solve: table, JSON and bad input", "[opf][cli]") {
+  const std::string out = temp_path("opf30.json");
+  auto r = run_nfkit({"opf", "solve", "--case", case_path("case30.m"), "--load-scale", "0.7,1.3", "--out", out, "--json"});
+  REQUIRE(r.code == 0);
+  const auto last = nlohmann::json::parse(r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1));
+  CHECK(last["levels"].size() == 2);
+  CHECK(last["levels"][0]["cost"].get<double>() == Approx(360.104).epsilon(1e-5));
+  const auto file = nlohmann::json::parse(read_text(out));
+  CHECK(file["nfkit_format"] == "opf_solution");
+  CHECK(file["solutions"][1]["generators"].size() == 6);
+  CHECK(file["solutions"][1]["buses"].size() == 30);
+
+  r = run_nfkit({"opf", "solve", "--case", case_path("pglib/pglib_opf_case14_ieee.m"), "--dc-model", "powermodels"});
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("2051.5"));
+
+  auto fails = [](const std::vector<std::string>& args, int code, const std::string& needle) {
+    const auto res = run_nfkit(args);
+    INFO(res.err);
+    CHECK(res.code == code);
+    CHECK_THAT(res.err, Catch::Contains(needle));
+    CHECK(std::count(res.err.begin(), res.err.end(), '\n') == 1);
+  };
+  fails({"opf", "solve"}, 2, "--case FILE is required");
+  fails({"opf", "solve", "--case", case_path("case30.m"), "--dc-model", "ac"}, 2, "--dc-model is 'ac'");
+  fails({"opf", "solve", "--case", case_path("case30.m"), "--load-scale", "1,abc"}, 2, "--load-scale");
+  fails({"opf", "solve", "--case", case_path("case30.m"), "--outage", "99"}, 2, "--outage");
+  fails({"opf", "solve", "--case", "/nonexistent.m"}, 1, "cannot open");
+  const std::string bad = temp_path("bad_case.m");
+  {
+    std::string text = read_text(case_path("case30.m"));
+    std::ofstream(bad) << text.substr(0, text.find("mpc.gen =") + 100);
+  }
+  fails({"opf", "solve", "--case", bad}, 1, "mpc.gen: '[' without a closing ']'");
+  const std::string none = temp_path("infeasible.json");
+  fails({"opf", "solve", "--case", case_path("case30.m"), "--load-scale", "1,2", "--out", none}, 1,
+        "no optimal dispatch at load scale 2");
+  CHECK(!file_exists(none));
+  fails({"opf", "solve", "--case", case_path("case30.m"), "--outage", "34"}, 1, "islanded");  // row 34: 25-26
+}
