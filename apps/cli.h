@@ -79,5 +79,6 @@ Command cfm_train_command();
 Command cfm_sample_command();
 Command cfm_eval_command();
 Command opf_solve_command();
+Command opf_dataset_command();
 
 }  // namespace nfkit::cli

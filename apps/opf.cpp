@@ -6,12 +6,14 @@
 #include "cli.h"
 #include "nfkit/core/error.h"
 #include "nfkit/core/files.h"
+#include "nfkit/core/runtime.h"
+#include "nfkit/opf/dataset.h"
 #include "nfkit/physics/dc_opf.h"
 
 namespace nfkit::cli {
 namespace {
 
-std::vector<double> parse_levels(const std::string& s) {
+std::vector<double> parse_levels(const std::string& s, const std::string& option = "--load-scale") {
   std::vector<double> out;
   std::stringstream in(s);
   std::string item;
@@ -20,10 +22,10 @@ std::vector<double> parse_levels(const std::string& s) {
     char* end = nullptr;
     const double v = std::strtod(item.c_str(), &end);
     if (end == item.c_str() || *end != '\0' || !(v >= 0.0) || !std::isfinite(v))
-      usage_error("--load-scale", "'" + item + "' is not a load scale (a number >= 0, e.g. 1.15 for 115%)");
+      usage_error(option, "'" + item + "' is not a load scale (a number >= 0, e.g. 1.15 for 115%)");
     out.push_back(v);
   }
-  if (out.empty()) usage_error("--load-scale", "is empty");
+  if (out.empty()) usage_error(option, "is empty");
   return out;
 }
 
@@ -97,7 +99,9 @@ Command opf_solve_command() {
                 r["message"] = sol.message;
                 line << "  " << sol.message;
                 if (all_optimal) {
-                  first_failure = "load scale " + std::to_string(s) + ": " + sol.message;
+                  std::ostringstream ls;
+                  ls << s;
+                  first_failure = "load scale " + ls.str() + ": " + sol.message;
                   all_optimal = false;
                 }
               }
@@ -118,6 +122,55 @@ Command opf_solve_command() {
                                          .dump(1) + "\n");
               ctx.out << "wrote " << out << "\n";
             }
+          }};
+}
+
+Command opf_dataset_command() {
+  return {"opf", "dataset", "DC-OPF scenarios (loads, N-1 outages) solved by Ipopt into an HDF5 dataset",
+          [] {
+            po::options_description o;
+            o.add_options()
+                ("case", po::value<std::string>(), "MATPOWER case file (version 2)")
+                ("dc-model", po::value<std::string>()->default_value("matpower"), "DC convention: matpower or powermodels")
+                ("load-levels", po::value<std::string>()->default_value("0.7,0.85,1,1.15,1.3"),
+                 "comma-separated load levels (multiples of the file's Pd)")
+                ("per-level", po::value<int64_t>()->default_value(200), "scenarios per load level")
+                ("sigma", po::value<double>()->default_value(0.05), "relative per-bus load perturbation (Gaussian)")
+                ("outages", po::bool_switch(), "one random N-1 branch outage (keeping the grid connected) per scenario")
+                ("workers", po::value<int>()->default_value(0), "Ipopt worker processes (0 = --threads)")
+                ("out", po::value<std::string>(), "HDF5 dataset to write (finished chunks are kept in OUT.partial; "
+                                                   "a rerun with the same options resumes)")
+                ("restart", po::bool_switch(), "discard OUT.partial");
+            return o;
+          },
+          [](const po::variables_map& vm, Context& ctx) {
+            if (!vm.count("case")) usage_error("opf dataset", "--case FILE is required");
+            if (!vm.count("out")) usage_error("opf dataset", "--out FILE is required");
+            OpfDatasetOptions o;
+            o.case_file = vm["case"].as<std::string>();
+            o.convention = parse_dc_convention(vm["dc-model"].as<std::string>());
+            o.load_levels = parse_levels(vm["load-levels"].as<std::string>(), "--load-levels");
+            o.per_level = vm["per-level"].as<int64_t>();
+            o.sigma = vm["sigma"].as<double>();
+            o.outages = vm["outages"].as<bool>();
+            const int w = vm["workers"].as<int>();
+            if (w < 0) usage_error("--workers", "must be >= 0");
+            o.workers = w > 0 ? w : (ctx.globals.threads > 0 ? ctx.globals.threads : hardware_threads());
+            o.seed = ctx.globals.seed;
+            o.restart = vm["restart"].as<bool>();
+            o.quiet = ctx.globals.quiet;
+            o.should_stop = [] { return stop_requested(); };
+            const std::string out = vm["out"].as<std::string>();
+            const auto rep = generate_opf_dataset(o, out);
+            ctx.results = rep.to_json();
+            ctx.results["out"] = out;
+            if (!rep.complete)
+              throw Interrupted("interrupted; finished scenarios are kept in " + out + ".partial; rerun the same command to resume");
+            ctx.out << "wrote " << out << ": " << rep.scenarios << " scenarios (" << rep.optimal << " optimal, "
+                    << rep.infeasible << " infeasible, " << rep.failed << " failed)"
+                    << (rep.resumed_from > 0 ? ", resumed after " + std::to_string(rep.resumed_from) : std::string()) << "; "
+                    << std::fixed << std::setprecision(1) << rep.seconds << " s with " << o.workers << " workers ("
+                    << rep.solve_seconds << " s of Ipopt)\n";
           }};
 }
 

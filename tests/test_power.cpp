@@ -11,6 +11,7 @@
 
 #include "helpers.h"
 #include "nfkit/core/files.h"
+#include "nfkit/opf/dataset.h"
 #include "nfkit/physics/dc_opf.h"
 
 using namespace nfkit;
@@ -335,4 +336,97 @@ TEST_CASE("nfkit opf solve: table, JSON and bad input", "[opf][cli]") {
         "no optimal dispatch at load scale 2");
   CHECK(!file_exists(none));
   fails({"opf", "solve", "--case", case_path("case30.m"), "--outage", "34"}, 1, "islanded");  // row 34: 25-26
+}
+
+TEST_CASE("opf dataset: worker processes, resumption and outages give the same scenarios", "[opf]") {
+  OpfDatasetOptions o;
+  o.case_file = case_path("case30.m");
+  o.load_levels = {0.7, 1.3};
+  o.per_level = 4;
+  o.seed = 5;
+  o.quiet = true;
+  const std::string one = temp_path("ds1.h5"), two = temp_path("ds2.h5"), res = temp_path("ds3.h5");
+  auto rep = generate_opf_dataset(o, one);
+  CHECK(rep.complete);
+  CHECK(rep.optimal == 8);
+  o.workers = 2;
+  generate_opf_dataset(o, two);
+  const auto a = OpfDataset::read(one), b = OpfDataset::read(two);
+  REQUIRE(a.size() == 8);
+  CHECK(torch::equal(a.pd, b.pd));
+  CHECK(torch::equal(a.pg, b.pg));
+  CHECK(torch::equal(a.lmp, b.lmp));
+  CHECK(torch::equal(a.cost, b.cost));
+  // stored solutions are the solver's for the stored loads; levels as asked
+  const DcNetwork net(read_matpower_case(o.case_file), DcConvention::kMatpower);
+  for (int64_t i : {0, 7}) {
+    Eigen::VectorXd pd(30);
+    for (int j = 0; j < 30; ++j) pd[j] = a.pd[i][j].item<double>();
+    CHECK(solve_dc_opf(net, pd).cost == Approx(a.cost[i].item<double>()).epsilon(1e-12));
+    CHECK(a.load_scale[i].item<double>() == (i < 4 ? 0.7 : 1.3));
+    // loads scatter around the level (sigma 0.05): the total within 10% of the scaled profile
+    CHECK(pd.sum() / (a.load_scale[i].item<double>() * net.base_load().sum()) == Approx(1.0).margin(0.1));
+  }
+  // stop after the first chunk, then resume: the same file as in one go
+  o.workers = 1;
+  o.chunk = 3;
+  int asked = 0;
+  o.should_stop = [&asked] { return asked++ > 0; };
+  rep = generate_opf_dataset(o, res);
+  CHECK(!rep.complete);
+  CHECK(!file_exists(res));
+  CHECK(file_exists(res + ".partial"));
+  CHECK(OpfDataset::read(res + ".partial").size() == 3);
+  o.should_stop = nullptr;
+  rep = generate_opf_dataset(o, res);
+  CHECK(rep.complete);
+  CHECK(rep.resumed_from == 3);
+  CHECK(!file_exists(res + ".partial"));
+  const auto c = OpfDataset::read(res);
+  CHECK(torch::equal(a.pd, c.pd));
+  CHECK(torch::equal(a.cost, c.cost));
+  // a partial file from other options is refused
+  asked = 0;
+  o.should_stop = [&asked] { return asked++ > 0; };
+  generate_opf_dataset(o, res);  // leaves res.partial with 3 scenarios
+  o.should_stop = nullptr;
+  o.sigma = 0.1;
+  CHECK_THROWS_WITH(generate_opf_dataset(o, res), Catch::Contains("made with other options"));
+  o.restart = true;
+  CHECK(generate_opf_dataset(o, res).complete);
+
+  // N-1 outages: connected ones only, the outaged branch carries nothing
+  OpfDatasetOptions q;
+  q.case_file = case_path("case30.m");
+  q.load_levels = {1.0};
+  q.per_level = 6;
+  q.outages = true;
+  q.quiet = true;
+  q.workers = 2;
+  const std::string n1 = temp_path("n1.h5");
+  generate_opf_dataset(q, n1);
+  const auto d = OpfDataset::read(n1);
+  const auto allowed = connected_branch_outages(read_matpower_case(q.case_file));
+  for (int64_t i = 0; i < d.size(); ++i) {
+    const int row = static_cast<int>(d.outage[i].item<int64_t>()) - 1;
+    REQUIRE(row >= 0);
+    CHECK(std::find(allowed.begin(), allowed.end(), row) != allowed.end());
+    if (d.status[i].item<int64_t>() == 0) CHECK(d.flows[i][row].item<double>() == 0.0);
+  }
+}
+
+TEST_CASE("nfkit opf dataset: command line", "[opf][cli]") {
+  const std::string out = temp_path("cli_ds.h5");
+  auto r = run_nfkit({"opf", "dataset", "--case", case_path("case30.m"), "--load-levels", "1", "--per-level", "3",
+                      "--out", out, "--json", "--quiet"});
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1));
+  CHECK(j["optimal"] == 3);
+  CHECK(OpfDataset::read(out).size() == 3);
+  r = run_nfkit({"opf", "dataset", "--case", case_path("case30.m")});
+  CHECK(r.code == 2);
+  CHECK_THAT(r.err, Catch::Contains("--out FILE is required"));
+  r = run_nfkit({"opf", "dataset", "--case", case_path("case30.m"), "--per-level", "0", "--out", out});
+  CHECK(r.code == 2);
+  CHECK_THAT(r.err, Catch::Contains("--per-level"));
 }
