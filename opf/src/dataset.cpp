@@ -30,29 +30,22 @@ void set_row(torch::Tensor& t, int64_t i, const Eigen::VectorXd& v) {
   std::copy(v.data(), v.data() + v.size(), t.data_ptr<double>() + i * t.size(1));
 }
 
-struct Arrays {
-  torch::Tensor pd, pg, theta, lmp, flows, cost, status, load_scale, outage, seconds;
-};
+// The per-scenario datasets, in file order: one table for writing, resuming and reading.
+const std::pair<const char*, torch::Tensor OpfDataset::*> kScenarioFields[] = {
+    {"pd", &OpfDataset::pd},         {"pg", &OpfDataset::pg},         {"theta", &OpfDataset::theta},
+    {"lmp", &OpfDataset::lmp},       {"flows", &OpfDataset::flows},   {"cost", &OpfDataset::cost},
+    {"status", &OpfDataset::status}, {"load_scale", &OpfDataset::load_scale},
+    {"outage", &OpfDataset::outage}, {"seconds", &OpfDataset::seconds}};
 
 void write_dataset(const std::string& path, const OpfDatasetOptions& o, const PowerCase& pc, const DcNetwork& net,
-                   const Arrays& a, int64_t rows, bool complete) {
+                   const OpfDataset& a, int64_t rows, bool complete) {
   H5Writer w(path, "opf_dataset", kFormatVersion);
   w.set_attr("/", "case", pc.name);
   w.set_attr("/", "case_file", o.case_file);
   w.set_attr("/", "dc_model", to_string(o.convention));
   w.set_attr("/", "config", o.config().dump());
   w.set_attr("/", "complete", int64_t{complete ? 1 : 0});
-  auto head = [rows](const torch::Tensor& t) { return t.narrow(0, 0, rows); };
-  w.write("/pd", head(a.pd));
-  w.write("/pg", head(a.pg));
-  w.write("/theta", head(a.theta));
-  w.write("/lmp", head(a.lmp));
-  w.write("/flows", head(a.flows));
-  w.write("/cost", head(a.cost));
-  w.write("/status", head(a.status));
-  w.write("/load_scale", head(a.load_scale));
-  w.write("/outage", head(a.outage));
-  w.write("/seconds", head(a.seconds));
+  for (const auto& [name, field] : kScenarioFields) w.write(std::string("/") + name, (a.*field).narrow(0, 0, rows));
   w.write("/bus_ids", index_tensor(net.bus_ids(), 0));
   w.write("/gen_rows", index_tensor(net.generator_rows(), 1));
   w.write("/branch_rows", index_tensor(net.branch_rows(), 1));
@@ -95,10 +88,17 @@ OpfDatasetReport generate_opf_dataset(const OpfDatasetOptions& o, const std::str
   const int64_t L = static_cast<int64_t>(o.load_levels.size());
   const int64_t N = L * o.per_level, nb = net.num_buses(), ng = net.num_generators(), nl = net.num_branches();
   const double nan = std::nan("");
-  Arrays a{torch::full({N, nb}, nan, f64), torch::full({N, ng}, nan, f64), torch::full({N, nb}, nan, f64),
-           torch::full({N, nb}, nan, f64), torch::full({N, nl}, nan, f64), torch::full({N}, nan, f64),
-           torch::full({N}, 2, i64),       torch::zeros({N}, f64),         torch::zeros({N}, i64),
-           torch::zeros({N}, f64)};
+  OpfDataset a;
+  a.pd = torch::full({N, nb}, nan, f64);
+  a.pg = torch::full({N, ng}, nan, f64);
+  a.theta = torch::full({N, nb}, nan, f64);
+  a.lmp = torch::full({N, nb}, nan, f64);
+  a.flows = torch::full({N, nl}, nan, f64);
+  a.cost = torch::full({N}, nan, f64);
+  a.status = torch::full({N}, 2, i64);
+  a.load_scale = torch::zeros({N}, f64);
+  a.outage = torch::zeros({N}, i64);
+  a.seconds = torch::zeros({N}, f64);
 
   OpfDatasetReport rep;
   rep.scenarios = N;
@@ -110,10 +110,7 @@ OpfDatasetReport generate_opf_dataset(const OpfDatasetOptions& o, const std::str
       usage_error(fn, partial + " holds a partial dataset made with other options; rerun with the same options "
                                "or add --restart to discard it");
     done = std::min(d.size(), N);
-    for (auto [dst, src] : {std::pair{&a.pd, &d.pd}, {&a.pg, &d.pg}, {&a.theta, &d.theta}, {&a.lmp, &d.lmp},
-                            {&a.flows, &d.flows}, {&a.cost, &d.cost}, {&a.status, &d.status},
-                            {&a.load_scale, &d.load_scale}, {&a.outage, &d.outage}, {&a.seconds, &d.seconds}})
-      dst->narrow(0, 0, done).copy_(src->narrow(0, 0, done));
+    for (const auto& [name, field] : kScenarioFields) (a.*field).narrow(0, 0, done).copy_((d.*field).narrow(0, 0, done));
     rep.resumed_from = done;
   }
 
@@ -190,26 +187,17 @@ OpfDataset OpfDataset::read(const std::string& path) {
   const bool partial_path = path.size() >= 8 && path.compare(path.size() - 8, 8, ".partial") == 0;
   if (!complete && !partial_path)
     runtime_error("OpfDataset::read", path + " is a partial dataset (generation was stopped); rerun nfkit opf dataset to finish it");
-  d.pd = r.read("/pd");
-  d.pg = r.read("/pg");
-  d.theta = r.read("/theta");
-  d.lmp = r.read("/lmp");
-  d.flows = r.read("/flows");
-  d.cost = r.read("/cost");
-  d.status = r.read("/status");
-  d.load_scale = r.read("/load_scale");
-  d.outage = r.read("/outage");
-  d.seconds = r.read("/seconds");
+  for (const auto& [name, field] : kScenarioFields) d.*field = r.read(std::string("/") + name);
   d.bus_ids = r.read("/bus_ids");
   d.gen_rows = r.read("/gen_rows");
   d.branch_rows = r.read("/branch_rows");
-  const int64_t n = d.cost.size(0);
-  for (const auto& [name, t] : {std::pair<const char*, torch::Tensor>{"pd", d.pd}, {"pg", d.pg}, {"theta", d.theta},
-                                {"lmp", d.lmp}, {"flows", d.flows}, {"status", d.status},
-                                {"load_scale", d.load_scale}, {"outage", d.outage}, {"seconds", d.seconds}})
-    if (t.size(0) != n)
-      runtime_error("OpfDataset::read", path + ": /" + name + " has " + std::to_string(t.size(0)) + " rows, /cost has " +
-                                            std::to_string(n));
+  const int64_t n = d.cost.dim() == 1 ? d.cost.size(0) : -1;
+  for (const auto& [name, field] : kScenarioFields)
+    if ((d.*field).dim() < 1 || (d.*field).size(0) != n)
+      runtime_error("OpfDataset::read", path + ": /" + name + " does not have one row per scenario (/cost has " +
+                                            std::to_string(n) + ")");
+  for (const torch::Tensor* t : {&d.pd, &d.pg, &d.theta, &d.lmp, &d.flows})
+    if (t->dim() != 2) runtime_error("OpfDataset::read", path + ": the per-bus, per-generator and per-branch datasets must be 2-D");
   if (d.pd.size(1) != d.bus_ids.size(0) || d.pg.size(1) != d.gen_rows.size(0) || d.flows.size(1) != d.branch_rows.size(0))
     runtime_error("OpfDataset::read", path + ": column counts do not match /bus_ids, /gen_rows, /branch_rows");
   return d;

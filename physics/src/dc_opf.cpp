@@ -246,7 +246,8 @@ DcOpfSolution solve(const DcNetwork& net, const Eigen::VectorXd& pd, const Eigen
   o->SetStringValue("jac_d_constant", "yes");
   if (nlp->hessian_constant()) o->SetStringValue("hessian_constant", "yes");
   o->SetStringValue("mu_strategy", "adaptive");
-  if (app->Initialize() != Ipopt::Solve_Succeeded) {
+  // "" : no ipopt.opt from the working directory (it would silently change the solver)
+  if (app->Initialize("") != Ipopt::Solve_Succeeded) {
     sol.message = "Ipopt failed to initialise";
     return sol;
   }
