@@ -13,6 +13,8 @@
 #include "nfkit/core/files.h"
 #include "nfkit/opf/dataset.h"
 #include "nfkit/physics/dc_opf.h"
+#include "nfkit/physics/dc_projection.h"
+#include <random>
 
 using namespace nfkit;
 using namespace nfkit::test;
@@ -295,6 +297,63 @@ TEST_CASE("Feasibility projection: feasible, closest, and the identity on feasib
     CHECK((p0 - proj.pg).dot(y - proj.pg) <= 1e-6);
   }
   CHECK((p0 - proj.pg).norm() <= (p0 - opt.pg).norm() + 1e-9);
+}
+
+TEST_CASE("Active-set projection: the same point as Ipopt's projection, in batches, and infeasibility", "[opf]") {
+  struct Setup {
+    std::string file;
+    DcConvention conv;
+    double scale;
+  };
+  // case30 (line limits bind at 130%), PGLib case118 (angle limits in the PowerModels convention)
+  // and case300 (phase shifters and taps in MATPOWER's convention)
+  for (const Setup& su : {Setup{"case30.m", DcConvention::kMatpower, 1.3}, Setup{"pglib/pglib_opf_case118_ieee.m", DcConvention::kPowerModels, 1.0},
+                          Setup{"pglib/pglib_opf_case300_ieee.m", DcConvention::kMatpower, 1.0}}) {
+    const DcNetwork net(read_matpower_case(case_path(su.file)), su.conv);
+    const DcProjector proj(net, ProjectionOptions{.ipopt_fallback = false});
+    const Eigen::VectorXd pd = su.scale * net.base_load();
+    const auto opt = solve_dc_opf(net, pd);
+    REQUIRE(opt.status == OpfStatus::kOptimal);
+    // the sensitivities are the model's: flows(pd, pg) = f0(pd) + H pg
+    const Eigen::VectorXd f = net.flows(pd, opt.pg);
+    CHECK((proj.base_flows(pd) + proj.flow_sensitivity() * opt.pg - f).cwiseAbs().maxCoeff() < 1e-8);
+    std::mt19937_64 rng(7);
+    std::normal_distribution<double> gauss;
+    const int64_t n = 6;
+    Eigen::MatrixXd pds(n, net.num_buses()), p0s(n, net.num_generators());
+    for (int64_t i = 0; i < n; ++i) {
+      pds.row(i) = pd.transpose();
+      // the optimum perturbed by 0.1%, 3% and 30% of each unit's range
+      const double rel = i < 2 ? 1e-3 : (i < 4 ? 0.03 : 0.3);
+      for (int64_t g = 0; g < net.num_generators(); ++g)
+        p0s(i, g) = opt.pg[g] + rel * (net.pmax()[g] - net.pmin()[g] + 1.0) * gauss(rng);
+    }
+    const auto batch = proj.project_batch(pds, p0s);
+    for (int64_t i = 0; i < n; ++i) {
+      const auto& r = batch[static_cast<size_t>(i)];
+      INFO(su.file << " instance " << i << ": " << r.message);
+      REQUIRE(r.status == OpfStatus::kOptimal);
+      CHECK(!r.fallback);
+      CHECK(r.feasibility.feasible(1e-6));
+      const auto ref = project_dispatch(net, pd, p0s.row(i).transpose());
+      REQUIRE(ref.status == OpfStatus::kOptimal);
+      INFO("distance " << r.distance << " vs Ipopt " << (ref.pg - p0s.row(i).transpose()).norm());
+      CHECK((r.pg - ref.pg).cwiseAbs().maxCoeff() < 1e-5);
+      // the variational inequality against the OPF optimum, a feasible point
+      CHECK((p0s.row(i).transpose() - r.pg).dot(opt.pg - r.pg) <= 1e-6 * (1.0 + r.distance));
+      // one by one gives the same bits
+      const auto one = proj.project(pd, p0s.row(i).transpose());
+      CHECK((one.pg - r.pg).cwiseAbs().maxCoeff() == 0.0);
+    }
+  }
+  // case30 at 140% of its loads cannot be served (Ipopt says so too): no dispatch is returned as optimal
+  const DcNetwork net(read_matpower_case(case_path("case30.m")), DcConvention::kMatpower);
+  const DcProjector proj(net);
+  const Eigen::VectorXd pd = 1.4 * net.base_load();
+  REQUIRE(solve_dc_opf(net, pd).status == OpfStatus::kInfeasible);
+  const auto r = proj.project(pd, net.pmax() * 0.5);
+  CHECK(r.status == OpfStatus::kInfeasible);
+  CHECK_THROWS_AS(proj.project(pd, Eigen::VectorXd::Zero(2)), UsageError);
 }
 
 TEST_CASE("nfkit opf solve: table, JSON and bad input", "[opf][cli]") {
