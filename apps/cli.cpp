@@ -104,7 +104,7 @@ const std::vector<Command>& commands() {
       bg_run_command(),     evidence_command(),   pta_compare_command(),
       image_train_command(), image_bpd_command(),  image_sample_command(),
       cfm_train_command(),  cfm_sample_command(),  cfm_eval_command(),
-      opf_solve_command(),  opf_dataset_command()};
+      opf_solve_command(),  opf_dataset_command(), opf_train_command(), opf_eval_command()};
   return all;
 }
 

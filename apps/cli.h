@@ -80,5 +80,7 @@ Command cfm_sample_command();
 Command cfm_eval_command();
 Command opf_solve_command();
 Command opf_dataset_command();
+Command opf_train_command();
+Command opf_eval_command();
 
 }  // namespace nfkit::cli

@@ -1,5 +1,7 @@
 // nfkit opf solve: the DC optimal power flow of a MATPOWER case by Ipopt (physics/dc_opf.h):
 // cost, dispatch, LMPs and the feasibility report, at one or more load levels.
+// nfkit opf dataset / train / eval: scenario datasets, the learned pipeline (GNN, then the
+// flow-matching refinement) and its evaluation against Ipopt (opf/pipeline.h).
 #include <iomanip>
 #include <sstream>
 
@@ -8,6 +10,7 @@
 #include "nfkit/core/files.h"
 #include "nfkit/core/runtime.h"
 #include "nfkit/opf/dataset.h"
+#include "nfkit/opf/pipeline.h"
 #include "nfkit/physics/dc_opf.h"
 
 namespace nfkit::cli {
@@ -27,6 +30,21 @@ std::vector<double> parse_levels(const std::string& s, const std::string& option
   }
   if (out.empty()) usage_error(option, "is empty");
   return out;
+}
+
+// The case a dataset was made from, unless --case names one.
+std::string case_of(const po::variables_map& vm, const OpfDataset& data, const std::string& data_path) {
+  if (vm.count("case")) return vm["case"].as<std::string>();
+  if (data.case_file.empty()) usage_error("--case", data_path + " does not name its case file; give --case FILE");
+  return data.case_file;
+}
+
+OdeOptions refinement_ode(const po::variables_map& vm) {
+  OdeOptions o;
+  o.method(parse_ode_method(vm["solver"].as<std::string>())).steps(vm["steps"].as<int64_t>());
+  if (o.method() == OdeMethod::kDopri5) usage_error("--solver", "the refinement uses a fixed grid: euler, midpoint, heun or rk4");
+  o.validate();
+  return o;
 }
 
 }  // namespace
@@ -171,6 +189,128 @@ Command opf_dataset_command() {
                     << (rep.resumed_from > 0 ? ", resumed after " + std::to_string(rep.resumed_from) : std::string()) << "; "
                     << std::fixed << std::setprecision(1) << rep.seconds << " s with " << o.workers << " workers ("
                     << rep.solve_seconds << " s of Ipopt)\n";
+          }};
+}
+
+Command opf_train_command() {
+  return {"opf", "train", "train the physics-informed GNN, then its flow-matching refinement, on an opf dataset",
+          [] {
+            po::options_description o;
+            o.add_options()
+                ("data", po::value<std::string>(), "opf_dataset HDF5 file (nfkit opf dataset)")
+                ("case", po::value<std::string>(), "MATPOWER case file (default: the one the dataset names)")
+                ("out", po::value<std::string>(), "model file to write (HDF5, kind opf_model)")
+                ("epochs", po::value<int64_t>()->default_value(300), "GNN epochs")
+                ("cfm-epochs", po::value<int64_t>()->default_value(300), "refinement epochs (0: GNN only)")
+                ("batch", po::value<int64_t>()->default_value(128), "minibatch size")
+                ("lr", po::value<double>()->default_value(2e-3), "GNN learning rate (Adam, cosine decay)")
+                ("cfm-lr", po::value<double>()->default_value(1e-3), "refinement learning rate")
+                ("hidden", po::value<int64_t>()->default_value(64), "GNN width")
+                ("layers", po::value<int64_t>()->default_value(6), "message-passing layers")
+                ("embed", po::value<int64_t>()->default_value(16), "per-unit embedding passed to the velocity field")
+                ("velocity-hidden", po::value<int64_t>()->default_value(128), "velocity MLP width")
+                ("velocity-layers", po::value<int64_t>()->default_value(3), "velocity MLP hidden layers")
+                ("w-pg", po::value<double>()->default_value(1.0), "weight of the supervised dispatch loss")
+                ("w-lmp", po::value<double>()->default_value(0.1), "weight of the LMP (multiplier) loss")
+                ("w-balance", po::value<double>()->default_value(1.0), "weight of the power-balance loss")
+                ("w-line", po::value<double>()->default_value(1.0), "weight of the line-limit (Kirchhoff/PTDF) loss")
+                ("w-kkt", po::value<double>()->default_value(0.1), "weight of the KKT stationarity/complementarity loss")
+                ("cfm-sigma", po::value<double>()->default_value(0.01), "path noise of the refinement")
+                ("val-fraction", po::value<double>()->default_value(0.1), "optimal scenarios held out for model selection")
+                ("solver", po::value<std::string>()->default_value("euler"), "refinement ODE solver for validation")
+                ("steps", po::value<int64_t>()->default_value(4), "refinement ODE steps");
+            return o;
+          },
+          [](const po::variables_map& vm, Context& ctx) {
+            if (!vm.count("data")) usage_error("opf train", "--data FILE is required");
+            if (!vm.count("out")) usage_error("opf train", "--out FILE is required");
+            const std::string data_path = vm["data"].as<std::string>(), out = vm["out"].as<std::string>();
+            OpfTrainOptions o;
+            o.model.hidden(vm["hidden"].as<int64_t>()).layers(vm["layers"].as<int64_t>()).embed(vm["embed"].as<int64_t>());
+            o.model.velocity_hidden(vm["velocity-hidden"].as<int64_t>()).velocity_layers(vm["velocity-layers"].as<int64_t>());
+            o.epochs = vm["epochs"].as<int64_t>();
+            o.cfm_epochs = vm["cfm-epochs"].as<int64_t>();
+            o.batch_size = vm["batch"].as<int64_t>();
+            o.lr = vm["lr"].as<double>();
+            o.cfm_lr = vm["cfm-lr"].as<double>();
+            o.w_pg = vm["w-pg"].as<double>();
+            o.w_lmp = vm["w-lmp"].as<double>();
+            o.w_balance = vm["w-balance"].as<double>();
+            o.w_line = vm["w-line"].as<double>();
+            o.w_kkt = vm["w-kkt"].as<double>();
+            o.cfm_sigma = vm["cfm-sigma"].as<double>();
+            o.val_fraction = vm["val-fraction"].as<double>();
+            o.ode = refinement_ode(vm);
+            o.seed = ctx.globals.seed;
+            o.quiet = ctx.globals.quiet;
+            o.should_stop = [] { return stop_requested(); };
+            o.validate();
+            check_writable(out);
+            const OpfDataset data = OpfDataset::read(data_path);
+            const std::string case_file = case_of(vm, data, data_path);
+            const PowerCase pc = read_matpower_case(case_file);
+            const DcConvention conv = parse_dc_convention(data.dc_model, data_path + ": attribute dc_model");
+            const OpfTrained tr = train_opf_model(data, pc, conv, o);
+            ctx.results = tr.report.to_json();
+            if (tr.report.interrupted) throw Interrupted("interrupted; no model written (training restarts from the beginning)");
+            tr.model.save(out, {{"data", data_path}, {"case_file", case_file}, {"dc_model", data.dc_model},
+                                {"train", o.to_json()}, {"report", tr.report.to_json()}});
+            ctx.results["out"] = out;
+            ctx.out << "trained on " << tr.report.train << " scenarios (" << tr.report.val << " for validation) in " << std::fixed
+                    << std::setprecision(1) << tr.report.seconds << " s: validation RMSE (unit coordinates) GNN "
+                    << std::setprecision(5) << tr.report.gnn_val_rmse << " (epoch " << tr.report.gnn_best_epoch << ")";
+            if (o.cfm_epochs > 0)
+              ctx.out << ", GNN+CFM " << tr.report.cfm_val_rmse << " (epoch " << tr.report.cfm_best_epoch << ")";
+            ctx.out << "\nwrote " << out << "\n";
+          }};
+}
+
+Command opf_eval_command() {
+  return {"opf", "eval", "cost gap, violations, feasibility and speed of a trained pipeline against Ipopt, per load level",
+          [] {
+            po::options_description o;
+            o.add_options()
+                ("model", po::value<std::string>(), "model file (nfkit opf train)")
+                ("data", po::value<std::string>(), "opf_dataset HDF5 file of held-out scenarios")
+                ("case", po::value<std::string>(), "MATPOWER case file (default: the one the dataset names)")
+                ("solver", po::value<std::string>()->default_value("euler"), "refinement ODE solver (euler, midpoint, heun, rk4)")
+                ("steps", po::value<int64_t>()->default_value(4), "refinement ODE steps")
+                ("ipopt-sample", po::value<int64_t>()->default_value(200),
+                 "scenarios Ipopt re-solves one by one in this run for the speed ratio (0 = all)")
+                ("out", po::value<std::string>()->default_value(""), "write the report to this JSON file");
+            return o;
+          },
+          [](const po::variables_map& vm, Context& ctx) {
+            if (!vm.count("model")) usage_error("opf eval", "--model FILE is required");
+            if (!vm.count("data")) usage_error("opf eval", "--data FILE is required");
+            const std::string model_path = vm["model"].as<std::string>(), data_path = vm["data"].as<std::string>();
+            const std::string out = vm["out"].as<std::string>();
+            OpfEvalOptions eo;
+            eo.ode = refinement_ode(vm);
+            eo.ipopt_sample = vm["ipopt-sample"].as<int64_t>();
+            if (eo.ipopt_sample < 0) usage_error("--ipopt-sample", "must be >= 0");
+            if (!out.empty()) check_writable(out);
+            const OpfDataset data = OpfDataset::read(data_path);
+            const std::string case_file = case_of(vm, data, data_path);
+            const PowerCase pc = read_matpower_case(case_file);
+            const DcConvention conv = parse_dc_convention(data.dc_model, data_path + ": attribute dc_model");
+            const DcNetwork net(pc, conv);
+            const OpfModel model = OpfModel::load(model_path, net);
+            const OpfEvalReport rep = evaluate_opf_model(model, data, pc, conv, eo);
+            ctx.results = rep.to_json();
+            ctx.results["model"] = model_path;
+            ctx.results["data"] = data_path;
+            ctx.out << pc.name << ", " << data.size() << " scenarios of " << data_path << "; refinement " << rep.ode << "\n"
+                    << rep.table();
+            if (rep.returned_infeasible > 0)
+              ctx.out << rep.returned_infeasible << " scenarios Ipopt solved got no dispatch from the pipeline\n";
+            if (!out.empty()) {
+              json j = ctx.results;
+              j["nfkit_format"] = "opf_eval";
+              j["format_version"] = 1;
+              write_file_atomic(out, j.dump(1) + "\n");
+              ctx.out << "wrote " << out << "\n";
+            }
           }};
 }
 

@@ -12,6 +12,7 @@
 #include "helpers.h"
 #include "nfkit/core/files.h"
 #include "nfkit/opf/dataset.h"
+#include "nfkit/opf/pipeline.h"
 #include "nfkit/physics/dc_opf.h"
 #include "nfkit/physics/dc_projection.h"
 #include <random>
@@ -348,11 +349,13 @@ TEST_CASE("Active-set projection: the same point as Ipopt's projection, in batch
   }
   // case30 at 140% of its loads cannot be served (Ipopt says so too): no dispatch is returned as optimal
   const DcNetwork net(read_matpower_case(case_path("case30.m")), DcConvention::kMatpower);
-  const DcProjector proj(net);
+  const DcProjector proj(net, ProjectionOptions{.ipopt_fallback = false});  // the method's own verdict
   const Eigen::VectorXd pd = 1.4 * net.base_load();
   REQUIRE(solve_dc_opf(net, pd).status == OpfStatus::kInfeasible);
   const auto r = proj.project(pd, net.pmax() * 0.5);
+  INFO(r.message << " after " << r.iterations << " steps");
   CHECK(r.status == OpfStatus::kInfeasible);
+  CHECK(r.iterations < 100);
   CHECK_THROWS_AS(proj.project(pd, Eigen::VectorXd::Zero(2)), UsageError);
 }
 
@@ -488,4 +491,174 @@ TEST_CASE("nfkit opf dataset: command line", "[opf][cli]") {
   r = run_nfkit({"opf", "dataset", "--case", case_path("case30.m"), "--per-level", "0", "--out", out});
   CHECK(r.code == 2);
   CHECK_THAT(r.err, Catch::Contains("--per-level"));
+}
+
+TEST_CASE("OPF pipeline: loss physics, model round trip, a short training and the feasibility guarantee", "[opf]") {
+  torch::set_num_threads(2);
+  const PowerCase pc = read_matpower_case(case_path("case30.m"));
+  const DcNetwork net(pc, DcConvention::kMatpower);
+  // the losses' physics: flows and marginal costs as the network computes them, outages included
+  {
+    const int row = connected_branch_outages(pc)[5];
+    int64_t k = -1;
+    for (int64_t b = 0; b < net.num_branches(); ++b)
+      if (net.branch_rows()[b] == row) k = b;
+    REQUIRE(k >= 0);
+    const OpfLossPhysics phys(pc, DcConvention::kMatpower, net, torch::tensor({int64_t(-1), k}));
+    const DcNetwork out(with_branch_outage(pc, row), DcConvention::kMatpower);
+    const Eigen::VectorXd pd = 1.1 * net.base_load();
+    const Eigen::VectorXd pg = 0.5 * (net.pmin() + net.pmax());
+    auto t = [](const Eigen::VectorXd& v) { return torch::from_blob(const_cast<double*>(v.data()), {1, v.size()}, torch::kFloat64).to(torch::kFloat32); };
+    const torch::Tensor f = phys.flows(torch::cat({t(pd), t(pd)}), torch::cat({t(pg), t(pg)}), phys.slots(torch::tensor({int64_t(-1), k})));
+    const Eigen::VectorXd f0 = net.flows(pd, pg), f1 = out.flows(pd, pg);
+    for (int64_t b = 0, j = 0; b < net.num_branches(); ++b) {
+      CHECK(f[0][b].item<double>() == Approx(f0[b]).margin(1e-3));
+      if (b == k) {
+        CHECK(f[1][b].item<double>() == 0.0);
+      } else {
+        CHECK(f[1][b].item<double>() == Approx(f1[j++]).margin(1e-3));
+      }
+    }
+    const torch::Tensor mc = phys.marginal(t(pg));
+    for (int64_t g = 0; g < net.num_generators(); ++g)
+      CHECK(mc[0][g].item<double>() == Approx(net.costs()[g].marginal(pg[g])).epsilon(1e-6));
+  }
+
+  // small datasets: three load levels for training, held-out scenarios (another seed) plus an
+  // infeasible level for evaluation
+  OpfDatasetOptions o;
+  o.case_file = case_path("case30.m");
+  o.load_levels = {0.85, 1.0, 1.15};
+  o.per_level = 60;
+  o.seed = 11;
+  o.quiet = true;
+  o.workers = 2;
+  const std::string train_file = temp_path("pipe_train.h5"), test_file = temp_path("pipe_test.h5");
+  generate_opf_dataset(o, train_file);
+  o.per_level = 10;
+  o.load_levels = {0.85, 1.0, 1.15, 1.6};
+  o.seed = 12;
+  generate_opf_dataset(o, test_file);
+  const auto train = OpfDataset::read(train_file), test = OpfDataset::read(test_file);
+  // the physics terms vanish at Ipopt's optima with their LMPs
+  {
+    const torch::Tensor ok = (train.status == 0).nonzero().squeeze(1);
+    const OpfLossPhysics phys(pc, DcConvention::kMatpower, net, torch::tensor({int64_t(-1)}));
+    const OpfModel m(net, OpfModelOptions());
+    const torch::Tensor pd = train.pd.index_select(0, ok).to(torch::kFloat32), pg = train.pg.index_select(0, ok).to(torch::kFloat32);
+    const torch::Tensor u = m.to_unit(train.pg.index_select(0, ok)).clamp(0.0, 1.0).to(torch::kFloat32);
+    const auto terms = phys.terms(pd, pg, u, train.lmp.index_select(0, ok).to(torch::kFloat32),
+                                  torch::zeros({ok.numel()}, torch::kInt64), m.graph().p_scale, m.graph().c_scale);
+    CHECK(terms.balance.item<double>() < 1e-10);
+    CHECK(terms.line.item<double>() < 1e-10);
+    CHECK(terms.kkt.item<double>() < 1e-6);
+    // and do not at a wrong dispatch or wrong prices
+    CHECK(phys.terms(pd, 1.1 * pg, u, train.lmp.index_select(0, ok).to(torch::kFloat32), torch::zeros({ok.numel()}, torch::kInt64),
+                     m.graph().p_scale, m.graph().c_scale)
+              .balance.item<double>() > 1e-4);
+    CHECK(phys.terms(pd, pg, u, 0.5 * train.lmp.index_select(0, ok).to(torch::kFloat32), torch::zeros({ok.numel()}, torch::kInt64),
+                     m.graph().p_scale, m.graph().c_scale)
+              .kkt.item<double>() > 1e-3);
+  }
+
+  OpfTrainOptions to;
+  to.model.hidden(16).layers(3).embed(4).velocity_hidden(32).velocity_layers(2);
+  to.epochs = 150;
+  to.cfm_epochs = 20;
+  to.batch_size = 32;
+  to.quiet = true;
+  to.seed = 3;
+  const OpfTrained tr = train_opf_model(train, pc, DcConvention::kMatpower, to);
+  // the GNN has learned something: better than predicting the training mean of u
+  {
+    OpfModel m(net, to.model);
+    const torch::Tensor ok = (train.status == 0).nonzero().squeeze(1);
+    const torch::Tensor u = m.to_unit(train.pg.index_select(0, ok));
+    const double mean_rmse = std::sqrt((u - u.mean(0, true)).pow(2).mean().item<double>());
+    INFO("GNN validation RMSE " << tr.report.gnn_val_rmse << " vs the mean's " << mean_rmse);
+    CHECK(tr.report.gnn_val_rmse < 0.5 * mean_rmse);
+    CHECK(tr.report.cfm_val_rmse <= tr.report.gnn_val_rmse);  // the refinement starts from the GNN and keeps its best epoch
+  }
+  // the same seed gives the same model (two epochs each)
+  {
+    OpfTrainOptions t2 = to;
+    t2.epochs = 2;
+    t2.cfm_epochs = 1;
+    const auto a = train_opf_model(train, pc, DcConvention::kMatpower, t2), b = train_opf_model(train, pc, DcConvention::kMatpower, t2);
+    const auto pa = a.model.gnn()->parameters(), pb = b.model.gnn()->parameters();
+    for (size_t i = 0; i < pa.size(); ++i) CHECK(torch::equal(pa[i], pb[i]));
+    CHECK(torch::equal(a.model.velocity()->parameters()[0], b.model.velocity()->parameters()[0]));
+  }
+  // save / load: the same predictions bit for bit; a model of another grid is refused
+  const std::string model_file = temp_path("pipe_model.h5");
+  tr.model.save(model_file);
+  const OpfModel back = OpfModel::load(model_file, net);
+  const OdeOptions ode = OdeOptions().method(OdeMethod::kEuler).steps(4);
+  const torch::Tensor outage = torch::full({test.size()}, -1, torch::kInt64);
+  const auto p1 = tr.model.predict(test.pd, outage, ode), p2 = back.predict(test.pd, outage, ode);
+  CHECK(torch::equal(p1.pg_cfm, p2.pg_cfm));
+  CHECK(torch::equal(p1.pg_gnn, p2.pg_gnn));
+  const DcNetwork other(read_matpower_case(case_path("pglib/pglib_opf_case14_ieee.m")), DcConvention::kMatpower);
+  CHECK_THROWS_WITH(OpfModel::load(model_file, other), Catch::Contains("was trained on case30 (30 buses, 6 generators"));
+  // an outage changes what the GNN sees
+  const torch::Tensor out1 = torch::full({test.size()}, int64_t(3), torch::kInt64);
+  CHECK(!torch::equal(tr.model.predict(test.pd, out1, ode).pg_gnn, p1.pg_gnn));
+
+  // evaluation: every returned dispatch is feasible, infeasible loads are refused, gaps are small
+  OpfEvalOptions eo;
+  eo.ipopt_sample = 5;
+  const auto rep = evaluate_opf_model(tr.model, test, pc, DcConvention::kMatpower, eo);
+  REQUIRE(rep.levels.size() == 4);
+  int64_t infeasible = (test.status != 0).sum().item<int64_t>();
+  CHECK(infeasible == 10);  // 160% of case30.s loads exceeds what its lines can carry
+  CHECK(rep.all.refused == infeasible);
+  CHECK(rep.returned_infeasible == 0);
+  CHECK(rep.all.returned == rep.all.optimal);
+  CHECK(rep.all.feasible == rep.all.returned);
+  CHECK(rep.all.worst_after <= 1e-6);
+  INFO(rep.table());
+  CHECK(rep.all.gap_final < 1.0);                 // % of Ipopt's cost, after 150 epochs of a tiny model
+  CHECK(rep.all.gap_final <= rep.all.gap_gnn + 1e-9);  // the projection never hurts here: it restores balance
+  CHECK(rep.ipopt_timed == 5);
+  CHECK(rep.speedup > 0.0);
+  // a dataset of another grid is refused
+  CHECK_THROWS_WITH(evaluate_opf_model(tr.model, test, read_matpower_case(case_path("pglib/pglib_opf_case14_ieee.m")),
+                                       DcConvention::kMatpower, eo),
+                    Catch::Contains("does not come from"));
+}
+
+TEST_CASE("nfkit opf train / eval: command line", "[opf][cli]") {
+  const std::string data = temp_path("cli_pipe.h5"), model = temp_path("cli_model.h5"), rep = temp_path("cli_eval.json");
+  REQUIRE(run_nfkit({"opf", "dataset", "--case", case_path("case30.m"), "--load-levels", "0.9,1.1", "--per-level", "12", "--out",
+                     data, "--quiet"})
+              .code == 0);
+  auto r = run_nfkit({"opf", "train", "--data", data, "--out", model, "--epochs", "3", "--cfm-epochs", "2", "--hidden", "8",
+                      "--layers", "2", "--embed", "2", "--velocity-hidden", "8", "--quiet"});
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("wrote " + model));
+  r = run_nfkit({"opf", "eval", "--model", model, "--data", data, "--ipopt-sample", "2", "--out", rep, "--quiet"});
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.out, Catch::Contains("gap GNN%"));
+  CHECK_THAT(r.out, Catch::Contains("100.0%"));  // feasible after projection
+  const auto j = nlohmann::json::parse(read_text(rep));
+  CHECK(j["nfkit_format"] == "opf_eval");
+  CHECK(j["all"]["feasible"] == j["all"]["optimal"]);
+  // bad input: one line, exit 2 (usage) or 1 (runtime), nothing written
+  r = run_nfkit({"opf", "train", "--data", data});
+  CHECK(r.code == 2);
+  CHECK_THAT(r.err, Catch::Contains("--out FILE is required"));
+  const std::string none = temp_path("never.h5");
+  r = run_nfkit({"opf", "train", "--data", data, "--out", none, "--epochs", "0"});
+  CHECK(r.code == 2);
+  CHECK_THAT(r.err, Catch::Contains("--epochs"));
+  CHECK(!file_exists(none));
+  r = run_nfkit({"opf", "eval", "--model", model, "--data", data, "--solver", "dopri5"});
+  CHECK(r.code == 2);
+  CHECK_THAT(r.err, Catch::Contains("--solver"));
+  r = run_nfkit({"opf", "eval", "--model", data, "--data", data});
+  CHECK(r.code == 1);
+  CHECK_THAT(r.err, Catch::Contains(data));
+  r = run_nfkit({"opf", "eval", "--model", model, "--data", data, "--case", case_path("pglib/pglib_opf_case14_ieee.m")});
+  CHECK(r.code == 1);
+  CHECK_THAT(r.err, Catch::Contains("was trained on case30 (30 buses, 6 generators"));
 }

@@ -173,8 +173,8 @@ Projection DcProjector::solve(const Eigen::VectorXd& pd, const Eigen::VectorXd& 
       if (q > 0) {
         nmat.resize(ng, q);
         for (int64_t a = 0; a < q; ++a) nmat.col(a) = normal(act[static_cast<size_t>(a)], sgn[static_cast<size_t>(a)]);
-        const Eigen::MatrixXd gram = nmat.transpose() * nmat;
-        rr = gram.ldlt().solve(nmat.transpose() * np);
+        // least squares by column-pivoting QR (stable when active normals are nearly dependent)
+        rr = nmat.colPivHouseholderQr().solve(np);
         z -= nmat * rr;
       }
       // The largest step that keeps the multipliers of active inequalities >= 0.
@@ -199,7 +199,7 @@ Projection DcProjector::solve(const Eigen::VectorXd& pd, const Eigen::VectorXd& 
         sgn.erase(sgn.begin() + a);
         u.erase(u.begin() + a);
       };
-      if (zz <= 1e-14) {  // n_p depends on the active normals
+      if (zz <= 1e-12) {  // n_p depends on the active normals (|z| <= 1e-6 for unit rows)
         if (k < 0) {
           r.status = OpfStatus::kInfeasible;
           r.message = "the loads cannot be served within the generator, line and angle limits";
@@ -238,7 +238,9 @@ Projection DcProjector::solve(const Eigen::VectorXd& pd, const Eigen::VectorXd& 
 }
 
 bool DcProjector::needs_fallback(const Projection& r) const {
-  return opts_.ipopt_fallback && r.status != OpfStatus::kOptimal;
+  // kInfeasible is the method's certificate (a violated row that the active rows with
+  // nonnegative multipliers exclude); only results that fail the check go to Ipopt
+  return opts_.ipopt_fallback && r.status == OpfStatus::kFailed;
 }
 
 void DcProjector::fall_back(const Eigen::VectorXd& pd, const Eigen::VectorXd& p0, Projection& r) const {
@@ -250,7 +252,7 @@ void DcProjector::fall_back(const Eigen::VectorXd& pd, const Eigen::VectorXd& p0
     r.distance = (s.pg - p0).norm();
     r.fallback = true;
     r.message.clear();
-  } else if (r.status == OpfStatus::kFailed && s.status == OpfStatus::kInfeasible) {
+  } else if (s.status == OpfStatus::kInfeasible) {
     r.status = OpfStatus::kInfeasible;
     r.message = s.message;
   }

@@ -21,7 +21,9 @@
 // The guarantee: every result is checked by DcNetwork::check; a result that violates anything
 // by more than `feasible_tol_mw` (which only rounding in a badly conditioned case could cause)
 // is replaced by Ipopt's projection (project_dispatch, dc_opf.h) when `ipopt_fallback` is set,
-// and is reported as kFailed otherwise. kInfeasible means no dispatch serves the loads.
+// and is reported as kFailed otherwise. kInfeasible means no dispatch serves the loads: the
+// method's own certificate (not re-checked by Ipopt, whose infeasibility detection takes
+// ~100 times longer).
 //
 // project_batch runs instances in parallel on torch's intra-op threads (set_num_threads); each
 // instance is independent, so results do not depend on the thread count. Ipopt fallbacks run
