@@ -2,6 +2,7 @@
 // cost, dispatch, LMPs and the feasibility report, at one or more load levels.
 // nfkit opf dataset / train / eval: scenario datasets, the learned pipeline (GNN, then the
 // flow-matching refinement) and its evaluation against Ipopt (opf/pipeline.h).
+#include <cstdio>
 #include <iomanip>
 #include <sstream>
 
@@ -250,11 +251,17 @@ Command opf_train_command() {
             const std::string case_file = case_of(vm, data, data_path);
             const PowerCase pc = read_matpower_case(case_file);
             const DcConvention conv = parse_dc_convention(data.dc_model, data_path + ": attribute dc_model");
+            o.gnn_checkpoint = out + ".gnn.partial";
             const OpfTrained tr = train_opf_model(data, pc, conv, o);
             ctx.results = tr.report.to_json();
-            if (tr.report.interrupted) throw Interrupted("interrupted; no model written (training restarts from the beginning)");
+            if (tr.report.interrupted)
+              throw Interrupted(file_exists(o.gnn_checkpoint)
+                                    ? "interrupted; the trained GNN is kept in " + o.gnn_checkpoint +
+                                          "; rerun the same command to go on with the refinement"
+                                    : "interrupted during the GNN stage; no model written");
             tr.model.save(out, {{"data", data_path}, {"case_file", case_file}, {"dc_model", data.dc_model},
                                 {"train", o.to_json()}, {"report", tr.report.to_json()}});
+            std::remove(o.gnn_checkpoint.c_str());
             ctx.results["out"] = out;
             ctx.out << "trained on " << tr.report.train << " scenarios (" << tr.report.val << " for validation) in " << std::fixed
                     << std::setprecision(1) << tr.report.seconds << " s: validation RMSE (unit coordinates) GNN "

@@ -588,6 +588,23 @@ TEST_CASE("OPF pipeline: loss physics, model round trip, a short training and th
     const auto pa = a.model.gnn()->parameters(), pb = b.model.gnn()->parameters();
     for (size_t i = 0; i < pa.size(); ++i) CHECK(torch::equal(pa[i], pb[i]));
     CHECK(torch::equal(a.model.velocity()->parameters()[0], b.model.velocity()->parameters()[0]));
+    // stopped in stage 2, resumed from the stage-1 checkpoint: the same GNN, the same refinement
+    t2.gnn_checkpoint = temp_path("pipe.gnn.partial");
+    int calls = 0;
+    t2.should_stop = [&calls, &t2] { return ++calls > t2.epochs; };  // after the first refinement epoch
+    t2.cfm_epochs = 2;
+    const auto stopped = train_opf_model(train, pc, DcConvention::kMatpower, t2);
+    CHECK(stopped.report.interrupted);
+    REQUIRE(file_exists(t2.gnn_checkpoint));
+    t2.should_stop = nullptr;
+    const auto resumed = train_opf_model(train, pc, DcConvention::kMatpower, t2);
+    CHECK(!resumed.report.interrupted);
+    CHECK(resumed.report.gnn_val_rmse == a.report.gnn_val_rmse);
+    const auto pr = resumed.model.gnn()->parameters();
+    for (size_t i = 0; i < pa.size(); ++i) CHECK(torch::equal(pa[i], pr[i]));
+    t2.gnn_checkpoint.clear();
+    const auto whole = train_opf_model(train, pc, DcConvention::kMatpower, t2);
+    CHECK(torch::equal(whole.model.velocity()->parameters()[0], resumed.model.velocity()->parameters()[0]));
   }
   // save / load: the same predictions bit for bit; a model of another grid is refused
   const std::string model_file = temp_path("pipe_model.h5");

@@ -293,7 +293,7 @@ OpfPrediction OpfModel::predict(const torch::Tensor& pd, const torch::Tensor& ou
   if (pd.dim() != 2 || pd.size(1) != graph_.nb)
     usage_error("OpfModel::predict", "pd must be [B, " + std::to_string(graph_.nb) + "] (MW per bus)");
   if (!torch::isfinite(pd).all().item<bool>()) usage_error("OpfModel::predict", "pd must be finite");
-  torch::NoGradGuard ng;
+  c10::InferenceMode guard;
   const torch::Tensor mask = outage.defined() ? in_service(outage) : torch::Tensor();
   const GnnOutput out = gnn_->forward(pd, mask);
   OpfPrediction p;

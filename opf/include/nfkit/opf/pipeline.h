@@ -86,6 +86,9 @@ struct OpfTrainOptions {
   OdeOptions ode = OdeOptions().method(OdeMethod::kEuler).steps(4);  ///< for stage-2 validation
   uint64_t seed = 0;
   bool quiet = false;
+  /// Stage-1 checkpoint: when set, the finished GNN stage is saved there, and a later run with
+  /// the same stage-1 options and data takes the GNN from it and goes on with stage 2.
+  std::string gnn_checkpoint;
   /// Asked after every epoch; true stops training: the report says interrupted and the model
   /// holds the best weights so far.
   std::function<bool()> should_stop;
@@ -129,6 +132,7 @@ struct OpfLevelResult {
   int64_t returned = 0;                 ///< solved scenarios the pipeline returned a dispatch for
   int64_t feasible = 0;                 ///< returned dispatches passing the check (<= 1e-6 MW)
   double gap_gnn = 0, gap_cfm = 0, gap_final = 0, gap_final_max = 0;
+  double gap_gnn_projected = 0;         ///< the GNN's dispatch projected without the refinement
   double viol_gnn_mean = 0, viol_gnn_max = 0, viol_cfm_mean = 0, viol_cfm_max = 0;
   double worst_after = 0;               ///< MW, after projection
   nlohmann::json to_json() const;
