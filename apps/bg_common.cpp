@@ -19,7 +19,7 @@
 #include "nfkit/flows/checkpoint.h"
 #include "nfkit/flows/losses.h"
 #include "nfkit/physics/openmm_energy.h"
-#include "png_plot.h"
+#include "figures.h"
 
 namespace nfkit::cli {
 
@@ -276,9 +276,13 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
   flow->to(torch::kCPU, torch::kFloat64);
   save_flow(out, *flow, meta);
   std::remove(opts.checkpoint_path().c_str());
+  const std::string curve = training_figure_path(out, ctx.globals.figure_format);
+  training_curve_figure(curve, ctx.globals.figure_format,
+                        training_curve(rep, "bg train: " + m.system + " (" + coords + " coordinates)",
+                                       rw > 0 ? "loss: NLL + reverse-KL term (nats)" : "negative log-likelihood (nats)"));
   return {{"model", out}, {"steps", rep.steps_done}, {"best_step", rep.best_step},
           {"best_val", rep.best_val}, {"n_train", train.size(0)}, {"n_val", val.size(0)},
-          {"dim", flow->dim()}};
+          {"dim", flow->dim()}, {"figure", curve}};
 }
 
 BoltzmannGenerator load_generator(const std::string& path, json* metadata) {
@@ -351,7 +355,8 @@ po::options_description bg_eval_options() {
   o.add_options()
       ("clip", po::value<double>()->default_value(0.0), "clip log-weights above this quantile, e.g. 0.999 (0 = off)")
       ("bootstrap", po::value<int64_t>()->default_value(200), "bootstrap rounds for error bars")
-      ("w2-samples", po::value<int64_t>()->default_value(1000), "samples per side for T-W2 (exact assignment, O(n^3))");
+      ("w2-samples", po::value<int64_t>()->default_value(1000), "samples per side for T-W2 (exact assignment, O(n^3))")
+      ("energy-cut", po::value<double>(), "raw E-W2 and the raw energy histogram use BG samples with reduced energy below this (default: 20 above the reference's 99.9% quantile)");
   return o;
 }
 
@@ -371,15 +376,6 @@ torch::Tensor evenly(int64_t n, int64_t m) {
   return torch::linspace(0, static_cast<double>(n - 1), std::min(n, m), torch::kFloat64)
       .round()
       .to(torch::kInt64);
-}
-
-torch::Tensor rama_image(const torch::Tensor& phi_psi, const torch::Tensor& log_w) {
-  // log-density image, psi up (row 0 = psi = +pi), phi to the right; floor at e^-8 of the max.
-  auto h = ramachandran_histogram(phi_psi, 90, log_w);
-  h = h / h.max();
-  auto img = torch::clamp_min(torch::log(h + 1e-30) + 8.0, 0.0);
-  // 3x3 pixels per bin: 270 x 270 panels.
-  return img.t().flip(0).repeat_interleave(3, 0).repeat_interleave(3, 1).contiguous();
 }
 
 }  // namespace
@@ -436,9 +432,20 @@ json bg_eval(const po::variables_map& vm, const MoleculeSpec& m, const std::stri
 
   // Resampled (unweighted) reweighted samples for W2 and histograms.
   const auto idx_rw = resample(log_w, n, derive_seed(ctx.globals.seed, 41, 1));
-  const auto finite = torch::isfinite(u);
-  const auto u_raw = u.masked_select(finite);
+  // The raw BG samples' energies have a far tail (a few clashes at 1e9 k_B T) that would make
+  // the raw E-W2 meaningless: as the literature does (ArBG, SBG), the raw metric uses the
+  // samples below an energy cut-off, reported with the number it excluded.
+  const double u_cut = vm.count("energy-cut") ? vm["energy-cut"].as<double>()
+                                              : torch::quantile(u_md, 0.999).item<double>() + 20.0;
+  if (!std::isfinite(u_cut)) usage_error("--energy-cut", "must be a finite reduced energy");
+  const auto below = torch::isfinite(u) & (u < u_cut);
+  const auto u_raw = u.masked_select(below);
+  if (u_raw.numel() == 0)
+    runtime_error(samples, "no sample has a reduced energy below the cut-off " + std::to_string(u_cut) +
+                               " (--energy-cut)");
   res["e_w2"] = {{"raw", wasserstein2_1d(u_md, u_raw)},
+                 {"raw_energy_cut", u_cut},
+                 {"raw_excluded", n - u_raw.numel()},
                  {"reweighted", wasserstein2_1d(u_md, u.index_select(0, idx_rw))}};
   const auto sel_md = evenly(traj.x.size(0), n_w2);
   const int64_t k = sel_md.size(0);
@@ -463,14 +470,17 @@ json bg_eval(const po::variables_map& vm, const MoleculeSpec& m, const std::stri
     }
   }
   if (!fig_prefix.empty()) {
-    const std::string rama_png = fig_prefix + "ramachandran.png";
-    const std::string energy_png = fig_prefix + "energy.png";
-    write_density_png(rama_png, {rama_image(rama_md, {}), rama_image(rama_bg, {}),
-                                 rama_image(rama_bg, log_w)});
+    const auto fmt = ctx.globals.figure_format;
+    const std::string rama = figure_path(fig_prefix + "ramachandran", fmt);
+    const std::string energy = figure_path(fig_prefix + "energy", fmt);
+    const std::string weights = figure_path(fig_prefix + "log_weights", fmt);
+    ramachandran_figure(rama, fmt, rama_md, rama_bg, log_w);
     const double lo = torch::quantile(u_md, 0.001).item<double>() - 5.0;
-    const double hi = torch::quantile(u_md, 0.999).item<double>() + 15.0;
-    write_histogram_png(energy_png, {u_md, u_raw, u.index_select(0, idx_rw)}, lo, hi, 80);
-    res["figures"] = {rama_png, energy_png};
+    const double hi = std::min(u_cut, torch::quantile(u_md, 0.999).item<double>() + 15.0);
+    energy_figure(energy, fmt, u_md, u.masked_select(torch::isfinite(u)), u.index_select(0, idx_rw), lo, hi);
+    log_weight_figure(weights, fmt, log_w, res["ess_fraction"].get<double>(),
+                      clip > 0 ? "log-weights clipped at the " + std::to_string(clip) + " quantile" : "unclipped");
+    res["figures"] = {{"ramachandran", rama}, {"energy", energy}, {"log_weights", weights}};
   }
   return res;
 }
@@ -504,7 +514,9 @@ void print_report(const json& r, std::ostream& os) {
     os << "\n";
   }
   os << std::setprecision(3);
-  os << "E-W2 (reduced energy): raw " << r["e_w2"]["raw"].get<double>() << ", reweighted "
+  os << "E-W2 (reduced energy): raw " << r["e_w2"]["raw"].get<double>() << " (samples with u < "
+     << std::setprecision(1) << r["e_w2"]["raw_energy_cut"].get<double>() << "; "
+     << r["e_w2"]["raw_excluded"].get<int64_t>() << " above it excluded), reweighted " << std::setprecision(3)
      << r["e_w2"]["reweighted"].get<double>() << "\n";
   os << "T-W2 (phi/psi torus, " << r["t_w2"]["samples"].get<int64_t>() << " samples): raw "
      << r["t_w2"]["raw"].get<double>() << ", reweighted " << r["t_w2"]["reweighted"].get<double>()
@@ -516,8 +528,10 @@ void print_report(const json& r, std::ostream& os) {
        << r["held_out_nll"]["error"].get<double>() << " nats ("
        << r["held_out_nll"]["frames"].get<int64_t>() << " frames)\n";
   if (r.contains("figures"))
-    os << "figures: " << r["figures"][0].get<std::string>() << ", "
-       << r["figures"][1].get<std::string>() << "\n";
+    os << "figures: " << r["figures"]["ramachandran"].get<std::string>()
+       << " (MD / BG raw / BG reweighted, ln density), " << r["figures"]["energy"].get<std::string>()
+       << " (reduced-energy histograms), " << r["figures"]["log_weights"].get<std::string>()
+       << " (log-weight histogram)\n";
 }
 
 }  // namespace nfkit::cli

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "flow_common.h"
+#include "figures.h"
 #include "nfkit/core/checks.h"
 #include "nfkit/core/files.h"
 #include "nfkit/core/h5.h"
@@ -394,11 +395,20 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     w.commit();
   }
   for (int64_t r = 0; r <= reflow && reflow > 0; ++r) std::remove((out + ".round" + std::to_string(r) + ".h5").c_str());
+  std::string curve;
+  if (!rep.training.empty()) {  // the last round's curve (none when every round was reused)
+    curve = training_figure_path(out, ctx.globals.figure_format);
+    training_curve_figure(curve, ctx.globals.figure_format,
+                          training_curve(rep, "cfm train: " + cfm_method_name(cfm.method()) + " to " + target.description +
+                                                  (reflow > 0 ? " (last reflow round)" : ""),
+                                         "flow-matching loss (mean squared velocity error)"));
+  }
 
   ctx.results = {{"model", out}, {"method", cfm_method_name(cfm.method())}, {"target", target.description},
                  {"source", source_spec}, {"dim", D}, {"steps", rep.steps_done}, {"best_step", rep.best_step},
                  {"val_loss", rep.best_val}, {"round_val_loss", round_val}, {"cfm", cfm.to_json()},
                  {"bad_steps", rep.bad_steps}};
+  if (!curve.empty()) ctx.results["figure"] = curve;
   ctx.out << std::setprecision(5) << "model written to " << out << " (" << cfm_method_name(cfm.method())
           << ", dim " << D << ", " << reflow + 1 << (reflow ? " rounds" : " round") << " of " << steps
           << " steps)\nvalidation flow-matching loss " << rep.best_val << " (best, step " << rep.best_step << ")\n";

@@ -23,6 +23,7 @@ po::options_description global_options() {
       ("device", po::value<std::string>()->default_value("cpu"), "cpu, cuda or cuda:N")
       ("json", po::bool_switch(), "print the results as one JSON object on the last stdout line")
       ("quiet", po::bool_switch(), "no progress output")
+      ("figure-format", po::value<std::string>()->default_value("png"), "format of the figures commands write: png, pdf or svg")
       ("config", po::value<std::string>(), "read options from FILE (lines 'option = value')")
       ("help,h", "show this help");
   return g;
@@ -38,6 +39,7 @@ std::string usage_text() {
     os << "  " << name << std::string(name.size() < 16 ? 16 - name.size() : 1, ' ') << c.summary << "\n";
   }
   os << "\nGlobal options (every command): --seed --threads --device --json --quiet --config\n"
+        "                                --figure-format png|pdf|svg\n"
         "Exit codes: 0 ok, 1 runtime error, 2 usage error, 130 interrupted (rerun to resume)\n";
   return os.str();
 }
@@ -81,6 +83,7 @@ int run_command(const Command& cmd, const std::vector<std::string>& args, std::o
   ctx.globals.device = parse_device(vm["device"].as<std::string>());
   ctx.globals.json = vm["json"].as<bool>();
   ctx.globals.quiet = vm["quiet"].as<bool>();
+  ctx.globals.figure_format = viz::parse_format(vm["figure-format"].as<std::string>());
   set_threads(ctx.globals.threads);
   seed_all(ctx.globals.seed);
 

@@ -3,7 +3,8 @@
 //
 // Each subcommand is a Command: its option table (declared once, next to its work) and a
 // run function that tests call in-process through run_cli(), exactly as main() does.
-// Global options (every subcommand): --seed --threads --device --json --quiet --config.
+// Global options (every subcommand): --seed --threads --device --json --quiet --config
+// --figure-format.
 // Exit codes: 0 success, 2 usage error (bad option or value), 1 runtime error (files,
 // data, numerics), 130 interrupted (progress kept in checkpoints; rerun to resume).
 #include <boost/program_options.hpp>
@@ -14,6 +15,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "nfkit/viz/figure.h"
 
 namespace nfkit::cli {
 
@@ -27,6 +30,7 @@ struct Globals {
   c10::Device device{c10::kCPU};
   bool json = false;
   bool quiet = false;
+  viz::Format figure_format = viz::Format::kPng;  ///< of every figure a command writes
 };
 
 /// What a subcommand sees: globals, output streams, and where to report results.

@@ -6,7 +6,7 @@
 #include "flow_common.h"
 #include "nfkit/core/checks.h"
 #include "nfkit/core/files.h"
-#include "png_plot.h"
+#include "figures.h"
 
 namespace nfkit::cli {
 
@@ -15,7 +15,7 @@ Command flow_demo_command() {
           [] {
             auto o = train_options("gmm", false);
             o.add_options()("out-dir", po::value<std::string>()->default_value("demo-out"),
-                            "directory for model.h5 and density.png");
+                            "directory for model.h5 and density.<ext> (--figure-format)");
             return o;
           },
           [](const po::variables_map& vm, Context& ctx) {
@@ -34,10 +34,11 @@ Command flow_demo_command() {
                   return flow.log_prob(x.to(flow.tensor_options())).cpu();
                 },
                 L, n);
-            const std::string png = dir + "/density.png";
-            write_density_png(png, {truth, learned});
-            ctx.results["png"] = png;
-            ctx.out << std::defaultfloat << "density plot    " << png << " (left: true density, right: learned flow, [-"
+            const std::string fig = figure_path(dir + "/density", ctx.globals.figure_format);
+            density_figure(fig, ctx.globals.figure_format, {truth, learned},
+                           {"true density", "learned flow (" + ctx.results.value("flow", std::string("flow")) + ")"}, L);
+            ctx.results["figure"] = fig;
+            ctx.out << std::defaultfloat << "density plot    " << fig << " (left: true density, right: learned flow, [-"
                     << L << ", " << L << "]^2)\n";
           }};
 }

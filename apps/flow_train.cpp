@@ -5,6 +5,7 @@
 #include <iomanip>
 
 #include "flow_common.h"
+#include "figures.h"
 #include "nfkit/core/checks.h"
 #include "nfkit/core/files.h"
 #include "nfkit/core/runtime.h"
@@ -266,16 +267,25 @@ TrainOutcome train_flow(const po::variables_map& vm, Context& ctx, const std::st
   write_model(out, *res.flow, metadata, res.report);
   std::remove(ckpt.c_str());  // finished: the model file replaces it
   std::remove(selected.c_str());
+  std::string curve;
+  if (!selection.training.empty()) {  // not when the selection was reused from <out>.selected.h5
+    curve = training_figure_path(out, ctx.globals.figure_format);
+    training_curve_figure(curve, ctx.globals.figure_format,
+                          training_curve(selection, "flow train: " + recipe.kind + " on " + res.data.description,
+                                         "negative log-likelihood (nats / sample)"));
+  }
 
   if (refit) res.val = {};  // the validation rows were trained on
   json r = {{"model", out}, {"data", res.data.description}, {"flow", recipe.kind},
             {"dim", recipe.dim}, {"steps", res.report.steps_done}, {"best_step", res.report.best_step},
             {"settings", settings.to_json()}, {"refit", refit},
             {"bad_steps", res.report.bad_steps}, {"stopped_early", res.report.stopped_early}};
+  if (!curve.empty()) r["figure"] = curve;
   ctx.out << std::fixed << std::setprecision(4);
   ctx.out << "model written to " << out << " (" << recipe.kind << ", dim " << recipe.dim << ", "
           << res.report.steps_done << " steps, best at step " << res.report.best_step
           << (refit ? ", refit on all rows" : "") << ")\n";
+  if (!curve.empty()) ctx.out << "training curve  " << curve << " (training and validation NLL against step)\n";
   if (!refit) {
     r["val_nll"] = res.val.mean;
     r["val_nll_se"] = res.val.se;

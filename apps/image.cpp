@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "cli.h"
+#include "figures.h"
 #include "flow_common.h"
 #include "nfkit/core/checks.h"
 #include "nfkit/core/error.h"
@@ -18,7 +19,6 @@
 #include "nfkit/flows/images.h"
 #include "nfkit/flows/tarflow.h"
 #include "nfkit/flows/trainer.h"
-#include "png_plot.h"
 
 namespace nfkit::cli {
 
@@ -191,6 +191,9 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     w.commit();
   }
   std::remove(topts.checkpoint_path().c_str());
+  const std::string curve = training_figure_path(out, ctx.globals.figure_format);
+  training_curve_figure(curve, ctx.globals.figure_format,
+                        training_curve(rep, "image train: TARFlow on " + dir, "negative log-likelihood (nats / image)"));
   const double val_bpd = nll_to_bits_per_dim(rep.best_val, D);
   const double imgs_per_s = secs > 0 ? (rep.steps_done - step0) * topts.batch_size() / secs : 0.0;
   ctx.out << std::fixed << std::setprecision(4) << "model written to " << out << " (" << rep.steps_done
@@ -200,7 +203,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     ctx.out << std::setprecision(4) << "validation bits/dim  " << val_bpd << "  (" << val_size << " held-out training images)\n";
   ctx.results = {{"model", out}, {"steps", rep.steps_done}, {"best_step", rep.best_step},
                  {"val_nll", rep.best_val}, {"val_bpd", noise == "uniform" ? json(val_bpd) : json(nullptr)},
-                 {"seconds", secs}, {"images_per_second", imgs_per_s}};
+                 {"seconds", secs}, {"images_per_second", imgs_per_s}, {"figure", curve}};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -242,7 +245,7 @@ po::options_description sample_opts() {
   po::options_description o;
   o.add_options()
       ("model", po::value<std::string>()->required(), "model file (nfkit image train)")
-      ("out", po::value<std::string>()->required(), "PNG grid to write")
+      ("out", po::value<std::string>()->required(), "sample grid to write (.png, .pdf or .svg) with a caption strip")
       ("n", po::value<int64_t>()->default_value(64), "images to sample")
       ("sampler", po::value<std::string>()->default_value("gs-jacobi"), "sequential, jacobi or gs-jacobi")
       ("tol", po::value<double>()->default_value(1e-5, "1e-5"), "Jacobi stop: largest change below tol")
@@ -265,12 +268,16 @@ po::options_description sample_opts() {
   return o;
 }
 
-void write_grid_png(const std::string& path, const torch::Tensor& pixels /* uint8 [N, C, H, W] */,
-                    int64_t nrow) {
+// The sample grid keeps its pixel form (integer pixel scale, no smoothing) with a caption strip
+// above it; PNG, PDF or SVG by the extension of --out.
+void write_grid(const std::string& path, const torch::Tensor& pixels /* uint8 [N, C, H, W] */, int64_t nrow,
+                const std::string& caption) {
   const int64_t N = pixels.size(0), C = pixels.size(1), H = pixels.size(2), W = pixels.size(3);
   const int64_t cols = std::min(nrow, N), rows = (N + cols - 1) / cols, gap = 2;
   const int64_t width = cols * (W + gap) + gap, height = rows * (H + gap) + gap;
-  std::vector<unsigned char> img(static_cast<size_t>(width * height * 3), 255);
+  viz::Picture pic;
+  pic.width = static_cast<int>(width), pic.height = static_cast<int>(height);
+  pic.rgb.assign(static_cast<size_t>(width * height * 3), 255);
   const auto px = pixels.contiguous();
   const auto* p = px.data_ptr<uint8_t>();
   for (int64_t i = 0; i < N; ++i) {
@@ -279,11 +286,19 @@ void write_grid_png(const std::string& path, const torch::Tensor& pixels /* uint
       for (int64_t x = 0; x < W; ++x)
         for (int64_t ch = 0; ch < 3; ++ch) {
           const int64_t src = C == 3 ? ch : 0;
-          img[static_cast<size_t>(((r0 + y) * width + c0 + x) * 3 + ch)] =
-              p[((i * C + src) * H + y) * W + x];
+          pic.rgb[static_cast<size_t>(((r0 + y) * width + c0 + x) * 3 + ch)] = p[((i * C + src) * H + y) * W + x];
         }
   }
-  write_rgb_png(path, width, height, img);
+  viz::Figure f;
+  const int scale = static_cast<int>(std::max<int64_t>(1, 720 / std::max(width, height)));
+  f.width_px = std::max(640, static_cast<int>(width) * scale + 16);
+  f.height_px = static_cast<int>(height) * scale + 60;
+  f.text_scale = 0.8;
+  viz::Panel& panel = f.panel();
+  panel.picture = std::move(pic);
+  panel.title = caption;
+  const std::string ext = file_extension(path);
+  viz::save(f, path, ext == "pdf" ? viz::Format::kPdf : ext == "svg" ? viz::Format::kSvg : viz::Format::kPng);
 }
 
 void run_sample(const po::variables_map& vm, Context& ctx) {
@@ -366,9 +381,15 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
     x = denoise_step(*m.flow, x, c, training_noise_variance(m.meta.value("noise_sigma", 0.0)));
   }
   const auto px = model_to_pixels(x).view({n, o.channels(), o.height(), o.width()}).cpu();
-  write_grid_png(out, px, vm["nrow"].as<int64_t>());
   int64_t passes = 0;
   for (auto v : st.iterations) passes += v;
+  {
+    std::ostringstream cap;
+    cap << vm["model"].as<std::string>() << " · " << sampler_name(so.sampler) << " sampler · " << passes
+        << " transformer passes over " << st.iterations.size() << " blocks · T = " << T;
+    if (so.guidance_weight != 0.0) cap << " · guidance " << so.guidance_weight;
+    write_grid(out, px, vm["nrow"].as<int64_t>(), cap.str());
+  }
   ctx.out << std::fixed << std::setprecision(3) << "wrote " << n << " samples to " << out << " ("
           << sampler_name(so.sampler) << ", " << secs << " s, " << passes << " transformer passes";
   if (st.clamped > 0) ctx.out << ", " << st.clamped << " diverging values clamped";

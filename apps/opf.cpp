@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "cli.h"
+#include "figures.h"
 #include "nfkit/core/error.h"
 #include "nfkit/core/files.h"
 #include "nfkit/core/runtime.h"
@@ -263,12 +264,15 @@ Command opf_train_command() {
                                 {"train", o.to_json()}, {"report", tr.report.to_json()}});
             std::remove(o.gnn_checkpoint.c_str());
             ctx.results["out"] = out;
+            const std::string curve = training_figure_path(out, ctx.globals.figure_format);
+            opf_training_figure(curve, ctx.globals.figure_format, tr.report, "opf train: " + pc.name);
+            ctx.results["figure"] = curve;
             ctx.out << "trained on " << tr.report.train << " scenarios (" << tr.report.val << " for validation) in " << std::fixed
                     << std::setprecision(1) << tr.report.seconds << " s: validation RMSE (unit coordinates) GNN "
                     << std::setprecision(5) << tr.report.gnn_val_rmse << " (epoch " << tr.report.gnn_best_epoch << ")";
             if (o.cfm_epochs > 0)
               ctx.out << ", GNN+CFM " << tr.report.cfm_val_rmse << " (epoch " << tr.report.cfm_best_epoch << ")";
-            ctx.out << "\nwrote " << out << "\n";
+            ctx.out << "\nwrote " << out << " and " << curve << " (validation RMSE per epoch)\n";
           }};
 }
 
@@ -284,7 +288,9 @@ Command opf_eval_command() {
                 ("steps", po::value<int64_t>()->default_value(4), "refinement ODE steps")
                 ("ipopt-sample", po::value<int64_t>()->default_value(200),
                  "scenarios Ipopt re-solves one by one in this run for the speed ratio (0 = all)")
-                ("out", po::value<std::string>()->default_value(""), "write the report to this JSON file");
+                ("out", po::value<std::string>()->default_value(""), "write the report to this JSON file")
+                ("figure", po::value<std::string>()->default_value(""),
+                 "write the gap per load level figure to STEM.<ext> (--figure-format)");
             return o;
           },
           [](const po::variables_map& vm, Context& ctx) {
@@ -297,6 +303,9 @@ Command opf_eval_command() {
             eo.ipopt_sample = vm["ipopt-sample"].as<int64_t>();
             if (eo.ipopt_sample < 0) usage_error("--ipopt-sample", "must be >= 0");
             if (!out.empty()) check_writable(out);
+            const std::string fig_stem = vm["figure"].as<std::string>();
+            const std::string fig = fig_stem.empty() ? "" : figure_path(fig_stem, ctx.globals.figure_format);
+            if (!fig.empty()) check_writable(fig);
             const OpfDataset data = OpfDataset::read(data_path);
             const std::string case_file = case_of(vm, data, data_path);
             const PowerCase pc = read_matpower_case(case_file);
@@ -311,6 +320,12 @@ Command opf_eval_command() {
                     << rep.table();
             if (rep.returned_infeasible > 0)
               ctx.out << rep.returned_infeasible << " scenarios Ipopt solved got no dispatch from the pipeline\n";
+            if (!fig.empty()) {
+              opf_gap_figure(fig, ctx.globals.figure_format, rep,
+                             "Learned DC-OPF on " + pc.name + ": cost gap per load level");
+              ctx.results["figure"] = fig;
+              ctx.out << "figure " << fig << " (mean |gap| per load level: GNN, GNN + CFM, after projection)\n";
+            }
             if (!out.empty()) {
               json j = ctx.results;
               j["nfkit_format"] = "opf_eval";

@@ -12,7 +12,7 @@
 #include "nfkit/core/runtime.h"
 #include "nfkit/inference/model_comparison.h"
 #include "nfkit/inference/pta_models.h"
-#include "plot_canvas.h"
+#include "figures.h"
 
 namespace nfkit::cli {
 namespace {
@@ -57,7 +57,7 @@ Command pta_compare_command() {
                 ("burn-in", po::value<int64_t>()->default_value(1000), "discarded steps per walker")
                 ("is-samples", po::value<int64_t>()->default_value(20000), "importance samples per model")
                 ("out", po::value<std::string>()->default_value("runs/pta"),
-                 "directory for results.json, table.csv, bayes_factors.png, corner_<model>.png, "
+                 "directory for results.json, table.csv, bayes_factors.<ext>, corner_<model>.<ext>, "
                  "chains_<model>.h5 (finished models are reused on a rerun with the same options)")
                 ("restart", po::bool_switch(), "ignore finished models in --out");
             o.add(harmonic_options());
@@ -130,8 +130,10 @@ Command pta_compare_command() {
               auto r = estimate_evidence(m.model, mo, m.name);
               print_warnings(ctx, m.name, r.warnings);
               write_chains(out + "/chains_" + m.name + ".h5", r.sampling.chains);
-              write_corner_png(out + "/corner_" + m.name + ".png", m.name + ": " + m.description,
-                               r.sampling.chains.samples.reshape({-1, 2}), m.model.names());
+              pta_corner_figure(figure_path(out + "/corner_" + m.name, ctx.globals.figure_format),
+                                ctx.globals.figure_format, m.name + ": " + m.description,
+                                r.sampling.chains.samples.reshape({-1, m.model.dim()}), m.model.names(),
+                                m.model.support());
               j = r.to_json();
               j["description"] = m.description;
               j["parameters"] = m.model.config();
@@ -177,7 +179,10 @@ Command pta_compare_command() {
             }
             table << "\ntotal " << std::setprecision(1) << total << " s of model time\n";
             write_file_atomic(out + "/table.csv", csv.str());
-            write_bar_chart_png(out + "/bayes_factors.png", "ln bf against " + ref + " (" + std::to_string(data.bins()) + " bins)",
+            const std::string bf_fig = figure_path(out + "/bayes_factors", ctx.globals.figure_format);
+            bayes_factor_figure(bf_fig, ctx.globals.figure_format,
+                                "ln Bayes factors against " + ref + " (" + std::to_string(data.bins()) +
+                                    " frequency bins)",
                                 models, bf, bfe);
             ctx.results = {{"data", dir}, {"nbins", data.bins()}, {"reference", ref}, {"models", json::array()}};
             for (size_t i = 0; i < results.size(); ++i) {
@@ -188,7 +193,9 @@ Command pta_compare_command() {
               ctx.results["models"].push_back(j);
             }
             write_file_atomic(out + "/results.json", ctx.results.dump(2));
-            ctx.out << table.str() << "wrote " << out << "/{results.json,table.csv,bayes_factors.png,corner_*.png}\n";
+            const std::string ext = viz::extension(ctx.globals.figure_format);
+            ctx.out << table.str() << "wrote " << out << "/{results.json,table.csv,bayes_factors." << ext
+                    << ",corner_*." << ext << "} (ln BF bar chart with error bars; posterior corner plots)\n";
           }};
 }
 

@@ -3,7 +3,7 @@
 #   target_link_libraries(app PRIVATE nfkit::nfkit)
 include(CMakePackageConfigHelpers)
 
-install(TARGETS nfkit_core nfkit_flows nfkit_physics nfkit_boltzmann nfkit_inference nfkit_opf nfkit_all
+install(TARGETS nfkit_core nfkit_flows nfkit_physics nfkit_boltzmann nfkit_inference nfkit_opf nfkit_viz nfkit_all
         EXPORT nfkitTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}

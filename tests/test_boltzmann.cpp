@@ -367,7 +367,8 @@ TEST_CASE("bg: run the pipeline on a tiny setting, cached stages, clear errors",
   INFO(err);
   REQUIRE(code == 0);
   CHECK(out.find("Kish ESS") != std::string::npos);
-  for (const char* f : {"md.h5", "model.h5", "samples.h5", "report.json", "ramachandran.png", "energy.png"})
+  for (const char* f : {"md.h5", "model.h5", "samples.h5", "report.json", "ramachandran.png", "energy.png",
+                        "log_weights.png", "model.training.png"})
     CHECK(file_exists(dir + "/" + f));
   H5Reader s(dir + "/samples.h5");
   for (const char* d : {"/x", "/log_q", "/u", "/log_w"}) CHECK(s.exists(d));

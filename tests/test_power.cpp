@@ -653,8 +653,11 @@ TEST_CASE("nfkit opf train / eval: command line", "[opf][cli]") {
                       "--layers", "2", "--embed", "2", "--velocity-hidden", "8", "--quiet"});
   REQUIRE(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("wrote " + model));
-  r = run_nfkit({"opf", "eval", "--model", model, "--data", data, "--ipopt-sample", "2", "--out", rep, "--quiet"});
+  const std::string fig = temp_path("opf-gap");
+  r = run_nfkit({"opf", "eval", "--model", model, "--data", data, "--ipopt-sample", "2", "--out", rep, "--quiet",
+                 "--figure", fig, "--figure-format", "pdf"});
   REQUIRE(r.code == 0);
+  CHECK(read_text(fig + ".pdf").compare(0, 5, "%PDF-") == 0);
   CHECK_THAT(r.out, Catch::Contains("gap GNN%"));
   CHECK_THAT(r.out, Catch::Contains("100.0%"));  // feasible after projection
   const auto j = nlohmann::json::parse(read_text(rep));

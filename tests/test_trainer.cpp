@@ -78,6 +78,11 @@ TEST_CASE("resume: interrupted + resumed training equals the uninterrupted run e
   CHECK(rep2.best_step == rep_full.best_step);
   CHECK(rep2.best_val == rep_full.best_val);
   CHECK(same_weights(*b, *ref));
+  // the training curve (mean loss per validation interval) survives the resume mid-interval
+  REQUIRE(rep_full.training.size() == 3);
+  CHECK(rep_full.training[2].first == 60);
+  CHECK(rep2.training == rep_full.training);
+  CHECK(rep2.validation == rep_full.validation);
 
   // A checkpoint of another architecture is refused.
   auto other = small_flow(x, "realnvp");

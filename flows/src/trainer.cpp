@@ -37,6 +37,9 @@ struct Trainer::State {
   int64_t bad_in_row = 0, bad_total = 0, rollbacks = 0;
   double last_train = NAN;
   std::vector<std::pair<int64_t, double>> history;
+  std::vector<std::pair<int64_t, double>> train_history;
+  double train_sum = 0;  // finite training losses since the last validation
+  int64_t train_count = 0;
 };
 
 namespace {
@@ -247,11 +250,16 @@ TrainReport Trainer::train() {
     } else {
       s.bad_in_row = 0;
       s.last_train = loss_v;
+      s.train_sum += loss_v;
+      ++s.train_count;
     }
 
     if (s.step % opts_.eval_every() == 0 || s.step == opts_.steps()) {
       const double val = validate();
       s.history.emplace_back(s.step, val);
+      if (s.train_count > 0) s.train_history.emplace_back(s.step, s.train_sum / static_cast<double>(s.train_count));
+      s.train_sum = 0;
+      s.train_count = 0;
       if (std::isfinite(val) && (!std::isfinite(s.best_val) || val < s.best_val)) {
         s.best_val = val;
         s.best_step = s.step;
@@ -313,6 +321,7 @@ TrainReport Trainer::train() {
   rep.bad_steps = s.bad_total;
   rep.rollbacks = s.rollbacks;
   rep.validation = s.history;
+  rep.training = s.train_history;
   return rep;
 }
 
@@ -328,6 +337,8 @@ void Trainer::save_checkpoint(const std::string& path) const {
   for (size_t i = 0; i < s.best.size(); ++i) w.write("/trainer/best/" + s.state_names[i], s.best[i]);
   json hist = json::array();
   for (const auto& [st, v] : s.history) hist.push_back({st, v});
+  json train_hist = json::array();
+  for (const auto& [st, v] : s.train_history) train_hist.push_back({st, v});
   const json state = {{"step", s.step},
                       {"best_val", std::isfinite(s.best_val) ? json(s.best_val) : json(nullptr)},
                       {"best_step", s.best_step},
@@ -337,6 +348,9 @@ void Trainer::save_checkpoint(const std::string& path) const {
                       {"rollbacks", s.rollbacks},
                       {"last_train", std::isfinite(s.last_train) ? json(s.last_train) : json(nullptr)},
                       {"history", hist},
+                      {"train_history", train_hist},
+                      {"train_sum", s.train_sum},
+                      {"train_count", s.train_count},
                       {"options", opts_.to_json()}};
   w.set_attr("/trainer", "state", state.dump());
   w.commit();
@@ -378,6 +392,15 @@ void Trainer::load_checkpoint(const std::string& path) {
   s.last_train = st.at("last_train").is_null() ? NAN : st.at("last_train").get<double>();
   s.history.clear();
   for (const auto& h : st.at("history")) s.history.emplace_back(h[0].get<int64_t>(), h[1].get<double>());
+  s.train_history.clear();
+  s.train_sum = 0;
+  s.train_count = 0;
+  if (st.contains("train_history")) {  // absent in checkpoints written before it existed
+    for (const auto& h : st.at("train_history"))
+      s.train_history.emplace_back(h[0].get<int64_t>(), h[1].get<double>());
+    s.train_sum = st.at("train_sum").get<double>();
+    s.train_count = st.at("train_count").get<int64_t>();
+  }
   s.good_state = clone_all(s.state);
   s.good_m = clone_all(s.m);
   s.good_v = clone_all(s.v);

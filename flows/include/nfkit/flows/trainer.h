@@ -93,6 +93,9 @@ struct TrainReport {
   bool stopped_early = false;
   bool interrupted = false;
   std::vector<std::pair<int64_t, double>> validation;  ///< (step, loss)
+  /// (step, mean finite training loss of the steps since the previous validation), recorded
+  /// at each validation: the training curve beside `validation`. Kept across resumes.
+  std::vector<std::pair<int64_t, double>> training;
 };
 
 class Trainer {
