@@ -440,10 +440,8 @@ json bg_eval(const po::variables_map& vm, const MoleculeSpec& m, const std::stri
   if (!std::isfinite(u_cut)) usage_error("--energy-cut", "must be a finite reduced energy");
   const auto below = torch::isfinite(u) & (u < u_cut);
   const auto u_raw = u.masked_select(below);
-  if (u_raw.numel() == 0)
-    runtime_error(samples, "no sample has a reduced energy below the cut-off " + std::to_string(u_cut) +
-                               " (--energy-cut)");
-  res["e_w2"] = {{"raw", wasserstein2_1d(u_md, u_raw)},
+  // no sample below the cut (an untrained model): no raw number rather than a meaningless one
+  res["e_w2"] = {{"raw", u_raw.numel() > 0 ? json(wasserstein2_1d(u_md, u_raw)) : json(nullptr)},
                  {"raw_energy_cut", u_cut},
                  {"raw_excluded", n - u_raw.numel()},
                  {"reweighted", wasserstein2_1d(u_md, u.index_select(0, idx_rw))}};
@@ -514,7 +512,12 @@ void print_report(const json& r, std::ostream& os) {
     os << "\n";
   }
   os << std::setprecision(3);
-  os << "E-W2 (reduced energy): raw " << r["e_w2"]["raw"].get<double>() << " (samples with u < "
+  os << "E-W2 (reduced energy): raw ";
+  if (r["e_w2"]["raw"].is_null())
+    os << "none";
+  else
+    os << r["e_w2"]["raw"].get<double>();
+  os << " (samples with u < "
      << std::setprecision(1) << r["e_w2"]["raw_energy_cut"].get<double>() << "; "
      << r["e_w2"]["raw_excluded"].get<int64_t>() << " above it excluded), reweighted " << std::setprecision(3)
      << r["e_w2"]["reweighted"].get<double>() << "\n";

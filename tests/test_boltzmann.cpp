@@ -367,6 +367,7 @@ TEST_CASE("bg: run the pipeline on a tiny setting, cached stages, clear errors",
   INFO(err);
   REQUIRE(code == 0);
   CHECK(out.find("Kish ESS") != std::string::npos);
+  CHECK(out.find("above it excluded") != std::string::npos);  // the raw E-W2's energy cut-off
   for (const char* f : {"md.h5", "model.h5", "samples.h5", "report.json", "ramachandran.png", "energy.png",
                         "log_weights.png", "model.training.png"})
     CHECK(file_exists(dir + "/" + f));
