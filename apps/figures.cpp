@@ -41,6 +41,18 @@ std::string fixed(double v, int digits) {
   return s.str();
 }
 
+/// A one-panel figure of the usual report size; the panel is f.panels[0].
+viz::Figure single_panel(const std::string& title, const std::string& x_label, const std::string& y_label) {
+  viz::Figure f;
+  f.title = title;
+  f.width_px = 1100;
+  f.height_px = 720;
+  viz::Panel& p = f.panel();
+  p.x_label = x_label;
+  p.y_label = y_label;
+  return f;
+}
+
 viz::Series polyline(std::vector<double> x, std::vector<double> y) {
   viz::Series s;
   s.x = std::move(x);
@@ -101,13 +113,9 @@ void ramachandran_figure(const std::string& path, viz::Format fmt, const torch::
 
 void energy_figure(const std::string& path, viz::Format fmt, const torch::Tensor& u_md, const torch::Tensor& u_raw,
                    const torch::Tensor& u_reweighted, double lo, double hi) {
-  viz::Figure f;
-  f.title = "Reduced energies: MD reference and Boltzmann generator";
-  f.width_px = 1100;
-  f.height_px = 720;
-  viz::Panel& p = f.panel();
-  p.x_label = "reduced energy u = E / k_B T";
-  p.y_label = "probability density (1 / k_B T)";
+  viz::Figure f = single_panel("Reduced energies: MD reference and Boltzmann generator", "reduced energy u = E / k_B T",
+                               "probability density (1 / k_B T)");
+  viz::Panel& p = f.panels[0];
   int64_t out_md = 0, out_raw = 0, out_rw = 0;
   p.series.push_back(viz::histogram(to_vector(u_md), lo, hi, 80, "MD reference", &out_md));
   p.series.push_back(viz::histogram(to_vector(u_raw), lo, hi, 80, "BG raw", &out_raw));
@@ -124,14 +132,10 @@ void energy_figure(const std::string& path, viz::Format fmt, const torch::Tensor
 void log_weight_figure(const std::string& path, viz::Format fmt, const torch::Tensor& log_w, double ess_fraction,
                        const std::string& note) {
   const auto finite = log_w.masked_select(torch::isfinite(log_w));
-  viz::Figure f;
-  f.title = "Importance log-weights (Kish ESS " + fixed(100.0 * ess_fraction, 2) + "% of " +
-            std::to_string(log_w.numel()) + " samples)";
-  f.width_px = 1100;
-  f.height_px = 720;
-  viz::Panel& p = f.panel();
-  p.x_label = "ln w - max ln w";
-  p.y_label = "samples per bin";
+  viz::Figure f = single_panel("Importance log-weights (Kish ESS " + fixed(100.0 * ess_fraction, 2) + "% of " +
+                                   std::to_string(log_w.numel()) + " samples)",
+                               "ln w - max ln w", "samples per bin");
+  viz::Panel& p = f.panels[0];
   p.legend = viz::Panel::Legend::kNone;
   p.y_log = true;
   if (finite.numel() > 0) {
@@ -204,9 +208,8 @@ std::string pta_parameter_label(const std::string& name) {
   return s + " (dimensionless)";
 }
 
-void pta_corner_figure(const std::string& path, viz::Format fmt, const std::string& title,
-                       const torch::Tensor& samples, const std::vector<std::string>& names,
-                       const std::vector<std::pair<double, double>>& support) {
+void pta_corner_figure(const std::string& path, viz::Format fmt, const std::string& title, const torch::Tensor& samples,
+                       const std::vector<std::string>& names, const std::vector<std::pair<double, double>>& support) {
   const int64_t d = samples.size(1);
   std::vector<std::vector<double>> cols;
   std::vector<viz::CornerAxis> axes;
@@ -226,13 +229,8 @@ void pta_corner_figure(const std::string& path, viz::Format fmt, const std::stri
 }
 
 void opf_gap_figure(const std::string& path, viz::Format fmt, const OpfEvalReport& rep, const std::string& title) {
-  viz::Figure f;
-  f.title = title;
-  f.width_px = 1100;
-  f.height_px = 720;
-  viz::Panel& p = f.panel();
-  p.x_label = "load level (% of the case's loads)";
-  p.y_label = "mean |cost gap| against Ipopt (%)";
+  viz::Figure f = single_panel(title, "load level (% of the case's loads)", "mean |cost gap| against Ipopt (%)");
+  viz::Panel& p = f.panels[0];
   p.y_log = true;
   p.legend = viz::Panel::Legend::kBottomRight;
   struct Col {
@@ -277,14 +275,11 @@ void opf_gap_figure(const std::string& path, viz::Format fmt, const OpfEvalRepor
   viz::save(f, path, fmt);
 }
 
-void opf_training_figure(const std::string& path, viz::Format fmt, const OpfTrainReport& rep, const std::string& title) {
-  viz::Figure f;
-  f.title = title;
-  f.width_px = 1100;
-  f.height_px = 720;
-  viz::Panel& p = f.panel();
-  p.x_label = "epoch (GNN stage, then CFM stage)";
-  p.y_label = "validation RMSE of the dispatch (unit coordinates)";
+void opf_training_figure(const std::string& path, viz::Format fmt, const OpfTrainReport& rep,
+                         const std::string& title) {
+  viz::Figure f =
+      single_panel(title, "epoch (GNN stage, then CFM stage)", "validation RMSE of the dispatch (unit coordinates)");
+  viz::Panel& p = f.panels[0];
   p.y_log = true;
   viz::Series g, c;
   g.label = "GNN";
@@ -304,13 +299,8 @@ void opf_training_figure(const std::string& path, viz::Format fmt, const OpfTrai
 }
 
 void training_curve_figure(const std::string& path, viz::Format fmt, const TrainingCurve& c) {
-  viz::Figure f;
-  f.title = c.title;
-  f.width_px = 1100;
-  f.height_px = 720;
-  viz::Panel& p = f.panel();
-  p.x_label = "step";
-  p.y_label = c.loss_label;
+  viz::Figure f = single_panel(c.title, "step", c.loss_label);
+  viz::Panel& p = f.panels[0];
   viz::Series tr;
   tr.label = "training";
   tr.x = c.step;

@@ -22,8 +22,8 @@ std::string figure_path(const std::string& stem, viz::Format fmt);
 /// degrees), a shared log-density colour bar (ln of the density over its maximum, floor -8),
 /// the basin boundaries of nfkit::basin_index drawn and named. phi_psi in radians [B, 2];
 /// log_w [B] weights the reweighted panel.
-void ramachandran_figure(const std::string& path, viz::Format fmt, const torch::Tensor& md,
-                         const torch::Tensor& bg, const torch::Tensor& log_w);
+void ramachandran_figure(const std::string& path, viz::Format fmt, const torch::Tensor& md, const torch::Tensor& bg,
+                         const torch::Tensor& log_w);
 
 /// Reduced-energy histograms (MD, BG raw, BG reweighted) on [lo, hi]; the caption states how
 /// many raw samples lie above hi (the raw tail's cut).
@@ -48,9 +48,8 @@ void bayes_factor_figure(const std::string& path, viz::Format fmt, const std::st
 
 /// Corner plot of posterior samples [N, D] of a PTA model; axes span the prior's support where
 /// it is finite (the samples' range elsewhere), names carry their units.
-void pta_corner_figure(const std::string& path, viz::Format fmt, const std::string& title,
-                       const torch::Tensor& samples, const std::vector<std::string>& names,
-                       const std::vector<std::pair<double, double>>& support);
+void pta_corner_figure(const std::string& path, viz::Format fmt, const std::string& title, const torch::Tensor& samples,
+                       const std::vector<std::string>& names, const std::vector<std::pair<double, double>>& support);
 /// A PTA parameter's axis label with its unit, e.g. "log10_fbend" -> "log10 f_bend (Hz)".
 std::string pta_parameter_label(const std::string& name);
 
@@ -59,7 +58,7 @@ namespace nfkit {
 struct OpfEvalReport;
 struct OpfTrainReport;
 struct TrainReport;
-}
+}  // namespace nfkit
 namespace nfkit::cli {
 
 /// Mean |cost gap| against Ipopt per load level for the GNN, GNN + CFM (before projection), the

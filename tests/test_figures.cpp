@@ -1,10 +1,10 @@
 // The figure layer (nfkit::viz over PLplot) and every figure kind the commands draw: rendered to
 // PNG, PDF and SVG on small inputs, then the files are read back and checked (valid format,
 // the size asked for, a plot area that is not blank, the colours of heat maps and series).
-#include <catch2/catch.hpp>
 #include <png.h>
 #include <torch/torch.h>
 
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -14,8 +14,8 @@
 #include "figures.h"
 #include "helpers.h"
 #include "nfkit/core/files.h"
-#include "nfkit/opf/pipeline.h"
 #include "nfkit/flows/trainer.h"
+#include "nfkit/opf/pipeline.h"
 #include "nfkit/viz/figure.h"
 
 using namespace nfkit;
@@ -226,16 +226,18 @@ TEST_CASE("figures: every kind the commands draw renders to PNG and PDF", "[viz]
       return made.back();
     };
     // Ramachandran: (phi, psi) in radians around the C7eq and alpha_R basins
-    const auto md = torch::cat({torch::randn({500, 2}, torch::kFloat64) * 0.3 + torch::tensor({-1.4, 2.6}, torch::kFloat64),
-                                torch::randn({300, 2}, torch::kFloat64) * 0.2 + torch::tensor({-1.4, -0.7}, torch::kFloat64)});
+    const auto md =
+        torch::cat({torch::randn({500, 2}, torch::kFloat64) * 0.3 + torch::tensor({-1.4, 2.6}, torch::kFloat64),
+                    torch::randn({300, 2}, torch::kFloat64) * 0.2 + torch::tensor({-1.4, -0.7}, torch::kFloat64)});
     const auto bg = md + 0.1 * torch::randn_like(md);
     const auto log_w = 0.5 * torch::randn({bg.size(0)}, torch::kFloat64);
     ramachandran_figure(path("rama"), fmt, md.clamp(-M_PI, M_PI - 1e-9), bg.clamp(-M_PI, M_PI - 1e-9), log_w);
     const auto u = torch::randn({800}, torch::kFloat64) * 5 - 40;
     energy_figure(path("energy"), fmt, u, torch::cat({u + 1, torch::full({3}, 1e9, torch::kFloat64)}), u, -60, -10);
     log_weight_figure(path("logw"), fmt, log_w, 0.8, "unclipped");
-    density_figure(path("density"), fmt, {torch::rand({32, 32}, torch::kFloat64), torch::rand({32, 32}, torch::kFloat64)},
-                   {"truth", "flow"}, 4.0);
+    density_figure(path("density"), fmt,
+                   {torch::rand({32, 32}, torch::kFloat64), torch::rand({32, 32}, torch::kFloat64)}, {"truth", "flow"},
+                   4.0);
     bayes_factor_figure(path("bf"), fmt, "ln BF", {"pl", "turnover", "strings"}, {0.0, 1.2, -0.4}, {0.0, 0.1, 0.2});
     pta_corner_figure(path("pta_corner"), fmt, "pl", torch::randn({1000, 2}, torch::kFloat64) * 0.3 + 3,
                       {"log10_A", "gamma"}, {{-18, -14}, {0, 7}});
@@ -245,7 +247,8 @@ TEST_CASE("figures: every kind the commands draw renders to PNG and PDF", "[viz]
     OpfEvalReport opf;
     for (double l : {0.7, 1.0, 1.3}) {
       OpfLevelResult r;
-      r.level = l, r.returned = 10, r.gap_gnn = 1.0, r.gap_cfm = 0.3, r.gap_final = 0.01 * l, r.gap_gnn_projected = 0.05;
+      r.level = l, r.returned = 10, r.gap_gnn = 1.0, r.gap_cfm = 0.3, r.gap_final = 0.01 * l,
+      r.gap_gnn_projected = 0.05;
       opf.levels.push_back(r);
     }
     opf.all.returned = opf.all.feasible = 30;

@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 
 // cmap0: 0 background, 1 black (axes, text), 2.. tab10, then the same at 45% opacity (fills),
 // then light grey (grid lines).
-constexpr int kTab10[10][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44},  {214, 39, 40},  {148, 103, 189},
+constexpr int kTab10[10][3] = {{31, 119, 180}, {255, 127, 14},  {44, 160, 44},   {214, 39, 40},  {148, 103, 189},
                                {140, 86, 75},  {227, 119, 194}, {127, 127, 127}, {188, 189, 34}, {23, 190, 207}};
 constexpr int kFirstColour = 2;
 constexpr int kFirstFill = kFirstColour + 11;
@@ -74,8 +74,7 @@ struct Range {
 };
 
 /// The axis limits (in plotted, i.e. log10 where log, coordinates).
-std::array<double, 2> limits(const std::array<double, 2>& given, Range data, bool log, bool from_zero,
-                             bool pad) {
+std::array<double, 2> limits(const std::array<double, 2>& given, Range data, bool log, bool from_zero, bool pad) {
   if (data.empty()) data = {log ? 0.0 : 0.0, 1.0};
   double lo = data.lo, hi = data.hi;
   if (from_zero && !log && lo >= 0) lo = 0;
@@ -205,8 +204,7 @@ void draw_series(const Series& s, size_t index, const Panel& p) {
     std::vector<PLFLT> lo, hi, y;
     for (size_t i = 0; i < s.y.size(); ++i) {
       if (!std::isfinite(s.x_err[i]) || s.x_err[i] <= 0) continue;
-      lo.push_back(tr(s.x[i] - s.x_err[i], xl)), hi.push_back(tr(s.x[i] + s.x_err[i], xl)),
-          y.push_back(tr(s.y[i], yl));
+      lo.push_back(tr(s.x[i] - s.x_err[i], xl)), hi.push_back(tr(s.x[i] + s.x_err[i], xl)), y.push_back(tr(s.y[i], yl));
     }
     if (!y.empty()) plerrx(static_cast<PLINT>(y.size()), lo.data(), hi.data(), y.data());
   }
@@ -214,8 +212,7 @@ void draw_series(const Series& s, size_t index, const Panel& p) {
     std::vector<PLFLT> lo, hi, x;
     for (size_t i = 0; i < s.y.size(); ++i) {
       if (!std::isfinite(s.y_err[i]) || s.y_err[i] <= 0) continue;
-      lo.push_back(tr(s.y[i] - s.y_err[i], yl)), hi.push_back(tr(s.y[i] + s.y_err[i], yl)),
-          x.push_back(tr(s.x[i], xl));
+      lo.push_back(tr(s.y[i] - s.y_err[i], yl)), hi.push_back(tr(s.y[i] + s.y_err[i], yl)), x.push_back(tr(s.x[i], xl));
     }
     if (!x.empty()) plerry(static_cast<PLINT>(x.size()), x.data(), lo.data(), hi.data());
   }
@@ -237,10 +234,10 @@ void draw_legend(const Panel& p) {
   for (PLINT k = 0; k < n; ++k) {
     const Series& s = p.series[idx[k]];
     const int col = colour_index(s.colour, idx[k]);
-    opt[k] = s.style == St::kBarsH      ? PL_LEGEND_COLOR_BOX
-             : s.style == St::kMarkers  ? PL_LEGEND_SYMBOL
+    opt[k] = s.style == St::kBarsH         ? PL_LEGEND_COLOR_BOX
+             : s.style == St::kMarkers     ? PL_LEGEND_SYMBOL
              : s.style == St::kLineMarkers ? (PL_LEGEND_LINE | PL_LEGEND_SYMBOL)
-                                        : PL_LEGEND_LINE;
+                                           : PL_LEGEND_LINE;
     box_col[k] = kFirstFill + (col - kFirstColour);
     line_col[k] = sym_col[k] = col;
     line_sty[k] = s.dashed ? 3 : 1;
@@ -250,10 +247,18 @@ void draw_legend(const Panel& p) {
   }
   PLINT pos = PL_POSITION_INSIDE | PL_POSITION_VIEWPORT;
   switch (p.legend) {
-    case Panel::Legend::kTopLeft: pos |= PL_POSITION_TOP | PL_POSITION_LEFT; break;
-    case Panel::Legend::kBottomRight: pos |= PL_POSITION_BOTTOM | PL_POSITION_RIGHT; break;
-    case Panel::Legend::kBottomLeft: pos |= PL_POSITION_BOTTOM | PL_POSITION_LEFT; break;
-    default: pos |= PL_POSITION_TOP | PL_POSITION_RIGHT; break;
+    case Panel::Legend::kTopLeft:
+      pos |= PL_POSITION_TOP | PL_POSITION_LEFT;
+      break;
+    case Panel::Legend::kBottomRight:
+      pos |= PL_POSITION_BOTTOM | PL_POSITION_RIGHT;
+      break;
+    case Panel::Legend::kBottomLeft:
+      pos |= PL_POSITION_BOTTOM | PL_POSITION_LEFT;
+      break;
+    default:
+      pos |= PL_POSITION_TOP | PL_POSITION_RIGHT;
+      break;
   }
   PLFLT w = 0, h = 0;
   pllegend(&w, &h, PL_LEGEND_BACKGROUND | PL_LEGEND_BOUNDING_BOX, pos, 0.02, 0.03, 0.07, 0, 1, 1, 0, 0, n, opt.data(),
@@ -274,8 +279,8 @@ void draw_heat(const HeatMap& h, const Panel& p, double zlo, double zhi) {
       cols[i][j] = std::isfinite(v) ? std::clamp(v, zlo, zhi) : blank;
     }
   }
-  plimagefr(cols.data(), h.nx, h.ny, tr(h.x_lo, p.x_log), tr(h.x_hi, p.x_log), tr(h.y_lo, p.y_log),
-            tr(h.y_hi, p.y_log), zlo, zhi, zlo, zhi, nullptr, nullptr);
+  plimagefr(cols.data(), h.nx, h.ny, tr(h.x_lo, p.x_log), tr(h.x_hi, p.x_log), tr(h.y_lo, p.y_log), tr(h.y_hi, p.y_log),
+            zlo, zhi, zlo, zhi, nullptr, nullptr);
 }
 
 struct Layout {
@@ -341,8 +346,8 @@ void draw_panel(const Panel& p, double cx0, double cx1, double cy0, double cy1, 
   Range rx, ry;
   bool from_zero = false;
   data_range(p, rx, ry, from_zero);
-  const bool bars = std::any_of(p.series.begin(), p.series.end(),
-                                [](const Series& s) { return s.style == Series::Style::kBarsH; });
+  const bool bars =
+      std::any_of(p.series.begin(), p.series.end(), [](const Series& s) { return s.style == Series::Style::kBarsH; });
   const auto xl = limits(p.x_range, rx, p.x_log, bars && rx.lo >= 0, !p.heat);
   auto yl = limits(p.y_range, ry, p.y_log, from_zero, !p.heat);
   if (!p.y_categories.empty() && !std::isfinite(p.y_range[0]))  // category 0 at the top
@@ -384,9 +389,12 @@ void draw_panel(const Panel& p, double cx0, double cx1, double cy0, double cy1, 
 
 const char* device(Format f) {
   switch (f) {
-    case Format::kPdf: return "pdfcairo";
-    case Format::kSvg: return "svgcairo";
-    default: return "pngcairo";
+    case Format::kPdf:
+      return "pdfcairo";
+    case Format::kSvg:
+      return "svgcairo";
+    default:
+      return "pngcairo";
   }
 }
 
@@ -403,9 +411,12 @@ Format parse_format(const std::string& value, const std::string& option) {
 
 const char* extension(Format f) {
   switch (f) {
-    case Format::kPdf: return "pdf";
-    case Format::kSvg: return "svg";
-    default: return "png";
+    case Format::kPdf:
+      return "pdf";
+    case Format::kSvg:
+      return "svg";
+    default:
+      return "png";
   }
 }
 
@@ -536,13 +547,15 @@ void save(const Figure& fig, const std::string& path, Format fmt) {
       if (!std::isfinite(fig.colour_range[1])) z[1] = std::max(z[1], v);
     }
   }
-  if (any_heat && fig.colour_bar_label.empty()) usage_error("viz::save", "a figure with heat maps needs colour_bar_label");
+  if (any_heat && fig.colour_bar_label.empty())
+    usage_error("viz::save", "a figure with heat maps needs colour_bar_label");
   if (any_heat && !(z[1] > z[0])) z = {std::isfinite(z[0]) ? z[0] : 0.0, (std::isfinite(z[0]) ? z[0] : 0.0) + 1.0};
 
   const fs::path target(path);
   const fs::path dir = target.parent_path().empty() ? fs::path(".") : target.parent_path();
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) runtime_error(path, "cannot be written: directory " + dir.string() + " does not exist");
+  if (!fs::is_directory(dir, ec))
+    runtime_error(path, "cannot be written: directory " + dir.string() + " does not exist");
   const std::string tmp = path + ".partial";
   {
     std::ofstream probe(tmp, std::ios::binary);
@@ -625,8 +638,8 @@ void save(const Figure& fig, const std::string& path, Format fmt) {
       PLFLT vals[2] = {z[0], z[1]};
       const PLFLT* values[1] = {vals};
       plcolorbar(&w, &h, PL_COLORBAR_IMAGE | PL_COLORBAR_ORIENT_TOP,
-                 PL_POSITION_LEFT | PL_POSITION_INSIDE | PL_POSITION_VIEWPORT, 0.0, 0.0, 1.0, 1.0, 0, 1, 1, 0.0, 0.0,
-                 0, 0.0, 1, &label_opt, labels, 1, axis_opts, ticks, sub_ticks, n_values, values);
+                 PL_POSITION_LEFT | PL_POSITION_INSIDE | PL_POSITION_VIEWPORT, 0.0, 0.0, 1.0, 1.0, 0, 1, 1, 0.0, 0.0, 0,
+                 0.0, 1, &label_opt, labels, 1, axis_opts, ticks, sub_ticks, n_values, values);
     }
     plend1();
   } catch (...) {

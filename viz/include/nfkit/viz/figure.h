@@ -40,20 +40,20 @@ enum class Colour { kAuto = -1, kBlue, kOrange, kGreen, kRed, kPurple, kBrown, k
 
 struct Series {
   enum class Style {
-    kLine,        ///< polyline through (x, y)
-    kStep,        ///< histogram: x holds y.size() + 1 bin edges
-    kMarkers,     ///< points
-    kLineMarkers, ///< both
-    kBarsH,       ///< horizontal bars from 0 to x at heights y (bar charts; y = category index)
+    kLine,         ///< polyline through (x, y)
+    kStep,         ///< histogram: x holds y.size() + 1 bin edges
+    kMarkers,      ///< points
+    kLineMarkers,  ///< both
+    kBarsH,        ///< horizontal bars from 0 to x at heights y (bar charts; y = category index)
   };
-  std::string label;           ///< legend entry; empty = not in the legend
+  std::string label;  ///< legend entry; empty = not in the legend
   std::vector<double> x, y;
-  std::vector<double> x_err;   ///< optional symmetric error bars (same length as x), drawn as bars
-  std::vector<double> y_err;   ///< optional symmetric error bars (same length as y)
+  std::vector<double> x_err;  ///< optional symmetric error bars (same length as x), drawn as bars
+  std::vector<double> y_err;  ///< optional symmetric error bars (same length as y)
   Style style = Style::kLine;
   Colour colour = Colour::kAuto;
   bool dashed = false;
-  double width = 1.5;          ///< line width in points
+  double width = 1.5;  ///< line width in points
 };
 
 /// A normalised histogram (density: integrates to 1 over [lo, hi)) of `values` as a kStep
@@ -100,7 +100,7 @@ struct Panel {
   /// Tick labels at y = 0, 1, ... with category 0 at the top (bar charts: kBarsH with y = index).
   std::vector<std::string> y_categories;
   Legend legend = Legend::kTopRight;
-  bool visible = true;       ///< false: an empty cell (the upper triangle of a corner plot)
+  bool visible = true;                      ///< false: an empty cell (the upper triangle of a corner plot)
   bool x_numbers = true, y_numbers = true;  ///< tick values on the axis
   double zero_line = std::nan("");          ///< a dotted vertical line at this x (bar charts)
 };
