@@ -77,7 +77,7 @@ void ramachandran_figure(const std::string& path, viz::Format fmt, const torch::
   f.colour_range = {-8.0, 0.0};
   f.caption = "90 x 90 bins of 4 degrees; white: no sample (or below e^-8 of the maximum); dashed: basin boundaries";
   const std::vector<std::pair<std::string, torch::Tensor>> panels = {
-      {"MD reference (" + std::to_string(md.size(0)) + " frames)", torch::Tensor()},
+      {"MD (" + std::to_string(md.size(0)) + " frames)", torch::Tensor()},
       {"BG raw (" + std::to_string(bg.size(0)) + " samples)", torch::Tensor()},
       {"BG reweighted", log_w}};
   for (size_t k = 0; k < panels.size(); ++k) {

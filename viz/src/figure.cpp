@@ -303,7 +303,7 @@ Margins margins(const Panel& p) {
   size_t longest_category = 0;
   for (const auto& c : p.y_categories) longest_category = std::max(longest_category, c.size());
   m.left = !p.y_categories.empty() ? 2.0 + 0.62 * static_cast<double>(longest_category)
-                                   : (p.y_label.empty() ? 4.5 : 6.0) - (p.y_numbers ? 0.0 : 3.0);
+                                   : (p.y_label.empty() ? 4.5 : 6.8) - (p.y_numbers ? 0.0 : 3.0);
   m.right = p.x_numbers ? 2.2 : 1.0;  // keeps the last tick value clear of the next panel's first
   m.bottom = (p.x_label.empty() ? 2.5 : 4.4) - (p.x_numbers ? 0.0 : 1.8);
   m.top = p.title.empty() ? 0.8 : 2.2;
@@ -382,7 +382,7 @@ void draw_panel(const Panel& p, double cx0, double cx1, double cy0, double cy1, 
     plmtex("lv", 0.6, pos, 1.0, esc(p.y_categories[i]).c_str());
   }
   if (!p.x_label.empty()) plmtex("b", p.x_numbers ? 3.0 : 1.2, 0.5, 0.5, esc(p.x_label).c_str());
-  if (!p.y_label.empty()) plmtex("l", p.y_numbers ? 4.2 : 1.2, 0.5, 0.5, esc(p.y_label).c_str());
+  if (!p.y_label.empty()) plmtex("l", p.y_numbers ? 5.0 : 1.2, 0.5, 0.5, esc(p.y_label).c_str());
   if (!p.title.empty()) plmtex("t", 0.8, 0.5, 0.5, esc(p.title).c_str());
   draw_legend(p);
 }
@@ -581,6 +581,10 @@ void save(const Figure& fig, const std::string& path, Format fmt) {
       plsetopt("drvopt", "graphics_anti_aliasing=1");
     plinit();
     set_palette();
+    // tick values written out (0.02, 0.04, ...): PLplot's default moves a common factor to an
+    // "(x10^-2)" label at the axis end, which collides with titles
+    plsxax(8, 0);
+    plsyax(8, 0);
     pladv(0);
     plschr(0.0, fig.text_scale);
     PLFLT xmin, xmax, ymin, ymax;
@@ -602,6 +606,10 @@ void save(const Figure& fig, const std::string& path, Format fmt) {
       col_m[c].left = std::max(col_m[c].left, m.left), col_m[c].right = std::max(col_m[c].right, m.right);
       row_m[r].bottom = std::max(row_m[r].bottom, m.bottom), row_m[r].top = std::max(row_m[r].top, m.top);
     }
+    // and equal plot widths: every column gets the widest left and right margin
+    double left = 0, right_m = 0;
+    for (const auto& m : col_m) left = std::max(left, m.left), right_m = std::max(right_m, m.right);
+    for (auto& m : col_m) m.left = left, m.right = right_m;
     for (size_t k = 0; k < fig.panels.size(); ++k) {
       const Panel& p = fig.panels[k];
       if (!p.visible) continue;
