@@ -75,7 +75,7 @@ struct Range {
 
 /// The axis limits (in plotted, i.e. log10 where log, coordinates).
 std::array<double, 2> limits(const std::array<double, 2>& given, Range data, bool log, bool from_zero, bool pad) {
-  if (data.empty()) data = {log ? 0.0 : 0.0, 1.0};
+  if (data.empty()) data = {0.0, 1.0};
   double lo = data.lo, hi = data.hi;
   if (from_zero && !log && lo >= 0) lo = 0;
   if (hi - lo <= 0) {
