@@ -26,29 +26,6 @@ namespace nfkit::cli {
 
 namespace {
 
-// Solver options shared by the three verbs; `steps_name` is --steps (sample, eval) or
-// --solver-steps (train, where --steps counts optimizer steps).
-void add_solver_options(po::options_description& o, const std::string& steps_name) {
-  o.add_options()
-      ("solver", po::value<std::string>()->default_value("dopri5"), "ODE solver: euler, midpoint, heun, rk4, dopri5")
-      (steps_name.c_str(), po::value<int64_t>()->default_value(100), "steps of a fixed-grid solver")
-      ("rtol", po::value<double>()->default_value(1e-5, "1e-05"), "dopri5 relative tolerance")
-      ("atol", po::value<double>()->default_value(1e-5, "1e-05"), "dopri5 absolute tolerance")
-      ("max-steps", po::value<int64_t>()->default_value(10000), "dopri5 step cap");
-}
-
-OdeOptions solver_from(const po::variables_map& vm, const std::string& steps_name) {
-  OdeOptions o;
-  o.method(parse_ode_method(vm["solver"].as<std::string>()))
-      .steps(vm[steps_name].as<int64_t>())
-      .rtol(vm["rtol"].as<double>())
-      .atol(vm["atol"].as<double>())
-      .max_steps(vm["max-steps"].as<int64_t>());
-  if (o.steps() < 1) usage_error("--" + steps_name, "must be >= 1");
-  o.validate();
-  return o;
-}
-
 // The source distribution: the Normal base, a built-in density (exact log-density), or the
 // rows of a file (no density).
 DistributionPtr make_source(const std::string& spec, int64_t dim, const DataSource* rows) {
@@ -688,6 +665,28 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
 }
 
 }  // namespace
+
+void add_solver_options(po::options_description& o, const std::string& steps_name, const std::string& default_solver,
+                        int64_t default_steps, const std::string& prefix) {
+  o.add_options()
+      ("solver", po::value<std::string>()->default_value(default_solver), (prefix + "ODE solver: euler, midpoint, heun, rk4, dopri5").c_str())
+      (steps_name.c_str(), po::value<int64_t>()->default_value(default_steps), (prefix + "steps of a fixed-grid solver").c_str())
+      ("rtol", po::value<double>()->default_value(1e-5, "1e-05"), (prefix + "dopri5 relative tolerance").c_str())
+      ("atol", po::value<double>()->default_value(1e-5, "1e-05"), (prefix + "dopri5 absolute tolerance").c_str())
+      ("max-steps", po::value<int64_t>()->default_value(10000), (prefix + "dopri5 step cap").c_str());
+}
+
+OdeOptions solver_from(const po::variables_map& vm, const std::string& steps_name) {
+  OdeOptions o;
+  o.method(parse_ode_method(vm["solver"].as<std::string>()))
+      .steps(vm[steps_name].as<int64_t>())
+      .rtol(vm["rtol"].as<double>())
+      .atol(vm["atol"].as<double>())
+      .max_steps(vm["max-steps"].as<int64_t>());
+  if (o.steps() < 1) usage_error("--" + steps_name, "must be >= 1");
+  o.validate();
+  return o;
+}
 
 Command cfm_train_command() {
   return {"cfm", "train", "train a continuous flow by flow matching (I-CFM, OT-CFM, SB-CFM, FM, VP-CFM, W-CFM, rectified flow, flow maps)",

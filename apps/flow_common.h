@@ -6,6 +6,7 @@
 #include "nfkit/core/error.h"
 #include "data_source.h"
 #include "nfkit/flows/distribution.h"
+#include "nfkit/flows/ode.h"
 #include "nfkit/flows/trainer.h"
 
 namespace nfkit::cli {
@@ -39,6 +40,15 @@ TrainOutcome train_flow(const po::variables_map& vm, Context& ctx, const std::st
 /// command has them), checked, with the checkpoint at <out>.ckpt.
 TrainerOptions trainer_options_from(const po::variables_map& vm, const std::string& out,
                                     const Context& ctx);
+
+/// ODE solver options of the continuous-flow commands (--solver, `steps_name`, --rtol, --atol,
+/// --max-steps); `steps_name` is "steps", or "solver-steps" where --steps counts optimizer
+/// steps (cfm train); `prefix` starts each help text (e.g. "cfm models: ").
+void add_solver_options(po::options_description& o, const std::string& steps_name,
+                        const std::string& default_solver = "dopri5", int64_t default_steps = 100,
+                        const std::string& prefix = "");
+/// The solver options, checked (--<steps_name> >= 1, tolerances, step cap).
+OdeOptions solver_from(const po::variables_map& vm, const std::string& steps_name);
 
 /// torch dtype from --dtype.
 torch::Dtype parse_dtype(const std::string& s);

@@ -1,5 +1,7 @@
-// nfkit image train | bpd | sample: transformer autoregressive flows (TARFlow / STARFlow) on
-// Fashion-MNIST (Debian's dataset-fashion-mnist) or any IDX image set. See docs/tarflow.md.
+// nfkit image train | bpd | sample: image density models on Fashion-MNIST (Debian's
+// dataset-fashion-mnist) or any IDX image set: transformer autoregressive flows (TARFlow /
+// STARFlow, docs/tarflow.md) and continuous flows with a U-Net velocity field trained by flow
+// matching (docs/continuous.md).
 #include <torch/torch.h>
 
 #include <chrono>
@@ -15,10 +17,15 @@
 #include "nfkit/core/files.h"
 #include "nfkit/core/idx.h"
 #include "nfkit/core/runtime.h"
+#include "nfkit/core/h5.h"
+#include "nfkit/core/progress.h"
 #include "nfkit/flows/checkpoint.h"
+#include "nfkit/flows/continuous_flow.h"
+#include "nfkit/flows/flow_matching.h"
 #include "nfkit/flows/images.h"
 #include "nfkit/flows/tarflow.h"
 #include "nfkit/flows/trainer.h"
+#include "nfkit/flows/unet.h"
 
 namespace nfkit::cli {
 
@@ -63,19 +70,44 @@ std::string split_name(const std::string& s) {
   usage_error("--split", "'" + s + "' is not a split, expected train or test");
 }
 
-struct LoadedTar {
-  std::shared_ptr<Flow> flow;
-  std::shared_ptr<TarFlow> tar;
+// An image model of either kind, with its image shape.
+struct ImageModel {
+  std::string kind;                     // "tarflow" or "cfm"
+  std::shared_ptr<Distribution> model;  // the density model
+  std::shared_ptr<Flow> flow;           // tarflow
+  std::shared_ptr<TarFlow> tar;         // tarflow
+  std::shared_ptr<ContinuousFlow> cnf;  // cfm
+  int64_t channels = 0, height = 0, width = 0, num_classes = 0;
   json meta;
 };
 
-LoadedTar load_tarflow(const std::string& path, const c10::Device& device) {
-  auto lf = load_flow(path);
-  auto tar = std::dynamic_pointer_cast<TarFlow>(lf.flow->transform());
-  if (!tar) runtime_error(path, "is not a transformer flow model (written by nfkit image train)");
-  lf.flow->to(device);
-  lf.flow->eval();
-  return {lf.flow, tar, lf.metadata};
+ImageModel load_image_model(const std::string& path, const c10::Device& device) {
+  ImageModel m;
+  if (checkpoint_model_type(path) == "continuous_flow") {
+    auto lc = load_continuous_flow(path);
+    auto unet = std::dynamic_pointer_cast<UNetVelocity>(lc.flow->velocity());
+    if (!unet) runtime_error(path, "is a continuous flow on vectors (nfkit cfm train), not an image model (nfkit image train)");
+    const auto& o = unet->options();
+    m = {"cfm", lc.flow, nullptr, nullptr, lc.flow, o.channels(), o.height(), o.width(), o.num_classes(), lc.metadata};
+  } else {
+    auto lf = load_flow(path);
+    auto tar = std::dynamic_pointer_cast<TarFlow>(lf.flow->transform());
+    if (!tar) runtime_error(path, "is not an image model (written by nfkit image train)");
+    const auto& o = tar->options();
+    m = {"tarflow", lf.flow, lf.flow, tar, nullptr, o.channels(), o.height(), o.width(), o.num_classes(), lf.metadata};
+  }
+  m.model->to(device);
+  m.model->eval();
+  return m;
+}
+
+std::string solver_text(const OdeOptions& o) {
+  if (o.method() == OdeMethod::kDopri5) {
+    std::ostringstream s;
+    s << "dopri5 (rtol " << o.rtol() << ", atol " << o.atol() << ")";
+    return s.str();
+  }
+  return ode_method_name(o.method()) + " " + std::to_string(o.steps()) + (o.steps() == 1 ? " step" : " steps");
 }
 
 void print_bpd(Context& ctx, const std::string& what, const BitsPerDim& r) {
@@ -90,21 +122,32 @@ po::options_description train_opts() {
   o.add_options()
       ("data", po::value<std::string>()->default_value(kFashionDir), "directory with the IDX files")
       ("out", po::value<std::string>()->required(), "model file to write (HDF5 checkpoint)")
-      ("patch", po::value<int64_t>()->default_value(4), "patch size p (tokens of p*p*C values)")
-      ("blocks", po::value<int64_t>()->default_value(4), "flow blocks")
-      ("layers", po::value<int64_t>()->default_value(2), "transformer layers per block")
-      ("hidden", po::value<int64_t>()->default_value(128), "transformer width")
-      ("head-dim", po::value<int64_t>()->default_value(32), "attention head width")
+      ("model", po::value<std::string>()->default_value("tarflow"),
+       "tarflow (transformer autoregressive flow) or cfm (U-Net velocity field trained by flow matching)")
+      ("patch", po::value<int64_t>()->default_value(4), "tarflow: patch size p (tokens of p*p*C values)")
+      ("blocks", po::value<int64_t>()->default_value(4), "tarflow: flow blocks")
+      ("layers", po::value<int64_t>()->default_value(2), "tarflow: transformer layers per block")
+      ("hidden", po::value<int64_t>()->default_value(128), "tarflow: transformer width")
+      ("head-dim", po::value<int64_t>()->default_value(32), "tarflow: attention head width")
+      ("start", po::value<std::string>()->default_value("shift"), "tarflow: first token: shift (TARFlow) or token (STARFlow)")
+      ("scale", po::value<std::string>()->default_value("exp"), "tarflow: affine scale: exp (TARFlow) or softplus (STARFlow)")
+      ("soft-clip", po::value<double>()->default_value(0.0), "tarflow: soft clip of log sigma (0 = off)")
+      ("noise", po::value<std::string>()->default_value("uniform"),
+       "tarflow: training noise: uniform (dequantisation, for bits/dim) or gaussian (for generation)")
+      ("noise-sigma", po::value<double>()->default_value(0.05, "0.05"), "tarflow: std of gaussian noise in [-1, 1] units")
+      ("method", po::value<std::string>()->default_value("icfm"), "cfm: icfm, otcfm, sbcfm, fm, vpcfm, wcfm or rf")
+      ("sigma", po::value<double>()->default_value(0.0), "cfm: path noise (0 keeps the t = 1 marginal on the data, "
+                                                         "what bits/dim measure; sbcfm needs > 0)")
+      ("time", po::value<std::string>()->default_value("uniform"), "cfm: time distribution uniform or ushaped (Lee et al. 2024)")
+      ("base-channels", po::value<int64_t>()->default_value(32), "cfm: U-Net width of the first level")
+      ("channel-mult", po::value<std::string>()->default_value("1,2,2"), "cfm: U-Net width multiplier per level")
+      ("res-blocks", po::value<int64_t>()->default_value(1), "cfm: U-Net residual blocks per level")
+      ("groups", po::value<int64_t>()->default_value(8), "cfm: GroupNorm groups")
+      ("dropout", po::value<double>()->default_value(0.0), "cfm: dropout in the residual blocks")
       ("conditional", po::bool_switch(), "class-conditional (one-hot labels, label drop for guidance)")
       ("label-drop", po::value<double>()->default_value(0.1, "0.1"), "probability of dropping a label in training")
-      ("start", po::value<std::string>()->default_value("shift"), "first token: shift (TARFlow) or token (STARFlow)")
-      ("scale", po::value<std::string>()->default_value("exp"), "affine scale: exp (TARFlow) or softplus (STARFlow)")
-      ("soft-clip", po::value<double>()->default_value(0.0), "soft clip of log sigma (0 = off)")
-      ("noise", po::value<std::string>()->default_value("uniform"),
-       "training noise: uniform (dequantisation, for bits/dim) or gaussian (for generation)")
-      ("noise-sigma", po::value<double>()->default_value(0.05, "0.05"), "std of gaussian noise in [-1, 1] units")
       ("val-size", po::value<int64_t>()->default_value(2000), "training images held out for validation")
-      ("steps", po::value<int64_t>()->default_value(8000), "optimizer steps (8000: about 50 minutes on 2 cores)")
+      ("steps", po::value<int64_t>()->default_value(8000), "optimizer steps (tarflow 8000: about 50 minutes on 2 cores)")
       ("batch-size", po::value<int64_t>()->default_value(64), "minibatch size")
       ("lr", po::value<double>()->default_value(1e-3, "0.001"), "peak learning rate (AdamW)")
       ("weight-decay", po::value<double>()->default_value(1e-4, "0.0001"), "AdamW decoupled weight decay")
@@ -117,9 +160,64 @@ po::options_description train_opts() {
   return o;
 }
 
+std::vector<int64_t> parse_channel_mult(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stoll(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      usage_error("--channel-mult", "'" + s + "' is not a comma-separated list of integers, e.g. 1,2,2");
+    }
+  }
+  return out;
+}
+
+// The U-Net continuous flow of --model cfm and its flow-matching objective (the source is the
+// Normal base; x1 is a dequantised image in [-1, 1)).
+struct CfmImageSetup {
+  std::shared_ptr<ContinuousFlow> cnf;
+  CfmOptions cfm;
+};
+
+CfmImageSetup make_cfm_image_model(const po::variables_map& vm, const ImageSet& data, int64_t K) {
+  CfmImageSetup s;
+  const auto method = parse_cfm_method(vm["method"].as<std::string>());
+  if (method == CfmMethod::kFlowMap)
+    usage_error("--method", "flowmap needs a two-time field (cfm train); image models take icfm, otcfm, sbcfm, fm, "
+                            "vpcfm, wcfm or rf");
+  s.cfm.method(method).sigma(vm["sigma"].as<double>()).time(vm["time"].as<std::string>());
+  check_nonnegative("--sigma", "value", s.cfm.sigma());
+  auto uo = UNetVelocityOptions(data.images.size(1), data.images.size(2), data.images.size(3))
+                .num_classes(K)
+                .base_channels(vm["base-channels"].as<int64_t>())
+                .channel_mult(parse_channel_mult(vm["channel-mult"].as<std::string>()))
+                .res_blocks(vm["res-blocks"].as<int64_t>())
+                .groups(vm["groups"].as<int64_t>())
+                .dropout(vm["dropout"].as<double>());
+  uo.validate();
+  if (method == CfmMethod::kWCFM) {
+    // The Gibbs kernel's eps: the mean squared distance of independent (noise, image) pairs.
+    torch::NoGradGuard ng;
+    const auto x1 = dequantize_uniform(data.images.narrow(0, 0, std::min<int64_t>(1000, data.images.size(0))));
+    s.cfm.wcfm_eps((torch::randn_like(x1) - x1).pow(2).sum(1).mean().item<double>());
+  }
+  s.cfm.validate();
+  auto field = std::make_shared<UNetVelocity>(uo);
+  s.cnf = std::make_shared<ContinuousFlow>(std::make_shared<StandardNormal>(uo.dim()), field,
+                                           ContinuousFlowOptions().path(cfm_method_name(method)).divergence("hutchinson"));
+  return s;
+}
+
 void run_train(const po::variables_map& vm, Context& ctx) {
   const std::string out = vm["out"].as<std::string>();
-  const std::string noise = vm["noise"].as<std::string>();
+  const std::string kind = vm["model"].as<std::string>();
+  if (kind != "tarflow" && kind != "cfm") usage_error("--model", "'" + kind + "' is not an image model, expected tarflow or cfm");
+  const bool cfm_model = kind == "cfm";
+  const std::string noise = cfm_model ? "uniform" : vm["noise"].as<std::string>();
   if (noise != "uniform" && noise != "gaussian")
     usage_error("--noise", "'" + noise + "' is not a noise kind, expected uniform or gaussian");
   const double sigma = vm["noise-sigma"].as<double>();
@@ -127,13 +225,15 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   const int64_t val_size = vm["val-size"].as<int64_t>();
   check_positive_int("--val-size", "value", val_size);
   const bool conditional = vm["conditional"].as<bool>();
+  const double label_drop = vm["label-drop"].as<double>();
+  check_in_range("--label-drop", "value", label_drop, 0.0, 1.0);
   auto to = TarFlowOptions()
                 .patch(vm["patch"].as<int64_t>())
                 .blocks(vm["blocks"].as<int64_t>())
                 .layers(vm["layers"].as<int64_t>())
                 .hidden(vm["hidden"].as<int64_t>())
                 .head_dim(vm["head-dim"].as<int64_t>())
-                .label_drop(vm["label-drop"].as<double>())
+                .label_drop(label_drop)
                 .start(vm["start"].as<std::string>())
                 .scale(vm["scale"].as<std::string>())
                 .soft_clip(vm["soft-clip"].as<double>());
@@ -149,8 +249,15 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   check_writable(out);
 
   seed_all(derive_seed(ctx.globals.seed, 31, 0));
-  auto flow = make_tarflow(to);  // validates the architecture options
-  flow->to(ctx.globals.device);
+  std::shared_ptr<Distribution> model;
+  CfmImageSetup cs;
+  if (cfm_model) {
+    cs = make_cfm_image_model(vm, data, K);  // validates the U-Net and objective options
+    model = cs.cnf;
+  } else {
+    model = make_tarflow(to);  // validates the architecture options
+  }
+  model->to(ctx.globals.device);
   const auto train_px = data.images.narrow(0, 0, N - val_size);
   const auto val_px = data.images.narrow(0, N - val_size, val_size);
   Objective obj;
@@ -161,14 +268,45 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     obj.train_context = one_hot_labels(data.labels.narrow(0, 0, N - val_size), K);
     obj.val_context = one_hot_labels(data.labels.narrow(0, N - val_size, val_size), K);
   }
-  obj.augment = [noise, sigma](const torch::Tensor& px, const torch::Tensor& c) {
-    return std::make_tuple(noise == "uniform" ? dequantize_uniform(px) : pixels_to_model(px, sigma), c);
+  // TARFlow drops labels inside its blocks (training mode); the U-Net field is told the null
+  // label (an all-zero row) here, with the same probability.
+  obj.augment = [noise, sigma, cfm_model, label_drop](const torch::Tensor& px, const torch::Tensor& c) {
+    auto y = noise == "uniform" ? dequantize_uniform(px) : pixels_to_model(px, sigma);
+    if (!cfm_model || !c.defined() || label_drop <= 0.0) return std::make_tuple(y, c);
+    const auto keep = (torch::rand({c.size(0), 1}, c.options()) >= label_drop).to(c.dtype());
+    return std::make_tuple(y, c * keep);
   };
+  if (cfm_model) {
+    auto cnf = cs.cnf;
+    const auto cfm = cs.cfm;
+    obj.loss = [cnf, cfm](const torch::Tensor& x, const torch::Tensor& c) {
+      return cfm_loss(*cnf->velocity(), cfm, torch::randn_like(x), x, c);
+    };
+    const auto val = obj.val.to(cnf->tensor_options());
+    const auto val_c = K > 0 ? obj.val_context.to(cnf->tensor_options()) : torch::Tensor();
+    const uint64_t val_seed = derive_seed(ctx.globals.seed, 31, 2);
+    obj.validate = [cnf, cfm, val, val_c, val_seed] {
+      torch::NoGradGuard ng;
+      torch::manual_seed(val_seed);
+      double total = 0;
+      for (int64_t i = 0; i < val.size(0); i += 256) {
+        const int64_t n = std::min<int64_t>(256, val.size(0) - i);
+        const auto x = val.narrow(0, i, n);
+        const auto c = val_c.defined() ? val_c.narrow(0, i, n) : torch::Tensor();
+        total += cfm_loss(*cnf->velocity(), cfm, torch::randn_like(x), x, c).item<double>() * n;
+      }
+      return total / val.size(0);
+    };
+  }
   const double D = static_cast<double>(to.dim());
-  const json meta = {{"data", dir}, {"noise", noise}, {"noise_sigma", noise == "gaussian" ? sigma : 0.0},
-                     {"num_classes", K}, {"trainer", topts.to_json()}, {"n_train", N - val_size},
-                     {"n_val", val_size}, {"nfkit_version", version_string()}};
-  Trainer trainer(flow, topts, obj, meta);
+  json meta = {{"data", dir}, {"model", kind}, {"noise", noise}, {"noise_sigma", noise == "gaussian" ? sigma : 0.0},
+               {"num_classes", K}, {"trainer", topts.to_json()}, {"n_train", N - val_size},
+               {"n_val", val_size}, {"nfkit_version", version_string()}};
+  if (cfm_model) {
+    meta["cfm"] = cs.cfm.to_json();
+    meta["label_drop"] = K > 0 ? label_drop : 0.0;
+  }
+  Trainer trainer(model, topts, obj, meta);
   trainer.should_stop = [](int64_t) { return stop_requested(); };
   if (!vm["restart"].as<bool>() && file_exists(topts.checkpoint_path())) {
     trainer.load_checkpoint(topts.checkpoint_path());
@@ -186,23 +324,31 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     H5Writer w(out, "checkpoint", kCheckpointVersion);
     json m = meta;
     m["best_step"] = rep.best_step;
-    m["best_val_nll"] = rep.best_val;
-    write_flow(w, *flow, m, rep.steps_done);
+    m[cfm_model ? "best_val_loss" : "best_val_nll"] = rep.best_val;
+    write_flow(w, *model, m, rep.steps_done);
     w.commit();
   }
   std::remove(topts.checkpoint_path().c_str());
   const std::string curve = training_figure_path(out, ctx.globals.figure_format);
   training_curve_figure(curve, ctx.globals.figure_format,
-                        training_curve(rep, "image train: TARFlow on " + dir, "negative log-likelihood (nats / image)"));
-  const double val_bpd = nll_to_bits_per_dim(rep.best_val, D);
+                        cfm_model ? training_curve(rep, "image train: U-Net " + cfm_method_name(cs.cfm.method()) + " on " + dir,
+                                                   "flow-matching loss (mean square per value)")
+                                  : training_curve(rep, "image train: TARFlow on " + dir, "negative log-likelihood (nats / image)"));
   const double imgs_per_s = secs > 0 ? (rep.steps_done - step0) * topts.batch_size() / secs : 0.0;
   ctx.out << std::fixed << std::setprecision(4) << "model written to " << out << " (" << rep.steps_done
           << " steps, best at step " << rep.best_step << ", " << std::setprecision(1) << imgs_per_s
           << " images/s)\n";
-  if (noise == "uniform")
+  const bool has_bpd = !cfm_model && noise == "uniform";
+  const double val_bpd = has_bpd ? nll_to_bits_per_dim(rep.best_val, D) : 0.0;
+  if (has_bpd)
     ctx.out << std::setprecision(4) << "validation bits/dim  " << val_bpd << "  (" << val_size << " held-out training images)\n";
-  ctx.results = {{"model", out}, {"steps", rep.steps_done}, {"best_step", rep.best_step},
-                 {"val_nll", rep.best_val}, {"val_bpd", noise == "uniform" ? json(val_bpd) : json(nullptr)},
+  if (cfm_model)
+    ctx.out << std::setprecision(5) << "validation flow-matching loss  " << rep.best_val << "  (" << val_size
+            << " held-out training images; bits/dim: nfkit image bpd)\n";
+  ctx.results = {{"model", out}, {"kind", kind}, {"steps", rep.steps_done}, {"best_step", rep.best_step},
+                 {"val_nll", cfm_model ? json(nullptr) : json(rep.best_val)},
+                 {"val_loss", cfm_model ? json(rep.best_val) : json(nullptr)},
+                 {"val_bpd", has_bpd ? json(val_bpd) : json(nullptr)},
                  {"seconds", secs}, {"images_per_second", imgs_per_s}, {"figure", curve}};
 }
 
@@ -215,7 +361,9 @@ po::options_description bpd_opts() {
       ("data", po::value<std::string>()->default_value(kFashionDir), "directory with the IDX files")
       ("split", po::value<std::string>()->default_value("test"), "test or train")
       ("n", po::value<int64_t>()->default_value(0), "images to evaluate (0 = all)")
-      ("batch-size", po::value<int64_t>()->default_value(500), "images per batch");
+      ("batch-size", po::value<int64_t>()->default_value(500), "images per batch")
+      ("probes", po::value<int64_t>()->default_value(1), "cfm models: Hutchinson probes per image (Rademacher)");
+  add_solver_options(o, "steps", "dopri5", 100, "cfm models: ");
   return o;
 }
 
@@ -224,19 +372,42 @@ void run_bpd(const po::variables_map& vm, Context& ctx) {
   const int64_t n = vm["n"].as<int64_t>(), batch = vm["batch-size"].as<int64_t>();
   if (n < 0) usage_error("--n", "must be >= 0");
   check_positive_int("--batch-size", "value", batch);
-  auto m = load_tarflow(vm["model"].as<std::string>(), ctx.globals.device);
+  const int64_t probes = vm["probes"].as<int64_t>();
+  check_positive_int("--probes", "value", probes);
+  const auto ode = solver_from(vm, "steps");
+  auto m = load_image_model(vm["model"].as<std::string>(), ctx.globals.device);
   auto data = load_images(vm["data"].as<std::string>(), split);
-  const auto& o = m.tar->options();
-  if (data.images.size(1) != o.channels() || data.images.size(2) != o.height() || data.images.size(3) != o.width())
+  if (data.images.size(1) != m.channels || data.images.size(2) != m.height || data.images.size(3) != m.width)
     runtime_error(vm["data"].as<std::string>(), "holds images of another shape than the model's");
   const int64_t N = n > 0 ? std::min(n, data.images.size(0)) : data.images.size(0);
-  const auto r = bits_per_dim(*m.flow, data.images.narrow(0, 0, N), data.labels.narrow(0, 0, N), batch,
-                              derive_seed(ctx.globals.seed, 32, 0), o.num_classes());
+  if (m.cnf) {
+    m.cnf->options().divergence("hutchinson").probe("rademacher").probes(probes).probe_seed(
+        derive_seed(ctx.globals.seed, 32, 1));
+    m.cnf->options().ode(ode);
+  }
+  Progress progress("bpd", N, {.quiet = ctx.globals.quiet});
+  int64_t nfe = 0, batches = 0;
+  const auto r = bits_per_dim(*m.model, data.images.narrow(0, 0, N), data.labels.narrow(0, 0, N), batch,
+                              derive_seed(ctx.globals.seed, 32, 0), m.num_classes, [&](int64_t done, int64_t) {
+                                if (m.cnf) nfe += m.cnf->last_stats().nfe, ++batches;
+                                progress.update(done);
+                              });
+  progress.finish();
   print_bpd(ctx, vm["split"].as<std::string>() + "-set", r);
+  ctx.results = {{"bpd", r.mean}, {"bpd_se", r.se}, {"n", r.n}, {"split", vm["split"].as<std::string>()},
+                 {"kind", m.kind}};
+  if (m.cnf) {
+    const double mean_nfe = batches > 0 ? static_cast<double>(nfe) / batches : 0.0;
+    ctx.out << std::setprecision(1) << "continuous flow: " << m.cnf->estimator() << " divergence, "
+            << solver_text(ode) << ", " << mean_nfe
+            << " field evaluations per batch (the standard error includes the probes' spread)\n";
+    ctx.results["estimator"] = m.cnf->estimator();
+    ctx.results["solver"] = ode.to_json();
+    ctx.results["nfe_per_batch"] = mean_nfe;
+  }
   if (m.meta.value("noise", "uniform") != "uniform")
     ctx.err << "warning: the model was trained with gaussian noise; its bits/dim are not comparable "
                "to uniformly dequantised models\n";
-  ctx.results = {{"bpd", r.mean}, {"bpd_se", r.se}, {"n", r.n}, {"split", vm["split"].as<std::string>()}};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -247,7 +418,7 @@ po::options_description sample_opts() {
       ("model", po::value<std::string>()->required(), "model file (nfkit image train)")
       ("out", po::value<std::string>()->required(), "sample grid to write (.png, .pdf or .svg) with a caption strip")
       ("n", po::value<int64_t>()->default_value(64), "images to sample")
-      ("sampler", po::value<std::string>()->default_value("gs-jacobi"), "sequential, jacobi or gs-jacobi")
+      ("sampler", po::value<std::string>()->default_value("gs-jacobi"), "tarflow: sequential, jacobi or gs-jacobi")
       ("tol", po::value<double>()->default_value(1e-5, "1e-5"), "Jacobi stop: largest change below tol")
       ("relative-tol", po::value<double>()->default_value(0.0), "if > 0, stop on relative change (STARFlow)")
       ("modules", po::value<int64_t>()->default_value(0), "gs-jacobi modules for tough blocks (0 = about sqrt(T))")
@@ -264,7 +435,10 @@ po::options_description sample_opts() {
       ("attn-temperature", po::value<double>()->default_value(2.0), "attention guidance temperature")
       ("temperature", po::value<double>()->default_value(1.0), "base temperature T in (0, 1]")
       ("denoise", po::bool_switch(), "one score step x + s^2 grad log p(x) after sampling")
-      ("nrow", po::value<int64_t>()->default_value(8), "images per grid row");
+      ("nrow", po::value<int64_t>()->default_value(8), "images per grid row")
+      ("save", po::value<std::string>(), "also write the samples' pixels to this HDF5 file (/images uint8 [N, C, H, W], "
+                                         "/labels; kind image_samples), e.g. for bench/image_fid");
+  add_solver_options(o, "steps", "dopri5", 16, "cfm models: ");
   return o;
 }
 
@@ -301,6 +475,18 @@ void write_grid(const std::string& path, const torch::Tensor& pixels /* uint8 [N
   viz::save(f, path, ext == "pdf" ? viz::Format::kPdf : ext == "svg" ? viz::Format::kSvg : viz::Format::kPng);
 }
 
+// Samples' pixels for later scoring (bench/image_fid): /images uint8 [N, C, H, W], /labels
+// int64 [N] for conditional models; root attributes model and sampler.
+void write_image_samples(const std::string& path, const torch::Tensor& pixels, const torch::Tensor& labels,
+                         const std::string& model, const std::string& sampler) {
+  H5Writer w(path, "image_samples", 1);
+  w.write("/images", pixels.contiguous());
+  if (labels.defined()) w.write("/labels", labels.contiguous());
+  w.set_attr("/", "model", model);
+  w.set_attr("/", "sampler", sampler);
+  w.commit();
+}
+
 void run_sample(const po::variables_map& vm, Context& ctx) {
   const std::string out = vm["out"].as<std::string>();
   const int64_t n = vm["n"].as<int64_t>();
@@ -321,14 +507,48 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
   if (strategy != "auto" && strategy != "uniform")
     usage_error("--strategy", "'" + strategy + "' is not a strategy, expected auto or uniform");
   const int64_t label = vm["label"].as<int64_t>();
+  const auto ode = solver_from(vm, "steps");
+  const std::string save = vm.count("save") ? vm["save"].as<std::string>() : std::string();
   check_writable(out);
+  if (!save.empty()) check_writable(save);
 
-  auto m = load_tarflow(vm["model"].as<std::string>(), ctx.globals.device);
-  const auto& o = m.tar->options();
-  const int64_t K = o.num_classes();
+  auto m = load_image_model(vm["model"].as<std::string>(), ctx.globals.device);
+  const int64_t K = m.num_classes;
   if (label >= 0 && label >= K)
     usage_error("--label", K == 0 ? "the model is unconditional" : "must be below " + std::to_string(K));
-  const auto fopts = m.flow->tensor_options();
+  const auto fopts = m.model->tensor_options();
+  auto labels_for = [&](int64_t count) {
+    return label >= 0 ? torch::full({count}, label, torch::kInt64) : torch::arange(count, torch::kInt64) % std::max<int64_t>(K, 1);
+  };
+  if (m.cnf) {
+    if (so.guidance_weight != 0.0) usage_error("--cfg", "guidance is for transformer flows; this is a cfm model");
+    if (vm["denoise"].as<bool>()) usage_error("--denoise", "is for transformer flows trained with noise; this is a cfm model");
+    seed_all(derive_seed(ctx.globals.seed, 34, 0));
+    m.cnf->set_temperature(T);
+    const auto z = m.cnf->base()->sample(n);
+    const auto lab = labels_for(n);
+    const auto c = K > 0 ? one_hot_labels(lab, K).to(fopts) : torch::Tensor();
+    const auto t0 = std::chrono::steady_clock::now();
+    torch::Tensor x;
+    {
+      torch::NoGradGuard ng;
+      x = m.cnf->transport(z, 0.0, 1.0, ode, c);
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const int64_t nfe = m.cnf->last_stats().nfe;
+    const auto px = model_to_pixels(x).view({n, m.channels, m.height, m.width}).cpu();
+    std::ostringstream cap;
+    cap << vm["model"].as<std::string>() << " · " << solver_text(ode) << " · " << nfe
+        << " field evaluations · T = " << T;
+    write_grid(out, px, vm["nrow"].as<int64_t>(), cap.str());
+    if (!save.empty()) write_image_samples(save, px, K > 0 ? lab : torch::Tensor(), vm["model"].as<std::string>(), cap.str());
+    ctx.out << std::fixed << std::setprecision(3) << "wrote " << n << " samples to " << out << " (" << solver_text(ode)
+            << ", " << nfe << " field evaluations, " << secs << " s)\n";
+    ctx.results = {{"out", out}, {"seconds", secs}, {"nfe", nfe}, {"solver", ode.to_json()}, {"kind", m.kind}};
+    if (!save.empty()) ctx.results["save"] = save;
+    return;
+  }
+  const auto& o = m.tar->options();
   int64_t modules = vm["modules"].as<int64_t>();
   if (modules < 0) usage_error("--modules", "must be >= 0");
   if (modules == 0) modules = std::max<int64_t>(2, std::llround(std::sqrt(static_cast<double>(o.tokens()))));
@@ -368,10 +588,8 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
   m.flow->set_temperature(T);
   const auto z = m.flow->base()->sample(n);
   torch::Tensor c;
-  if (K > 0) {
-    const auto lab = label >= 0 ? torch::full({n}, label, torch::kInt64) : torch::arange(n, torch::kInt64) % K;
-    c = one_hot_labels(lab, K).to(fopts);
-  }
+  const auto lab = labels_for(n);
+  if (K > 0) c = one_hot_labels(lab, K).to(fopts);
   SampleStats st;
   const auto t0 = std::chrono::steady_clock::now();
   auto [x, ld] = m.tar->sample_inverse(z, c, so, &st);
@@ -389,6 +607,7 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
         << " transformer passes over " << st.iterations.size() << " blocks · T = " << T;
     if (so.guidance_weight != 0.0) cap << " · guidance " << so.guidance_weight;
     write_grid(out, px, vm["nrow"].as<int64_t>(), cap.str());
+    if (!save.empty()) write_image_samples(save, px, K > 0 ? lab : torch::Tensor(), vm["model"].as<std::string>(), cap.str());
   }
   ctx.out << std::fixed << std::setprecision(3) << "wrote " << n << " samples to " << out << " ("
           << sampler_name(so.sampler) << ", " << secs << " s, " << passes << " transformer passes";
@@ -398,18 +617,22 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
   ctx.results["seconds"] = secs;
   ctx.results["passes"] = st.iterations;
   ctx.results["clamped"] = st.clamped;
+  ctx.results["kind"] = m.kind;
+  if (!save.empty()) ctx.results["save"] = save;
 }
 
 }  // namespace
 
 Command image_train_command() {
-  return {"image", "train", "train a transformer flow (TARFlow) on IDX images (Fashion-MNIST)", train_opts, run_train};
+  return {"image", "train", "train an image model (TARFlow, or a U-Net continuous flow by flow matching) on IDX images (Fashion-MNIST)",
+          train_opts, run_train};
 }
 Command image_bpd_command() {
-  return {"image", "bpd", "bits per dimension of a transformer flow on a test set", bpd_opts, run_bpd};
+  return {"image", "bpd", "bits per dimension of an image model on a test set", bpd_opts, run_bpd};
 }
 Command image_sample_command() {
-  return {"image", "sample", "sample images (sequential, Jacobi or GS-Jacobi) to a PNG grid", sample_opts, run_sample};
+  return {"image", "sample", "sample images (TARFlow: sequential, Jacobi or GS-Jacobi; cfm: any ODE solver) to a PNG grid",
+          sample_opts, run_sample};
 }
 
 }  // namespace nfkit::cli

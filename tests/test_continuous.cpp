@@ -15,8 +15,10 @@
 #include "nfkit/flows/continuous_flow.h"
 #include "nfkit/flows/flow_map.h"
 #include "nfkit/flows/flow_matching.h"
+#include "nfkit/flows/images.h"
 #include "nfkit/flows/optimal_transport.h"
 #include "nfkit/flows/trainer.h"
+#include "nfkit/flows/unet.h"
 #include "nfkit/flows/wflow.h"
 
 using namespace nfkit;
@@ -904,6 +906,93 @@ TEST_CASE("cli: cfm wflow trains, samples and evaluates a one-step generator; ba
   auto f = run_nfkit({"flow", "sample", "--model", model, "-n", "5", "--out", out});
   CHECK(f.code == 1);
   CHECK(f.err.find("one_step_generator") != std::string::npos);
+}
+
+TEST_CASE("U-Net field: zero at start, one time equals per-row times, rows independent, context used", "[continuous]") {
+  torch::manual_seed(31);
+  auto o = UNetVelocityOptions(1, 8, 8).num_classes(3).base_channels(8).groups(4).channel_mult({1, 2}).time_features(16);
+  UNetVelocity v(o);
+  v.to(torch::kFloat64);
+  CHECK(v.dim() == 64);
+  CHECK(v.context_dim() == 3);
+  const auto x = torch::randn({5, 64}, f64);
+  const auto c = torch::one_hot(torch::tensor({0, 1, 2, 0, 1}), 3).to(torch::kFloat64);
+  // The output convolution starts at zero: an untrained field is exactly 0.
+  CHECK(v.forward(torch::full({}, 0.4, f64), x, c).abs().max().item<double>() == 0.0);
+  perturb_parameters(v, 0.2, 32);
+  const auto a = v.forward(torch::full({}, 0.4, f64), x, c);
+  CHECK(a.sizes() == torch::IntArrayRef{5, 64});
+  CHECK(a.abs().max().item<double>() > 1e-3);
+  CHECK((a - v.forward(torch::full({5}, 0.4, f64), x, c)).abs().max().item<double>() < 1e-12);
+  // Per-image normalisation: changing image 1 leaves image 0's velocity alone (what a
+  // per-row divergence estimate needs); changing the time or the label changes it.
+  auto x2 = x.clone();
+  x2[1] += 1.0;
+  const auto b = v.forward(torch::full({}, 0.4, f64), x2, c);
+  CHECK((b[0] - a[0]).abs().max().item<double>() < 1e-12);
+  CHECK((b[1] - a[1]).abs().max().item<double>() > 1e-4);
+  CHECK((v.forward(torch::full({}, 0.7, f64), x, c)[0] - a[0]).abs().max().item<double>() > 1e-4);
+  CHECK((v.forward(torch::full({}, 0.4, f64), x, torch::zeros_like(c))[0] - a[0]).abs().max().item<double>() > 1e-4);
+  CHECK_THROWS_AS(v.forward(torch::full({}, 0.4, f64), x), UsageError);  // conditional: context required
+  // Options: the image must halve evenly; widths divisible by the groups.
+  CHECK_THROWS_WITH(UNetVelocity(UNetVelocityOptions(1, 6, 6).channel_mult({1, 2, 2})), Catch::Contains("--channel-mult"));
+  CHECK_THROWS_WITH(UNetVelocity(UNetVelocityOptions(1, 8, 8).base_channels(10)), Catch::Contains("--groups"));
+  CHECK_THROWS_AS(UNetVelocity(UNetVelocityOptions(1, 8, 8).channel_mult({})), UsageError);
+}
+
+TEST_CASE("U-Net continuous flow: Hutchinson agrees with the exact divergence; checkpoint round trip", "[continuous]") {
+  torch::manual_seed(33);
+  auto uo = UNetVelocityOptions(1, 4, 4).base_channels(4).groups(2).channel_mult({1, 2}).time_features(8);
+  auto field = std::make_shared<UNetVelocity>(uo);
+  perturb_parameters(*field, 0.3, 34);
+  auto o = ContinuousFlowOptions().divergence("exact");
+  o.ode().method(OdeMethod::kRK4).steps(6);
+  auto exact = std::make_shared<ContinuousFlow>(std::make_shared<StandardNormal>(16), field, o);
+  exact->to(torch::kFloat64);
+  auto hutch = std::make_shared<ContinuousFlow>(exact->base(), field, o);
+  hutch->options().divergence("hutchinson").probe_seed(3);
+  const auto x = torch::randn({600, 16}, f64);
+  const auto le = exact->log_prob(x);
+  const auto diff = hutch->log_prob(x) - le;
+  const double se = diff.std().item<double>() / std::sqrt(600.0);
+  CHECK(se > 1e-4);  // the estimate really is random here
+  CHECK(std::abs(diff.mean().item<double>()) < 4 * se);
+
+  const auto path = temp_path("unet-cnf.h5");
+  save_flow(path, *exact, {{"data", "tiny"}});
+  auto loaded = load_continuous_flow(path);
+  REQUIRE(std::dynamic_pointer_cast<UNetVelocity>(loaded.flow->velocity()));
+  CHECK(loaded.flow->velocity()->config() == field->config());
+  CHECK(torch::equal(loaded.flow->log_prob(x.narrow(0, 0, 20)), le.narrow(0, 0, 20)));
+}
+
+TEST_CASE("Frechet distance: zero on equal sets, closed forms for shifted, scaled and 2-D sets", "[continuous]") {
+  torch::manual_seed(41);
+  const auto a = torch::randn({500, 6}, f64).mm(torch::randn({6, 6}, f64));
+  CHECK(std::abs(frechet_distance(a, a)) < 1e-8);
+  // b = 2 a + m: S_b = 4 S_a commutes with S_a, so FD = |mean(a) + m|^2 + tr S_a.
+  const auto m = torch::randn({1, 6}, f64);
+  const auto b = 2 * a + m;
+  const auto ca = a - a.mean(0, true);
+  const double tr_a = (ca.pow(2).sum() / 499.0).item<double>();
+  const double shift = (a.mean(0) + m[0]).pow(2).sum().item<double>();
+  CHECK(frechet_distance(a, b) == Approx(shift + tr_a).epsilon(1e-9));
+  CHECK(frechet_distance(a, a + m) == Approx(m.pow(2).sum().item<double>()).epsilon(1e-9));
+  // 2-D, non-commuting covariances: tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)) for 2x2 SPD M,
+  // with tr M = tr(S_a S_b) and det M = det S_a det S_b.
+  const auto p = torch::randn({400, 2}, f64).mm(torch::tensor({{1.0, 0.6}, {0.0, 0.5}}, f64));
+  const auto q = torch::randn({300, 2}, f64).mm(torch::tensor({{0.3, -0.2}, {0.4, 1.5}}, f64)) + 0.7;
+  auto cov = [](const torch::Tensor& f) {
+    const auto c = f - f.mean(0, true);
+    return c.t().mm(c) / static_cast<double>(f.size(0) - 1);
+  };
+  const auto sp = cov(p), sq = cov(q);
+  const double tr_sqrt = std::sqrt(sp.mm(sq).trace().item<double>() +
+                                   2 * std::sqrt(torch::det(sp).item<double>() * torch::det(sq).item<double>()));
+  const double want = (p.mean(0) - q.mean(0)).pow(2).sum().item<double>() + sp.trace().item<double>() +
+                      sq.trace().item<double>() - 2 * tr_sqrt;
+  CHECK(frechet_distance(p, q) == Approx(want).epsilon(1e-9));
+  CHECK_THROWS_AS(frechet_distance(a, torch::randn({10, 5}, f64)), UsageError);
 }
 
 TEST_CASE("cfm: the exact NLL of a flow-matching model on rings approaches the entropy", "[slow][continuous]") {

@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "helpers.h"
 #include "nfkit/core/files.h"
+#include "nfkit/core/h5.h"
 #include "nfkit/core/idx.h"
 #include "nfkit/flows/checkpoint.h"
 #include "nfkit/flows/images.h"
@@ -483,6 +484,80 @@ TEST_CASE("cli: image train, bpd and sample on a small IDX set; bad input gets c
   auto not_tar = nfkit::test::run_nfkit({"image", "sample", "--model", dir + "/t10k-labels-idx1-ubyte.gz", "--out", none, "--quiet"});
   CHECK(not_tar.code == 1);
   CHECK(!nfkit::file_exists(none));
+}
+
+TEST_CASE("cli: image train --model cfm (U-Net flow matching), bpd by Hutchinson, sample by any solver; bad input", "[tarflow][cli][continuous]") {
+  const auto dir = synthetic_idx_dir();
+  const auto model = temp_path("img-cfm.h5");
+  auto last_json = [](const std::string& out) {  // --json: the last line is one JSON object
+    const auto end = out.find_last_not_of('\n');
+    return json::parse(out.substr(out.rfind('\n', end) == std::string::npos ? 0 : out.rfind('\n', end) + 1));
+  };
+  const std::vector<std::string> arch{"--model", "cfm", "--base-channels", "8", "--groups", "4", "--channel-mult", "1,2"};
+  auto args = std::vector<std::string>{"image", "train", "--data", dir, "--out", model, "--steps", "80", "--val-size", "40",
+                                       "--eval-every", "20", "--batch-size", "32", "--warmup", "10", "--lr", "3e-3",
+                                       "--method", "otcfm", "--conditional", "--quiet", "--json"};
+  args.insert(args.end(), arch.begin(), arch.end());
+  auto tr = nfkit::test::run_nfkit(args);
+  INFO(tr.err);
+  REQUIRE(tr.code == 0);
+  const auto tj = last_json(tr.out);
+  CHECK(tj.at("kind") == "cfm");
+  // The zero field's loss is mean (x1 - x0)^2 = 1 + mean x1^2 > 1 per value: below 1 it learned.
+  CHECK(tj.at("val_loss").get<double>() < 1.0);
+  CHECK(tj.at("val_bpd").is_null());
+
+  auto bpd = nfkit::test::run_nfkit({"image", "bpd", "--model", model, "--data", dir, "--n", "20", "--solver", "rk4",
+                                     "--steps", "4", "--probes", "2", "--json", "--quiet"});
+  INFO(bpd.err);
+  REQUIRE(bpd.code == 0);
+  const auto bj = last_json(bpd.out);
+  CHECK(bj.at("n").get<int64_t>() == 20);
+  CHECK(bj.at("estimator") == "hutchinson (rademacher, 2 probes)");
+  CHECK(bj.at("nfe_per_batch").get<double>() == 16.0);  // rk4: 4 evaluations a step
+  CHECK(std::isfinite(bj.at("bpd").get<double>()));
+  CHECK(bj.at("bpd").get<double>() < 8.6);  // below the identity model's bits/dim
+
+  const auto png = temp_path("cfm-grid.png"), saved = temp_path("cfm-samples.h5");
+  auto s = nfkit::test::run_nfkit({"image", "sample", "--model", model, "--out", png, "--n", "6", "--solver", "euler",
+                                   "--steps", "4", "--save", saved, "--quiet", "--json"});
+  INFO(s.err);
+  REQUIRE(s.code == 0);
+  CHECK(last_json(s.out).at("nfe") == 4);
+  CHECK(nfkit::file_exists(png));
+  {
+    H5Reader r(saved);
+    CHECK(r.expect_format("image_samples", 1) == 1);
+    const auto px = r.read("/images");
+    CHECK(px.scalar_type() == torch::kByte);
+    CHECK(px.sizes() == torch::IntArrayRef{6, 1, 8, 8});
+    CHECK(torch::equal(r.read("/labels"), torch::tensor({0, 1, 2, 0, 1, 2}, torch::kInt64)));
+  }
+
+  // Bad input: one line, exit code 2 (usage) or 1 (runtime), no output file.
+  const auto none = temp_path("cfm-none.h5");
+  auto expect_usage = [&](std::vector<std::string> a, const std::string& option) {
+    auto r = nfkit::test::run_nfkit(a);
+    INFO(r.err);
+    CHECK(r.code == 2);
+    CHECK_THAT(r.err, Catch::Contains(option));
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    CHECK(!nfkit::file_exists(none));
+  };
+  auto train_with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a{"image", "train", "--data", dir, "--out", none, "--steps", "5", "--val-size", "40", "--quiet"};
+    a.insert(a.end(), arch.begin(), arch.end());
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  expect_usage(train_with({"--method", "flowmap"}), "--method");
+  expect_usage(train_with({"--method", "sbcfm"}), "--sigma");
+  expect_usage(train_with({"--channel-mult", "1,x"}), "--channel-mult");
+  expect_usage(train_with({"--channel-mult", "1,2,2,2,2"}), "--channel-mult");
+  expect_usage({"image", "train", "--data", dir, "--out", none, "--model", "vae", "--quiet"}, "--model");
+  expect_usage({"image", "sample", "--model", model, "--out", none, "--cfg", "2", "--quiet"}, "--cfg");
+  expect_usage({"image", "sample", "--model", model, "--out", none, "--solver", "euler", "--steps", "0", "--quiet"}, "--steps");
+  expect_usage({"image", "bpd", "--model", model, "--data", dir, "--probes", "0", "--quiet"}, "--probes");
 }
 
 TEST_CASE("cuda: a transformer flow gives the same log-density and samples on the GPU", "[cuda][tarflow]") {

@@ -144,6 +144,9 @@ torch::Tensor H5Reader::read(const std::string& dataset) const {
     const bool single = H5Tget_size(type.id) <= 4;
     dtype = single ? torch::kFloat32 : torch::kFloat64;
     mem = single ? H5T_NATIVE_FLOAT : H5T_NATIVE_DOUBLE;
+  } else if (cls == H5T_INTEGER && H5Tget_size(type.id) == 1 && H5Tget_sign(type.id) == H5T_SGN_NONE) {
+    dtype = torch::kByte;  // 8-bit pixels stay 8-bit
+    mem = H5T_NATIVE_UCHAR;
   } else if (cls == H5T_INTEGER) {
     dtype = torch::kInt64;
     mem = H5T_NATIVE_INT64;
@@ -258,6 +261,7 @@ void H5Writer::write(const std::string& dataset, const torch::Tensor& tensor) {
   switch (t.scalar_type()) {
     case torch::kFloat32: mem = file_type = H5T_NATIVE_FLOAT; break;
     case torch::kFloat64: mem = file_type = H5T_NATIVE_DOUBLE; break;
+    case torch::kByte: mem = file_type = H5T_NATIVE_UCHAR; break;
     case torch::kBFloat16:
     case torch::kFloat16:
       t = t.to(torch::kFloat32);

@@ -51,8 +51,9 @@ torch::Tensor one_hot_labels(const torch::Tensor& labels, int64_t K) {
   return torch::one_hot(labels.to(torch::kInt64), K).to(torch::kFloat32);
 }
 
-BitsPerDim bits_per_dim(Flow& flow, const torch::Tensor& images, const torch::Tensor& labels,
-                        int64_t batch, uint64_t seed, int64_t num_classes) {
+BitsPerDim bits_per_dim(Distribution& flow, const torch::Tensor& images, const torch::Tensor& labels,
+                        int64_t batch, uint64_t seed, int64_t num_classes,
+                        const std::function<void(int64_t, int64_t)>& progress) {
   const char* fn = "bits_per_dim";
   check_positive_int(fn, "batch", batch);
   const int64_t N = images.size(0);
@@ -75,6 +76,7 @@ BitsPerDim bits_per_dim(Flow& flow, const torch::Tensor& images, const torch::Te
     if (num_classes > 0) c = one_hot_labels(labels.narrow(0, i, n), num_classes).to(opts);
     const auto nll = -flow.log_prob(y, c).to(torch::kFloat64);
     bpd.push_back(nll_to_bits_per_dim(nll, D));
+    if (progress) progress(i + n, N);
   }
   if (was_training) flow.train();
   const auto all = torch::cat(bpd).cpu();
@@ -83,6 +85,31 @@ BitsPerDim bits_per_dim(Flow& flow, const torch::Tensor& images, const torch::Te
   r.mean = all.mean().item<double>();
   r.se = N > 1 ? all.std().item<double>() / std::sqrt(static_cast<double>(N)) : 0.0;
   return r;
+}
+
+double frechet_distance(const torch::Tensor& a, const torch::Tensor& b) {
+  const char* fn = "frechet_distance";
+  check_dim(fn, "a", a, 2);
+  check_dim(fn, "b", b, 2);
+  check_size(fn, "b", b, 1, a.size(1));
+  if (a.size(0) < 2 || b.size(0) < 2) usage_error(fn, "needs at least 2 rows in each feature set");
+  const auto x = a.to(torch::kFloat64).cpu(), y = b.to(torch::kFloat64).cpu();
+  check_finite(fn, "a", x);
+  check_finite(fn, "b", y);
+  auto cov = [](const torch::Tensor& f) {
+    const auto c = f - f.mean(0, true);
+    return c.t().mm(c) / static_cast<double>(f.size(0) - 1);
+  };
+  // Symmetric square root through eigh (negative round-off eigenvalues clipped to 0).
+  auto sqrtm = [](const torch::Tensor& s) {
+    auto [w, v] = torch::linalg_eigh(0.5 * (s + s.t()), "L");
+    return v.mm(torch::diag(w.clamp_min(0.0).sqrt())).mm(v.t());
+  };
+  const auto sa = cov(x), sb = cov(y);
+  const auto ra = sqrtm(sa);
+  const auto cross = sqrtm(ra.mm(sb).mm(ra));
+  const double mean_term = (x.mean(0) - y.mean(0)).pow(2).sum().item<double>();
+  return mean_term + (sa.trace() + sb.trace() - 2.0 * cross.trace()).item<double>();
 }
 
 torch::Tensor denoise_step(Flow& flow, const torch::Tensor& x, const torch::Tensor& context,

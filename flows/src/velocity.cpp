@@ -7,6 +7,7 @@
 #include "nfkit/core/checks.h"
 #include "nfkit/core/error.h"
 #include "nfkit/flows/flow_map.h"
+#include "nfkit/flows/unet.h"
 #include "velocity_mlp_parts.h"
 
 namespace nfkit {
@@ -124,6 +125,7 @@ VelocityFieldPtr make_velocity_field(const nlohmann::json& c) {
     if (type == "flow_map_mlp") return std::make_shared<FlowMapMLP>(o);
     return std::make_shared<VelocityMLP>(o);
   }
+  if (type == "unet_velocity") return std::make_shared<UNetVelocity>(UNetVelocityOptions::from_json(c));
   runtime_error("make_velocity_field", "unknown velocity field type '" + type + "'");
 }
 

@@ -43,8 +43,8 @@ class H5Reader {
   /// Names of the members of a group, sorted.
   std::vector<std::string> list(const std::string& group) const;
 
-  /// Reads a dataset. Floating data keeps its width (float32 or float64); integer data is
-  /// read as int64.
+  /// Reads a dataset. Floating data keeps its width (float32 or float64); unsigned 8-bit
+  /// integers (image pixels) are read as uint8, other integer data as int64.
   torch::Tensor read(const std::string& dataset) const;
   /// Shape of a dataset without reading it.
   std::vector<int64_t> shape(const std::string& dataset) const;
@@ -70,7 +70,7 @@ class H5Writer {
   H5Writer& operator=(const H5Writer&) = delete;
 
   /// Writes a tensor (moved to CPU, made contiguous). Intermediate groups are created.
-  /// Supported dtypes: float32, float64, int64 (bool and int32 are stored as int64).
+  /// Supported dtypes: float32, float64, uint8, int64 (bool and int32 are stored as int64).
   void write(const std::string& dataset, const torch::Tensor& t);
   /// Creates a group (and its parents) if missing.
   void group(const std::string& group);

@@ -15,6 +15,8 @@
 //   auto bpd = nfkit::bits_per_dim(*flow, images, labels, 256, seed);
 #include <torch/types.h>
 
+#include <functional>
+
 #include "nfkit/flows/distribution.h"
 
 namespace nfkit {
@@ -37,10 +39,21 @@ struct BitsPerDim {
   int64_t n = 0;
 };
 /// Test-set bits/dim with uniform dequantisation (one noise draw per image, seeded), in
-/// batches; labels (int64 [N]) are one-hot encoded for class-conditional flows. The flow is
-/// evaluated in eval mode, without gradients.
-BitsPerDim bits_per_dim(Flow& flow, const torch::Tensor& images, const torch::Tensor& labels,
-                        int64_t batch, uint64_t seed, int64_t num_classes = 0);
+/// batches; labels (int64 [N]) are one-hot encoded for class-conditional models. Any density
+/// model over [N, C*H*W] (a Flow, or a ContinuousFlow, whose Hutchinson estimate is unbiased
+/// so that the standard error over images includes the probes' spread). The model is
+/// evaluated in eval mode, without gradients; `progress` (if set) hears (images done, N).
+BitsPerDim bits_per_dim(Distribution& model, const torch::Tensor& images, const torch::Tensor& labels,
+                        int64_t batch, uint64_t seed, int64_t num_classes = 0,
+                        const std::function<void(int64_t, int64_t)>& progress = {});
+
+/// Frechet distance between Gaussians fitted to two feature sets a [N, F] and b [M, F]
+/// (Heusel et al., NeurIPS 2017, "FID" with Inception features; here with any features):
+///   |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2),
+/// unbiased covariances, in float64, the matrix square roots by symmetric eigendecomposition
+/// (eigenvalues below 0 from round-off clipped to 0). Biased upward for finite N: compare
+/// numbers at the same N only.
+double frechet_distance(const torch::Tensor& a, const torch::Tensor& b);
 
 /// One score step x + variance * grad_x log q(x | context) (Tweedie's formula: the posterior
 /// mean of clean data given x = clean + N(0, variance) noise, with q standing in for the noisy
