@@ -116,7 +116,12 @@ po::options_description train_opts() {
       ("time", po::value<std::string>()->default_value("uniform"), "time distribution: uniform or ushaped (Lee et al. 2024, a = 4)")
       ("loss", po::value<std::string>()->default_value("mse"), "mse or pseudo-huber (c = 0.00054 sqrt(d))")
       ("reflow", po::value<int64_t>()->default_value(0), "reflow rounds after the first training (rectified flow)")
-      ("reflow-pairs", po::value<int64_t>(), "(z0, ODE(z0)) pairs per reflow round (default: the training rows)")
+      ("reflow-pairs", po::value<int64_t>(), "(z0, ODE(z0)) pairs per reflow round, and source samples of the BOSS "
+                                             "straightening (default: the training rows)")
+      ("boss-straighten", po::value<int64_t>()->default_value(0), "after training (and reflow): fine-tune the field on the BOSS "
+                                                                 "schedule of K Euler steps (Nguyen et al. 2024); the model then "
+                                                                 "samples by Euler on that schedule (0 = off)")
+      ("boss-fine", po::value<int64_t>()->default_value(100), "BOSS straightening: RK4 steps of the fine reference trajectory")
       ("n-samples", po::value<int64_t>()->default_value(11000), "samples drawn from a built-in target")
       ("n-val", po::value<int64_t>()->default_value(1000), "rows held out for validation (at most 10%)")
       ("steps", po::value<int64_t>()->default_value(10000), "optimizer steps per round")
@@ -261,6 +266,13 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   const bool flow_map = cfm.method() == CfmMethod::kFlowMap;
   if (flow_map && reflow > 0)
     usage_error("--reflow", "applies to velocity fields; a flow map (--method flowmap) already jumps in few steps");
+  const int64_t boss_k = vm["boss-straighten"].as<int64_t>(), boss_fine = vm["boss-fine"].as<int64_t>();
+  if (boss_k < 0) usage_error("--boss-straighten", "must be >= 0");
+  check_positive_int("--boss-fine", "value", boss_fine);
+  if (boss_k > boss_fine) usage_error("--boss-straighten", "must be at most --boss-fine (" + std::to_string(boss_fine) + ")");
+  if (flow_map && boss_k > 0)
+    usage_error("--boss-straighten", "applies to velocity fields; a flow map (--method flowmap) already jumps in few steps");
+  const int64_t stages = reflow + (boss_k > 0 ? 1 : 0);  // rounds after the first
   const auto topts = trainer_options_from(vm, out, ctx.globals.quiet);
   const int64_t steps = topts.steps();
   const std::string source_spec = vm["source"].as<std::string>();
@@ -311,7 +323,8 @@ void run_train(const po::variables_map& vm, Context& ctx) {
 
   json metadata = {{"target", target.description}, {"source", source_spec}, {"cfm", cfm.to_json()},
                    {"trainer", topts.to_json()}, {"n_train", train.size(0)}, {"n_val", n_val},
-                   {"reflow", reflow}, {"reflow_pairs", n_pairs}, {"nfkit_version", version_string()}};
+                   {"reflow", reflow}, {"reflow_pairs", n_pairs}, {"boss_straighten", boss_k},
+                   {"nfkit_version", version_string()}};
   if (!ctx.globals.quiet)
     ctx.err << "cfm: " << cfm_method_name(cfm.method()) << ", sigma " << cfm.sigma()
             << (cfm.method() == CfmMethod::kWCFM ? ", wcfm eps " + std::to_string(cfm.wcfm_eps()) : std::string())
@@ -326,7 +339,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   std::vector<double> round_val;
   for (int64_t r = 0; r <= reflow; ++r) {
     const std::string stage = out + ".round" + std::to_string(r) + ".h5";
-    if (reflow > 0 && !restart && file_exists(stage)) {
+    if (stages > 0 && !restart && file_exists(stage)) {
       H5Reader rd(stage);
       rd.expect_format("checkpoint", kCheckpointVersion);
       read_state(rd, "/model", *cnf);  // same configuration: the run that wrote it
@@ -357,11 +370,63 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     rep = run_round(cnf, cfm_objective(cnf, round_cfm, d, derive_seed(ropts.seed(), 9, 0)), ropts, metadata,
                     restart, ctx);
     round_val.push_back(rep.best_val);
-    if (reflow > 0) {
+    if (stages > 0) {
       json m = metadata;
       m["best_val"] = rep.best_val;
       save_flow(stage, *cnf, m);
     }
+  }
+  if (boss_k > 0) {
+    // BOSS (Nguyen et al. 2024): the K-step schedule of the trained model, then a fine-tune that
+    // makes each Euler step of it land on the model's own fine reference trajectory. A stage
+    // like a reflow round: kept in <out>.round<reflow+1>.h5 until the run ends.
+    const int64_t r = reflow + 1;
+    const std::string stage = out + ".round" + std::to_string(r) + ".h5";
+    seed_all(derive_seed(ctx.globals.seed, 11, 0));
+    std::vector<int64_t> schedule;
+    std::vector<double> grid;
+    {
+      torch::NoGradGuard ng;
+      const auto cost = boss_cost(*cnf, base->sample(1000), boss_fine);
+      schedule = boss_schedule(cost.cost, boss_k);
+      grid = boss_grid(cost, boss_k);
+    }
+    if (!restart && file_exists(stage)) {
+      H5Reader rd(stage);
+      rd.expect_format("checkpoint", kCheckpointVersion);
+      read_state(rd, "/model", *cnf);
+      round_val.push_back(json::parse(rd.attr_string("/", "metadata")).value("best_val", NAN));
+      if (!ctx.globals.quiet) ctx.err << "BOSS straightening done (" << stage << ")" << std::endl;
+    } else {
+      if (!ctx.globals.quiet)
+        ctx.err << "BOSS straightening: " << boss_k << " Euler steps, reference of " << boss_fine << " RK4 steps from "
+                << n_pairs << " + " << n_val << " source samples" << std::endl;
+      seed_all(derive_seed(ctx.globals.seed, 11, 1));
+      auto pairs = [&](int64_t n) {
+        torch::NoGradGuard ng;
+        return boss_straightening_pairs(*cnf, base->sample(n), boss_fine, schedule).to(torch::kCPU, torch::kFloat64);
+      };
+      Objective obj;
+      obj.train = pairs(n_pairs);
+      const auto val_rows = pairs(n_val).to(cnf->tensor_options());
+      obj.loss = [cnf](const torch::Tensor& x, const torch::Tensor& c) {
+        return boss_straightening_loss(*cnf->velocity(), x, c);
+      };
+      obj.validate = [cnf, val_rows] {
+        torch::NoGradGuard ng;
+        return boss_straightening_loss(*cnf->velocity(), val_rows).item<double>();
+      };
+      auto ropts = TrainerOptions(topts).seed(derive_seed(ctx.globals.seed, 6, static_cast<uint64_t>(r)));
+      rep = run_round(cnf, obj, ropts, metadata, restart, ctx);
+      round_val.push_back(rep.best_val);
+      json m = metadata;
+      m["best_val"] = rep.best_val;
+      save_flow(stage, *cnf, m);
+    }
+    auto euler = OdeOptions().method(OdeMethod::kEuler).grid(grid);
+    cnf->options().ode(euler);
+    metadata["boss_grid"] = grid;
+    metadata["boss_fine"] = boss_fine;
   }
   metadata["best_step"] = rep.best_step;
   metadata["best_val_loss"] = rep.best_val;
@@ -371,7 +436,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     write_flow(w, *cnf, metadata, rep.steps_done);
     w.commit();
   }
-  for (int64_t r = 0; r <= reflow && reflow > 0; ++r) std::remove((out + ".round" + std::to_string(r) + ".h5").c_str());
+  for (int64_t r = 0; r <= stages && stages > 0; ++r) std::remove((out + ".round" + std::to_string(r) + ".h5").c_str());
   std::string curve;
   if (!rep.training.empty()) {  // the last round's curve (none when every round was reused)
     curve = training_figure_path(out, ctx.globals.figure_format);
@@ -386,9 +451,16 @@ void run_train(const po::variables_map& vm, Context& ctx) {
                  {"val_loss", rep.best_val}, {"round_val_loss", round_val}, {"cfm", cfm.to_json()},
                  {"bad_steps", rep.bad_steps}};
   if (!curve.empty()) ctx.results["figure"] = curve;
+  if (boss_k > 0) ctx.results["boss_grid"] = metadata["boss_grid"];
   ctx.out << std::setprecision(5) << "model written to " << out << " (" << cfm_method_name(cfm.method())
           << ", dim " << D << ", " << reflow + 1 << (reflow ? " rounds" : " round") << " of " << steps
-          << " steps)\nvalidation flow-matching loss " << rep.best_val << " (best, step " << rep.best_step << ")\n";
+          << " steps)\nvalidation " << (boss_k > 0 ? "straightening" : "flow-matching") << " loss " << rep.best_val
+          << " (best, step " << rep.best_step << ")\n";
+  if (boss_k > 0) {
+    ctx.out << "BOSS-straightened for Euler on the grid";
+    for (double t : metadata["boss_grid"].get<std::vector<double>>()) ctx.out << " " << t;
+    ctx.out << " (the model's stored solver; cfm eval reports it)\n";
+  }
 }
 
 void write_samples(const std::string& out, const torch::Tensor& x, const torch::Tensor& log_q,
@@ -581,6 +653,7 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
   auto loaded = load_continuous_flow(model);
   auto& cnf = *loaded.flow;
   cnf.to(ctx.globals.device);
+  const OdeOptions stored = cnf.options().ode();
   cnf.options().ode(ode);
   auto* fmap = dynamic_cast<FlowMapMLP*>(cnf.velocity().get());
   if (!jumps.empty() && fmap == nullptr)
@@ -610,6 +683,13 @@ void run_eval(const po::variables_map& vm, Context& ctx) {
   r["w2"] = w2;
   r["nfe"] = nfe;
   ctx.out << "W2 (exact, n = " << m << ")  " << w2 << "   " << ode.summary() << ", " << nfe << " evaluations\n";
+  if (!stored.grid().empty()) {  // a BOSS-straightened model: Euler on the grid it was tuned for
+    int64_t e = 0;
+    const double w = w2_of(stored, &e);
+    const int64_t k = static_cast<int64_t>(stored.grid().size()) - 1;
+    r["stored_grid"] = {{"steps", k}, {"w2", w}, {"nfe", e}, {"grid", stored.grid()}};
+    ctx.out << "W2 stored grid " << std::setw(2) << k << " Euler steps  " << w << "   (the schedule the model was straightened on)\n";
+  }
   json ej = json::array();
   for (int64_t k : euler) {
     int64_t e = 0;

@@ -582,6 +582,78 @@ TEST_CASE("BOSS: the dynamic program equals brute-force enumeration; its schedul
 }
 
 namespace {
+// v(t, x) = c: straight paths x + c t, which RK4 follows exactly.
+class ConstantField : public VelocityField {
+ public:
+  explicit ConstantField(const torch::Tensor& c) : VelocityField(c.size(0), 0) { c_ = register_parameter("c", c.clone()); }
+  nlohmann::json config() const override { return {{"type", "test_constant"}}; }
+  torch::Tensor c_;
+
+ protected:
+  torch::Tensor velocity(const torch::Tensor&, const torch::Tensor& x, const torch::Tensor&) override {
+    return c_.expand_as(x);
+  }
+};
+}  // namespace
+
+TEST_CASE("BOSS straightening: pairs follow the reference, the loss vanishes on straight paths, tuning straightens the steps", "[continuous]") {
+  // Pairs on the linear field: sample-major rows that chain along the fine RK4 trajectory.
+  auto cnf = linear_cnf();
+  torch::manual_seed(22);
+  const auto z0 = torch::randn({5, 3}, f64);
+  const std::vector<int64_t> sched{0, 3, 10, 20};
+  const auto rows = boss_straightening_pairs(*cnf, z0, 20, sched);
+  REQUIRE(rows.sizes() == torch::IntArrayRef{15, 8});
+  const auto end = cnf->transport(z0, 0.0, 1.0, OdeOptions().method(OdeMethod::kRK4).steps(20));
+  for (int64_t s = 0; s < 5; ++s) {
+    CHECK(torch::equal(rows[3 * s].narrow(0, 0, 3), z0[s]));
+    CHECK(torch::equal(rows[3 * s].narrow(0, 3, 3), rows[3 * s + 1].narrow(0, 0, 3)));
+    CHECK(torch::equal(rows[3 * s + 1].narrow(0, 3, 3), rows[3 * s + 2].narrow(0, 0, 3)));
+    CHECK((rows[3 * s + 2].narrow(0, 3, 3) - end[s]).abs().max().item<double>() < 1e-12);
+    CHECK(rows[3 * s + 1][6].item<double>() == Approx(0.15));
+    CHECK(rows[3 * s + 1][7].item<double>() == Approx(0.5));
+  }
+  CHECK(boss_straightening_loss(*cnf->velocity(), rows).item<double>() > 1e-3);  // a curved flow
+  CHECK_THROWS_AS(boss_straightening_pairs(*cnf, z0, 20, {0, 10, 19}), UsageError);
+  CHECK_THROWS_AS(boss_straightening_pairs(*cnf, z0, 20, {0, 10, 10, 20}), UsageError);
+
+  // Straight paths: every Euler step already lands on the reference.
+  auto base = std::make_shared<StandardNormal>(3);
+  base->to(torch::kFloat64);
+  auto straight = std::make_shared<ContinuousFlow>(base, std::make_shared<ConstantField>(torch::tensor({0.5, -1.0, 2.0}, f64)));
+  const auto srows = boss_straightening_pairs(*straight, z0, 20, sched);
+  CHECK(boss_straightening_loss(*straight->velocity(), srows).item<double>() < 1e-24);
+
+  // Tuning on the 2-step schedule of a curved MLP field brings its 2 Euler steps onto the
+  // original model's fine trajectory (what BOSS distils).
+  auto mlp = mlp_cnf(2);
+  perturb_parameters(*mlp->velocity(), 0.5, 23);
+  torch::manual_seed(24);
+  const auto cost = boss_cost(*mlp, torch::randn({500, 2}, f64), 40);
+  const auto sch = boss_schedule(cost.cost, 2);
+  const auto grid = boss_grid(cost, 2);
+  const auto zt = torch::randn({400, 2}, f64), zv = torch::randn({400, 2}, f64);
+  const auto train_rows = boss_straightening_pairs(*mlp, zt, 40, sch);
+  const auto ref = boss_reference(*mlp, zv, 40).back();
+  const auto euler = OdeOptions().method(OdeMethod::kEuler).grid(grid);
+  auto err = [&] {
+    torch::NoGradGuard ng;
+    return (mlp->transport(zv, 0.0, 1.0, euler) - ref).pow(2).sum(1).mean().item<double>();
+  };
+  const double before = err();
+  torch::optim::Adam opt(mlp->velocity()->parameters(), torch::optim::AdamOptions(3e-3));
+  for (int step = 0; step < 400; ++step) {
+    opt.zero_grad();
+    boss_straightening_loss(*mlp->velocity(), train_rows).backward();
+    opt.step();
+  }
+  const double after = err();
+  INFO("2-step Euler error against the reference: " << before << " -> " << after);
+  CHECK(before > 1e-2);
+  CHECK(after < 0.2 * before);
+}
+
+namespace {
 std::shared_ptr<FlowMapMLP> small_flow_map(const std::string& act, const std::string& emb, int64_t dim,
                                            int64_t context_dim = 0, int64_t hidden = 16) {
   torch::manual_seed(21);
@@ -619,6 +691,35 @@ std::vector<std::string> concat(std::vector<std::string> a, const std::vector<st
   return a;
 }
 }  // namespace
+
+TEST_CASE("cli: cfm train --boss-straighten tunes the field for its schedule; eval reports the stored grid", "[cli][continuous]") {
+  const auto model = test::temp_path("cfm_boss.h5");
+  auto r = run_nfkit({"cfm", "train", "--target", "8gaussians", "--method", "icfm", "--steps", "200", "--n-samples", "2000",
+                      "--eval-every", "50", "--boss-straighten", "2", "--boss-fine", "20", "--reflow-pairs", "500",
+                      "--out", model, "--quiet", "--json", "--threads", "2"});
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto tr = last_json(r.out);
+  const auto grid = tr.at("boss_grid").get<std::vector<double>>();
+  REQUIRE(grid.size() == 3);
+  CHECK(grid.front() == 0.0);
+  CHECK(grid.back() == 1.0);
+  CHECK(tr.at("round_val_loss").size() == 2);  // training, then the straightening
+  CHECK_FALSE(file_exists(model + ".round0.h5"));
+  CHECK_FALSE(file_exists(model + ".round1.h5"));
+  auto e = run_nfkit({"cfm", "eval", "--model", model, "-n", "300", "--no-nll", "--json", "--threads", "2"});
+  INFO(e.err);
+  REQUIRE(e.code == 0);
+  const auto ev = last_json(e.out);
+  CHECK(ev.at("stored_grid").at("nfe") == 2);
+  CHECK(ev.at("stored_grid").at("grid").get<std::vector<double>>() == grid);
+  CHECK(std::isfinite(ev.at("stored_grid").at("w2").get<double>()));
+  const auto none = test::temp_path("cfm_boss_bad.h5");
+  usage_fails({"cfm", "train", "--target", "8gaussians", "--out", none, "--boss-straighten", "30", "--boss-fine", "20"},
+              "--boss-straighten", none);
+  usage_fails({"cfm", "train", "--target", "8gaussians", "--method", "flowmap", "--out", none, "--boss-straighten", "2"},
+              "--boss-straighten", none);
+}
 
 TEST_CASE("flow map: X_{s,s} = x; forward-mode d/dt X equals autograd; its diagonal is the velocity", "[continuous]") {
   for (const std::string act : {"selu", "silu"}) {
