@@ -539,11 +539,11 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
     const auto px = model_to_pixels(x).view({n, m.channels, m.height, m.width}).cpu();
     std::ostringstream cap;
     cap << vm["model"].as<std::string>() << " · " << solver_text(ode) << " · " << nfe
-        << " field evaluations · T = " << T;
+        << (nfe == 1 ? " field evaluation" : " field evaluations") << " · T = " << T;
     write_grid(out, px, vm["nrow"].as<int64_t>(), cap.str());
     if (!save.empty()) write_image_samples(save, px, K > 0 ? lab : torch::Tensor(), vm["model"].as<std::string>(), cap.str());
     ctx.out << std::fixed << std::setprecision(3) << "wrote " << n << " samples to " << out << " (" << solver_text(ode)
-            << ", " << nfe << " field evaluations, " << secs << " s)\n";
+            << ", " << nfe << (nfe == 1 ? " field evaluation, " : " field evaluations, ") << secs << " s)\n";
     ctx.results = {{"out", out}, {"seconds", secs}, {"nfe", nfe}, {"solver", ode.to_json()}, {"kind", m.kind}};
     if (!save.empty()) ctx.results["save"] = save;
     return;
