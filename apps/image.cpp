@@ -217,6 +217,15 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   const std::string kind = vm["model"].as<std::string>();
   if (kind != "tarflow" && kind != "cfm") usage_error("--model", "'" + kind + "' is not an image model, expected tarflow or cfm");
   const bool cfm_model = kind == "cfm";
+  // An option of the other kind of model is a mistake, not something to ignore silently.
+  static const std::vector<std::string> tarflow_only{"patch", "blocks", "layers", "hidden", "head-dim", "start",
+                                                     "scale", "soft-clip", "noise", "noise-sigma"};
+  static const std::vector<std::string> cfm_only{"method", "sigma", "time", "base-channels", "channel-mult",
+                                                 "res-blocks", "groups", "dropout"};
+  for (const auto& o : cfm_model ? tarflow_only : cfm_only)
+    if (!vm[o].defaulted())
+      usage_error("--" + o, std::string("is an option of --model ") + (cfm_model ? "tarflow" : "cfm") + " (this run trains --model " +
+                                kind + ")");
   const std::string noise = cfm_model ? "uniform" : vm["noise"].as<std::string>();
   if (noise != "uniform" && noise != "gaussian")
     usage_error("--noise", "'" + noise + "' is not a noise kind, expected uniform or gaussian");

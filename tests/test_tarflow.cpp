@@ -555,6 +555,8 @@ TEST_CASE("cli: image train --model cfm (U-Net flow matching), bpd by Hutchinson
   expect_usage(train_with({"--channel-mult", "1,x"}), "--channel-mult");
   expect_usage(train_with({"--channel-mult", "1,2,2,2,2"}), "--channel-mult");
   expect_usage({"image", "train", "--data", dir, "--out", none, "--model", "vae", "--quiet"}, "--model");
+  expect_usage(train_with({"--noise", "gaussian"}), "--noise");  // a TARFlow option given to a cfm model
+  expect_usage({"image", "train", "--data", dir, "--out", none, "--method", "otcfm", "--quiet"}, "--method");
   expect_usage({"image", "sample", "--model", model, "--out", none, "--cfg", "2", "--quiet"}, "--cfg");
   expect_usage({"image", "sample", "--model", model, "--out", none, "--solver", "euler", "--steps", "0", "--quiet"}, "--steps");
   expect_usage({"image", "bpd", "--model", model, "--data", dir, "--probes", "0", "--quiet"}, "--probes");
