@@ -244,6 +244,21 @@ void run_train_wflow(const po::variables_map& vm, Context& ctx) {
           << topts.steps() << " steps)\nvalidation W2 " << rep.best_val << " (best, step " << rep.best_step << ")\n";
 }
 
+// A finished stage of cfm train (a reflow round or the BOSS straightening) kept in `stage`:
+// its weights go into the model (same configuration: the run that wrote it); returns the
+// stage's best validation loss.
+double read_stage(const std::string& stage, ContinuousFlow& cnf) {
+  H5Reader rd(stage);
+  rd.expect_format("checkpoint", kCheckpointVersion);
+  read_state(rd, "/model", cnf);
+  return json::parse(rd.attr_string("/", "metadata")).value("best_val", NAN);
+}
+
+void write_stage(const std::string& stage, const ContinuousFlow& cnf, json metadata, double best_val) {
+  metadata["best_val"] = best_val;
+  save_flow(stage, cnf, metadata);
+}
+
 void run_train(const po::variables_map& vm, Context& ctx) {
   if (vm["method"].as<std::string>() == "wflow") return run_train_wflow(vm, ctx);
   const std::string out = vm["out"].as<std::string>();
@@ -340,10 +355,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
   for (int64_t r = 0; r <= reflow; ++r) {
     const std::string stage = out + ".round" + std::to_string(r) + ".h5";
     if (stages > 0 && !restart && file_exists(stage)) {
-      H5Reader rd(stage);
-      rd.expect_format("checkpoint", kCheckpointVersion);
-      read_state(rd, "/model", *cnf);  // same configuration: the run that wrote it
-      round_val.push_back(json::parse(rd.attr_string("/", "metadata")).value("best_val", NAN));
+      round_val.push_back(read_stage(stage, *cnf));
       if (!ctx.globals.quiet) ctx.err << "round " << r << " done (" << stage << ")" << std::endl;
       continue;
     }
@@ -370,11 +382,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     rep = run_round(cnf, cfm_objective(cnf, round_cfm, d, derive_seed(ropts.seed(), 9, 0)), ropts, metadata,
                     restart, ctx);
     round_val.push_back(rep.best_val);
-    if (stages > 0) {
-      json m = metadata;
-      m["best_val"] = rep.best_val;
-      save_flow(stage, *cnf, m);
-    }
+    if (stages > 0) write_stage(stage, *cnf, metadata, rep.best_val);
   }
   if (boss_k > 0) {
     // BOSS (Nguyen et al. 2024): the K-step schedule of the trained model, then a fine-tune that
@@ -389,13 +397,10 @@ void run_train(const po::variables_map& vm, Context& ctx) {
       torch::NoGradGuard ng;
       const auto cost = boss_cost(*cnf, base->sample(1000), boss_fine);
       schedule = boss_schedule(cost.cost, boss_k);
-      grid = boss_grid(cost, boss_k);
+      for (const int64_t i : schedule) grid.push_back(cost.times[static_cast<size_t>(i)]);
     }
     if (!restart && file_exists(stage)) {
-      H5Reader rd(stage);
-      rd.expect_format("checkpoint", kCheckpointVersion);
-      read_state(rd, "/model", *cnf);
-      round_val.push_back(json::parse(rd.attr_string("/", "metadata")).value("best_val", NAN));
+      round_val.push_back(read_stage(stage, *cnf));
       if (!ctx.globals.quiet) ctx.err << "BOSS straightening done (" << stage << ")" << std::endl;
     } else {
       if (!ctx.globals.quiet)
@@ -419,9 +424,7 @@ void run_train(const po::variables_map& vm, Context& ctx) {
       auto ropts = TrainerOptions(topts).seed(derive_seed(ctx.globals.seed, 6, static_cast<uint64_t>(r)));
       rep = run_round(cnf, obj, ropts, metadata, restart, ctx);
       round_val.push_back(rep.best_val);
-      json m = metadata;
-      m["best_val"] = rep.best_val;
-      save_flow(stage, *cnf, m);
+      write_stage(stage, *cnf, metadata, rep.best_val);
     }
     auto euler = OdeOptions().method(OdeMethod::kEuler).grid(grid);
     cnf->options().ode(euler);
