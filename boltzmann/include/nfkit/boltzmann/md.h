@@ -1,21 +1,25 @@
 #pragma once
-// Reference molecular dynamics with OpenMM: independent Langevin walkers (LangevinMiddle
-// integrator, Zhang et al., J. Phys. Chem. A 2019) run in parallel threads, one Context each,
+// Reference molecular dynamics with OpenMM: independent Langevin walkers (the LangevinMiddle
+// splitting of Zhang et al., J. Phys. Chem. A 2019) run in parallel threads, one Context each,
 // from an energy-minimised start with Maxwell-Boltzmann velocities.
 //
 // Output (HDF5, nfkit_format "trajectory" v1; DESIGN.md):
-//   /positions [T, N, 3] nm (float64)  /potential_energy [T] kJ/mol  /time [T] ps
-//   /walker [T] (int64)  frames walker-major; time counts from the end of equilibration.
+//   /positions [T, N, 3] nm (float64)  /potential_energy [T] kJ/mol  /kinetic_energy [T] kJ/mol
+//   /time [T] ps  /walker [T] (int64)  frames walker-major; time counts from the end of
+//   equilibration.
 //   attrs: temperature (K), timestep (ps), friction (1/ps), steps_per_frame, walkers, system,
-//   platform, openmm_version.
+//   platform, integrator, degrees_of_freedom (for the kinetic temperature 2 K / (dof k_B)),
+//   openmm_version, options (JSON).
+//
+// Reproducible: the same options and seed give a bitwise-identical trajectory, whatever the
+// number of threads. OpenMM's own Langevin integrators draw their noise from one process-wide
+// generator on the Reference platform, which walkers in parallel threads would share and race
+// on; nfkit integrates the same splitting with a CustomIntegrator whose Gaussian noise comes
+// from each walker's own generator, keyed by (seed, walker, block of frames).
 // Resumable: every `checkpoint_seconds` the frames so far and each walker's positions and
 // velocities go to "<out>.part" (atomically); a rerun with the same options continues from
-// there (new random streams per resumed block, so statistically, not bitwise, the same).
-//
-// Known limit: OpenMM's Reference platform draws Langevin noise from one process-wide random
-// generator, so walkers in parallel threads share (and race on) it: runs are not bitwise
-// reproducible and the walkers' noise is not independent by construction. Per-walker
-// processes or a platform with per-Context generators would fix it (open item).
+// there and, the noise being keyed by block, ends with the same trajectory as an uninterrupted
+// run.
 //
 //   nfkit::MDOptions o; o.walkers = 2; o.frames = 5000;
 //   nfkit::run_md("system.xml", mol.positions(), o, "md.h5");
