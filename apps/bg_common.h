@@ -1,13 +1,15 @@
 #pragma once
-// Shared stages of the Boltzmann-generator commands (nfkit md, nfkit bg train|sample|eval|run).
-// Each stage reads and writes files, so `bg run` chains them with caching and each command can
-// run alone.
+// Shared stages of the Boltzmann-generator commands (nfkit md, nfkit bg train|sample|eval|run):
+// option tables, readers of options into the library's structs (boltzmann/pipeline.h), and
+// printing. Each stage reads and writes files, so `bg run` chains them with caching and each
+// command can run alone.
 #include <string>
 
 #include "cli.h"
 #include "nfkit/boltzmann/analysis.h"
 #include "nfkit/boltzmann/generator.h"
 #include "nfkit/boltzmann/md.h"
+#include "nfkit/boltzmann/pipeline.h"
 #include "nfkit/flows/trainer.h"
 #include "nfkit/physics/molecule.h"
 
@@ -32,23 +34,12 @@ po::options_description md_options(int64_t default_frames, int64_t default_walke
                                    int64_t default_steps_per_frame);
 MDOptions md_from(const po::variables_map& vm, const Context& ctx);
 
-/// A trajectory file: configurations x [T, 3N] nm, potential energies [T] kJ/mol, walker [T].
-struct Trajectory {
-  torch::Tensor x, energy, walker;
-  double temperature = 0.0;
-};
-Trajectory read_trajectory(const std::string& path, int64_t atoms);
-/// Frames held out for testing: the last `fraction` of each walker's frames (time-separated
-/// from training). Returns {train+val indices, test indices}.
-std::pair<torch::Tensor, torch::Tensor> split_held_out(const Trajectory& t, double fraction);
-
 po::options_description bg_train_options();
+/// The training options read from the command line (checked), checkpoint at <out>.ckpt.
+BGTrainOptions bg_train_from(const po::variables_map& vm, const std::string& out, Context& ctx);
 /// Trains a Boltzmann generator on MD frames (and/or the energy), resuming from <out>.ckpt.
 json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::string& md_path,
               const std::string& out, Context& ctx);
-
-/// Loads a model written by bg_train (the Z-matrix from its metadata).
-BoltzmannGenerator load_generator(const std::string& path, json* metadata = nullptr);
 
 po::options_description bg_sample_options();
 json bg_sample(const po::variables_map& vm, const MoleculeSpec& m, const std::string& model,

@@ -80,17 +80,8 @@ Objective cfm_objective(const std::shared_ptr<ContinuousFlow>& cnf, const CfmOpt
 // One training run through the trainer, resumed from <out>.ckpt unless --restart.
 TrainReport run_round(const std::shared_ptr<Distribution>& model, Objective objective,
                       const TrainerOptions& topts, const json& metadata, bool restart, Context& ctx) {
-  Trainer trainer(model, topts, std::move(objective), metadata);
-  trainer.should_stop = [](int64_t) { return stop_requested(); };
+  auto rep = train_command(model, topts, std::move(objective), metadata, restart, ctx);
   const auto& ckpt = topts.checkpoint_path();
-  if (!restart && file_exists(ckpt)) {
-    trainer.load_checkpoint(ckpt);
-    if (!ctx.globals.quiet) ctx.err << "resuming from " << ckpt << " at step " << trainer.step() << std::endl;
-  }
-  auto rep = trainer.train();
-  if (rep.interrupted)
-    throw Interrupted("interrupted at step " + std::to_string(rep.steps_done) + "; progress saved to " +
-                      ckpt + "; rerun the same command to resume");
   std::remove(ckpt.c_str());
   return rep;
 }
@@ -230,13 +221,7 @@ void run_train_wflow(const po::variables_map& vm, Context& ctx) {
     ctx.err << "cfm: wflow (one-step generator), Sinkhorn eps " << wo.eps() << ", normal -> " << target.description
             << ", dim " << D << ", " << train.size(0) << " training rows, " << topts.steps() << " steps" << std::endl;
   const auto rep = run_round(G, obj, topts, metadata, restart, ctx);
-  metadata["best_step"] = rep.best_step;
-  metadata["best_val_w2"] = rep.best_val;
-  {
-    H5Writer w(out, "checkpoint", kCheckpointVersion);
-    write_flow(w, *G, metadata, rep.steps_done);
-    w.commit();
-  }
+  save_trained(out, *G, metadata, rep, "", "best_val_w2");
   ctx.results = {{"model", out}, {"method", "wflow"}, {"target", target.description}, {"source", "normal"},
                  {"dim", D}, {"steps", rep.steps_done}, {"best_step", rep.best_step}, {"val_w2", rep.best_val},
                  {"wflow", wo.to_json()}, {"bad_steps", rep.bad_steps}};
@@ -431,14 +416,8 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     metadata["boss_grid"] = grid;
     metadata["boss_fine"] = boss_fine;
   }
-  metadata["best_step"] = rep.best_step;
-  metadata["best_val_loss"] = rep.best_val;
   metadata["round_val_loss"] = round_val;
-  {
-    H5Writer w(out, "checkpoint", kCheckpointVersion);
-    write_flow(w, *cnf, metadata, rep.steps_done);
-    w.commit();
-  }
+  save_trained(out, *cnf, metadata, rep, "", "best_val_loss");
   for (int64_t r = 0; r <= stages && stages > 0; ++r) std::remove((out + ".round" + std::to_string(r) + ".h5").c_str());
   std::string curve;
   if (!rep.training.empty()) {  // the last round's curve (none when every round was reused)

@@ -50,6 +50,11 @@ void add_solver_options(po::options_description& o, const std::string& steps_nam
 /// The solver options, checked (--<steps_name> >= 1, tolerances, step cap).
 OdeOptions solver_from(const po::variables_map& vm, const std::string& steps_name);
 
+/// train_resuming (flows/trainer.h) for a command: stops on Ctrl-C, says on stderr where it
+/// resumed from, and throws Interrupted (exit 130) naming the checkpoint when stopped.
+TrainReport train_command(std::shared_ptr<Distribution> model, const TrainerOptions& options,
+                          Objective objective, const json& metadata, bool restart, Context& ctx);
+
 /// torch dtype from --dtype.
 torch::Dtype parse_dtype(const std::string& s);
 

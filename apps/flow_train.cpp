@@ -24,6 +24,22 @@ NllStats nll_stats(Flow& flow, const torch::Tensor& x) {
   return s;
 }
 
+TrainReport train_command(std::shared_ptr<Distribution> model, const TrainerOptions& options,
+                          Objective objective, const json& metadata, bool restart, Context& ctx) {
+  auto report = train_resuming(
+      std::move(model), options, std::move(objective), metadata, restart,
+      [] { return stop_requested(); },
+      [&](int64_t step) {
+        if (!ctx.globals.quiet)
+          ctx.err << "resuming from " << options.checkpoint_path() << " at step " << step << std::endl;
+      });
+  if (report.interrupted)
+    throw Interrupted("interrupted at step " + std::to_string(report.steps_done) +
+                      "; progress saved to " + options.checkpoint_path() +
+                      "; rerun the same command to resume");
+  return report;
+}
+
 TrainerOptions trainer_options_from(const po::variables_map& vm, const std::string& out,
                                     const Context& ctx) {
   auto opts = TrainerOptions()
@@ -162,26 +178,13 @@ std::pair<std::shared_ptr<Flow>, TrainReport> run_training(
   Objective obj;
   obj.train = train;
   obj.val = val;
-  Trainer trainer(flow, TrainerOptions(s.trainer).checkpoint_path(ckpt), obj, metadata);
-  trainer.should_stop = [](int64_t) { return stop_requested(); };
-  if (!restart && file_exists(ckpt)) {
-    trainer.load_checkpoint(ckpt);
-    if (!ctx.globals.quiet)
-      ctx.err << "resuming from " << ckpt << " at step " << trainer.step() << std::endl;
-  }
-  auto report = trainer.train();
-  if (report.interrupted)
-    throw Interrupted("interrupted at step " + std::to_string(report.steps_done) +
-                      "; progress saved to " + ckpt + "; rerun the same command to resume");
+  auto report = train_command(flow, TrainerOptions(s.trainer).checkpoint_path(ckpt), obj,
+                              metadata, restart, ctx);
   return {flow, report};
 }
 
-void write_model(const std::string& path, Flow& flow, json meta, const TrainReport& rep) {
-  H5Writer w(path, "checkpoint", kCheckpointVersion);
-  meta["best_step"] = rep.best_step;
-  meta["best_val_nll"] = rep.best_val;
-  write_flow(w, flow, meta, rep.steps_done);
-  w.commit();
+void write_model(const std::string& path, Flow& flow, const json& meta, const TrainReport& rep) {
+  save_trained(path, flow, meta, rep, "", "best_val_nll");
 }
 
 }  // namespace

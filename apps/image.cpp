@@ -315,35 +315,17 @@ void run_train(const po::variables_map& vm, Context& ctx) {
     meta["cfm"] = cs.cfm.to_json();
     meta["label_drop"] = K > 0 ? label_drop : 0.0;
   }
-  Trainer trainer(model, topts, obj, meta);
-  trainer.should_stop = [](int64_t) { return stop_requested(); };
-  if (!vm["restart"].as<bool>() && file_exists(topts.checkpoint_path())) {
-    trainer.load_checkpoint(topts.checkpoint_path());
-    if (!ctx.globals.quiet)
-      ctx.err << "resuming from " << topts.checkpoint_path() << " at step " << trainer.step() << std::endl;
-  }
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t step0 = trainer.step();
-  const auto rep = trainer.train();
+  const auto rep = train_command(model, topts, obj, meta, vm["restart"].as<bool>(), ctx);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (rep.interrupted)
-    throw Interrupted("interrupted at step " + std::to_string(rep.steps_done) + "; progress saved to " +
-                      topts.checkpoint_path() + "; rerun the same command to resume");
-  {
-    H5Writer w(out, "checkpoint", kCheckpointVersion);
-    json m = meta;
-    m["best_step"] = rep.best_step;
-    m[cfm_model ? "best_val_loss" : "best_val_nll"] = rep.best_val;
-    write_flow(w, *model, m, rep.steps_done);
-    w.commit();
-  }
-  std::remove(topts.checkpoint_path().c_str());
+  save_trained(out, *model, meta, rep, topts.checkpoint_path(),
+               cfm_model ? "best_val_loss" : "best_val_nll");
   const std::string curve = training_figure_path(out, ctx.globals.figure_format);
   training_curve_figure(curve, ctx.globals.figure_format,
                         cfm_model ? training_curve(rep, "image train: U-Net " + cfm_method_name(cs.cfm.method()) + " on " + dir,
                                                    "flow-matching loss (mean square per value)")
                                   : training_curve(rep, "image train: TARFlow on " + dir, "negative log-likelihood (nats / image)"));
-  const double imgs_per_s = secs > 0 ? (rep.steps_done - step0) * topts.batch_size() / secs : 0.0;
+  const double imgs_per_s = secs > 0 ? (rep.steps_done - rep.start_step) * topts.batch_size() / secs : 0.0;
   ctx.out << std::fixed << std::setprecision(4) << "model written to " << out << " (" << rep.steps_done
           << " steps, best at step " << rep.best_step << ", " << std::setprecision(1) << imgs_per_s
           << " images/s)\n";

@@ -297,4 +297,43 @@ MDReport run_md(const std::string& system_xml, const torch::Tensor& positions,
   return rep;
 }
 
+Trajectory read_trajectory(const std::string& path, int64_t atoms) {
+  H5Reader r(path);
+  r.expect_format("trajectory", 1);
+  Trajectory t;
+  t.path = path;
+  const auto P = r.read("/positions");
+  if (P.dim() != 3 || P.size(1) != atoms || P.size(2) != 3)
+    runtime_error(path, "/positions has shape " + shape_string(P) + ", expected [T, " +
+                            std::to_string(atoms) + ", 3] (a trajectory of another molecule?)");
+  t.x = P.to(torch::kFloat64).reshape({P.size(0), 3 * atoms});
+  t.energy = r.read("/potential_energy").to(torch::kFloat64);
+  if (t.energy.dim() != 1 || t.energy.size(0) != P.size(0))
+    runtime_error(path, "/potential_energy has shape " + shape_string(t.energy) + ", expected [" +
+                            std::to_string(P.size(0)) + "]");
+  t.walker = r.exists("/walker") ? r.read("/walker").to(torch::kInt64)
+                                 : torch::zeros({P.size(0)}, torch::kInt64);
+  t.temperature = r.has_attr("/", "temperature") ? r.attr_double("/", "temperature") : NAN;
+  return t;
+}
+
+std::pair<torch::Tensor, torch::Tensor> split_held_out(const Trajectory& t, double fraction) {
+  const int64_t T = t.walker.size(0);
+  std::vector<int64_t> train, test;
+  const auto w = t.walker.contiguous();
+  const int64_t* pw = w.data_ptr<int64_t>();
+  // Frames are walker-major: find each walker's run and hold out its tail.
+  int64_t start = 0;
+  while (start < T) {
+    int64_t end = start;
+    while (end < T && pw[end] == pw[start]) ++end;
+    const int64_t n = end - start;
+    const int64_t n_test = static_cast<int64_t>(std::floor(fraction * static_cast<double>(n)));
+    for (int64_t i = start; i < end - n_test; ++i) train.push_back(i);
+    for (int64_t i = end - n_test; i < end; ++i) test.push_back(i);
+    start = end;
+  }
+  return {torch::tensor(train, torch::kInt64), torch::tensor(test, torch::kInt64)};
+}
+
 }  // namespace nfkit

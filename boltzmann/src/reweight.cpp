@@ -23,6 +23,13 @@ torch::Tensor checked(const char* fn, const torch::Tensor& log_w) {
 }
 }  // namespace
 
+torch::Tensor log_importance_weights(const torch::Tensor& u, const torch::Tensor& log_q) {
+  check_dim("log_importance_weights", "u", u, 1);
+  check_same_batch("log_importance_weights", "u", u, "log_q", log_q);
+  auto log_w = -u - log_q;
+  return torch::where(torch::isnan(log_w) | torch::isnan(u), torch::full_like(log_w, -INFINITY), log_w);
+}
+
 torch::Tensor normalized_weights(const torch::Tensor& log_w) {
   auto lw = checked("normalized_weights", log_w);
   lw = torch::where(lw == INFINITY, torch::full_like(lw, -INFINITY), lw);  // +inf: bug guard

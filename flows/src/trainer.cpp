@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "nfkit/core/checks.h"
+#include "nfkit/core/files.h"
 #include "nfkit/core/progress.h"
 #include "nfkit/core/runtime.h"
 
@@ -192,6 +193,7 @@ TrainReport Trainer::train() {
   };
 
   TrainReport rep;
+  rep.start_step = s.step;
   Progress progress("train", opts_.steps(), ProgressOptions{opts_.quiet()});
   progress.set_start(s.step);
   flow_->train();
@@ -404,6 +406,31 @@ void Trainer::load_checkpoint(const std::string& path) {
   s.good_state = clone_all(s.state);
   s.good_m = clone_all(s.m);
   s.good_v = clone_all(s.v);
+}
+
+TrainReport train_resuming(std::shared_ptr<Distribution> model, const TrainerOptions& options,
+                           Objective objective, const json& metadata, bool restart,
+                           const std::function<bool()>& stop,
+                           const std::function<void(int64_t step)>& on_resume) {
+  Trainer trainer(std::move(model), options, std::move(objective), metadata);
+  if (stop) trainer.should_stop = [stop](int64_t) { return stop(); };
+  const auto& ckpt = options.checkpoint_path();
+  if (!restart && !ckpt.empty() && file_exists(ckpt)) {
+    trainer.load_checkpoint(ckpt);
+    if (on_resume) on_resume(trainer.step());
+  }
+  return trainer.train();
+}
+
+void save_trained(const std::string& path, const Distribution& model, json metadata,
+                  const TrainReport& report, const std::string& checkpoint,
+                  const std::string& val_key) {
+  metadata["best_step"] = report.best_step;
+  metadata[val_key] = report.best_val;
+  H5Writer w(path, "checkpoint", kCheckpointVersion);
+  write_flow(w, model, metadata, report.steps_done);
+  w.commit();
+  if (!checkpoint.empty()) std::remove(checkpoint.c_str());
 }
 
 }  // namespace nfkit

@@ -62,4 +62,19 @@ MDReport run_md(const std::string& system_xml, const torch::Tensor& positions,
                 const MDOptions& options, const std::string& out,
                 const std::function<bool()>& should_stop = {});
 
+/// A trajectory file read back: configurations x [T, 3N] nm (float64), potential energies [T]
+/// kJ/mol, walker index [T] (int64; zeros when the file has none), the temperature (K; NaN when
+/// the file does not say).
+struct Trajectory {
+  torch::Tensor x, energy, walker;
+  double temperature = 0.0;
+  std::string path;
+};
+/// Reads a "trajectory" v1 file of a molecule of `atoms` atoms (checked: a trajectory of another
+/// molecule is a runtime error naming the file and both counts).
+Trajectory read_trajectory(const std::string& path, int64_t atoms);
+/// Frames held out for testing: the last `fraction` of each walker's frames (time-separated
+/// from training). Returns {fit indices, held-out indices} (int64).
+std::pair<torch::Tensor, torch::Tensor> split_held_out(const Trajectory& t, double fraction);
+
 }  // namespace nfkit

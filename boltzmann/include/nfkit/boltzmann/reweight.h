@@ -19,6 +19,10 @@
 
 namespace nfkit {
 
+/// log w = -u - log q(x) [n] of reduced energies u [n] and generator log-densities log_q [n];
+/// -inf (zero weight) where u is +inf or either is NaN.
+torch::Tensor log_importance_weights(const torch::Tensor& u, const torch::Tensor& log_q);
+
 /// Normalised weights [n] (sum 1) from log-weights [n]; -inf -> 0. Throws on NaN or if every
 /// weight is zero.
 torch::Tensor normalized_weights(const torch::Tensor& log_w);

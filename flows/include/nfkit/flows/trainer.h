@@ -85,6 +85,7 @@ struct Objective {
 
 struct TrainReport {
   int64_t steps_done = 0;   ///< final step reached
+  int64_t start_step = 0;   ///< the step this run started from (> 0 after a resume)
   int64_t best_step = -1;
   double best_val = NAN;    ///< best validation loss [nats]
   double last_train = NAN;  ///< last finite training loss
@@ -131,5 +132,21 @@ class Trainer {
   json metadata_;
   std::unique_ptr<State> s_;
 };
+
+/// The one train-resume-save routine of every training command and pipeline: a Trainer over
+/// `model`, resumed from options.checkpoint_path() when that file exists and !restart
+/// (on_resume(step) is told), trained, and returned with interrupted set when `stop` asked (the
+/// checkpoint then holds the progress and the same call resumes it).
+TrainReport train_resuming(std::shared_ptr<Distribution> model, const TrainerOptions& options,
+                           Objective objective, const json& metadata, bool restart,
+                           const std::function<bool()>& stop = {},
+                           const std::function<void(int64_t step)>& on_resume = {});
+
+/// Writes the trained model atomically (metadata plus best_step and the best validation value
+/// under `val_key`, with the step count), then removes `checkpoint` (if not empty): the model
+/// file replaces it.
+void save_trained(const std::string& path, const Distribution& model, json metadata,
+                  const TrainReport& report, const std::string& checkpoint,
+                  const std::string& val_key = "best_val");
 
 }  // namespace nfkit

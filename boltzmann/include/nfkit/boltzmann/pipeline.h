@@ -1,0 +1,173 @@
+#pragma once
+// The Boltzmann-generator pipeline as library functions (Noé, Olsson, Köhler & Wu, Science
+// 2019): train a generator on MD frames and/or an energy, sample it with importance weights,
+// evaluate the samples against a reference. Any nfkit::Energy over Cartesian configurations
+// [B, 3N] (nm) serves: OpenMM's (physics/openmm_energy.h) or one of your own. `nfkit bg train |
+// sample | eval | run` are thin readers of options around these functions.
+//
+// Files (HDF5; DESIGN.md):
+//   trajectory (nfkit md, md.h: read_trajectory)       /positions /potential_energy /walker
+//   samples (write_samples / read_samples, v1)          /x [n, 3N] nm, /log_q, /u (reduced),
+//     /log_w = -u - log q; attrs model, system, temperature_kelvin (K)
+//   generator (save_generator / load_generator)         a flow checkpoint whose metadata holds
+//     kind "boltzmann_generator", coordinates, zmatrix
+//
+//   auto z = nfkit::zmatrix_for(mol);
+//   nfkit::BGTrainOptions o;  o.trainer.steps(1500);
+//   auto rep = nfkit::train_generator(z, nfkit::read_trajectory("md.h5", mol.size()), nullptr,
+//                                     o, "model.h5");
+//   auto bg = nfkit::load_generator("model.h5");
+//   auto s = nfkit::sample_generator(bg, energy, nfkit::BGSampleOptions{});
+//   nfkit::write_samples("samples.h5", s.samples);
+#include <torch/types.h>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "nfkit/boltzmann/analysis.h"
+#include "nfkit/boltzmann/generator.h"
+#include "nfkit/boltzmann/md.h"
+#include "nfkit/flows/trainer.h"
+#include "nfkit/physics/energy.h"
+#include "nfkit/physics/molecule.h"
+
+namespace nfkit {
+
+/// The Z-matrix of a molecule from its bond graph (covalent radii of the structure), rooted at
+/// the heavy atom with most heavy neighbours (physics/internal_coordinates.h).
+ZMatrix zmatrix_for(const Molecule& mol);
+
+// ---- samples --------------------------------------------------------------------------------
+
+/// Generated configurations with their importance weights.
+struct SampleSet {
+  torch::Tensor x;      ///< [n, 3N] nm
+  torch::Tensor log_q;  ///< [n] log density of the generator (reduced space)
+  torch::Tensor u;      ///< [n] reduced energies (+inf where the energy failed)
+  torch::Tensor log_w;  ///< [n] -u - log q (-inf where u is not finite)
+  std::string model, system;
+  double temperature_kelvin = NAN;
+};
+/// Writes kind "samples" v1 atomically.
+void write_samples(const std::string& path, const SampleSet& s);
+/// Reads a samples file, checking /x /log_q /u /log_w and, when atoms > 0, 3N coordinates.
+SampleSet read_samples(const std::string& path, int64_t atoms = 0);
+
+// ---- generators -----------------------------------------------------------------------------
+
+/// Saves a generator for inference; metadata gets kind, coordinates and zmatrix.
+void save_generator(const std::string& path, BoltzmannGenerator& bg, nlohmann::json metadata);
+/// Loads a generator written by save_generator or train_generator (float64, CPU).
+BoltzmannGenerator load_generator(const std::string& path, nlohmann::json* metadata = nullptr);
+
+// ---- training -------------------------------------------------------------------------------
+
+struct BGTrainOptions {
+  ICFlowRecipe recipe;                   ///< internal coordinates; the Cartesian flow is the same size
+  std::string coordinates = "internal";  ///< internal or cartesian (the canonical frame)
+  double reverse_weight = 0.0;           ///< 0 forward KL on MD, 1 reverse KL on the energy only
+  double held_out = 0.1;                 ///< each walker's last frames kept from training
+  torch::Dtype dtype = torch::kFloat32;  ///< training dtype (weights are used in float64)
+  torch::Device device = torch::kCPU;
+  TrainerOptions trainer;                ///< its checkpoint_path is the resume file
+  std::string init;                      ///< start from this generator's weights ("" = fresh)
+  bool restart = false;                  ///< ignore an existing checkpoint
+  uint64_t seed = 1;
+  /// Checks the values, naming the option (usage errors).
+  void check() const;
+  nlohmann::json to_json() const;
+};
+
+struct BGTrainReport {
+  std::string model;  ///< the file written
+  TrainReport train;
+  int64_t n_train = 0, n_val = 0, dim = 0;
+  nlohmann::json to_json() const;
+};
+
+/// Trains a generator for the molecule of Z-matrix z on the MD frames (the fit part, see
+/// split_held_out) and/or on `energy` (required when reverse_weight > 0), resuming from
+/// options.trainer.checkpoint_path(), and writes it to `out` with `metadata` added. `stop` is
+/// polled between steps; report.train.interrupted says it stopped (the checkpoint holds the
+/// progress, nothing is written to `out`).
+BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* energy,
+                              const BGTrainOptions& options, const std::string& out,
+                              const nlohmann::json& metadata = nlohmann::json::object(),
+                              const std::function<bool()>& stop = {},
+                              const std::function<void(int64_t step)>& on_resume = {});
+
+// ---- sampling -------------------------------------------------------------------------------
+
+struct BGSampleOptions {
+  int64_t n = 20000;
+  int64_t batch = 4096;  ///< samples per pass
+  uint64_t seed = 1;
+  bool quiet = false;    ///< no progress on stderr
+};
+
+struct BGSampleReport {
+  SampleSet samples;
+  double ess_fraction = NAN;  ///< Kish ESS / n
+  /// Samples whose energy was +inf (clashes) or that the energy could not evaluate (NaN, or the
+  /// energy threw for its batch): zero weight, counted here.
+  int64_t infinite_energies = 0, failed_energies = 0;
+  bool interrupted = false;   ///< `stop` asked; samples is empty
+  nlohmann::json to_json() const;
+};
+
+/// n samples of the generator with reduced energies from `energy` and log-weights.
+BGSampleReport sample_generator(BoltzmannGenerator& bg, Energy& energy,
+                                const BGSampleOptions& options,
+                                const std::function<bool()>& stop = {});
+
+// ---- evaluation -----------------------------------------------------------------------------
+
+struct BGEvalOptions {
+  double temperature_kelvin = 300.0;     ///< of the reference's energies (u = E / k_B T)
+  double clip = 0.0;                     ///< clip log-weights above this quantile (0 = off)
+  int64_t bootstrap = 200;               ///< rounds for error bars
+  int64_t w2_samples = 1000;             ///< per side for the exact torus W2
+  std::optional<double> energy_cut;      ///< raw E-W2 cut (default: reference 99.9% + 20)
+  uint64_t seed = 1;
+  void check() const;
+};
+
+/// The numbers of an evaluation (JSON layout: docs/boltzmann.md), with the arrays the figures
+/// need.
+struct BGEvalReport {
+  int64_t n_samples = 0;
+  double ess_fraction = NAN, ess_fraction_unclipped = NAN;
+  double clip_quantile = 0.0;  ///< 0: unclipped
+  int64_t infinite_energies = 0;
+  int64_t md_frames = 0, md_bootstrap_block = 1;
+  std::vector<BasinStats> md_basins, raw_basins, reweighted_basins;
+  std::optional<double> e_w2_raw;  ///< none when no sample lies below the cut
+  double e_w2_cut = NAN, e_w2_reweighted = NAN;
+  int64_t e_w2_excluded = 0;
+  int64_t t_w2_samples = 0;
+  double t_w2_raw = NAN, t_w2_reweighted = NAN;
+  double rama_kl_raw = NAN, rama_kl_reweighted = NAN;
+  struct Nll {
+    int64_t frames = 0;
+    double value = NAN, error = NAN;
+  };
+  std::optional<Nll> held_out_nll;
+  std::string samples_file, reference_file;
+  /// For figures: (phi, psi) of the reference and the samples, reduced energies of the
+  /// reference, samples and resampled samples, the (clipped) log-weights.
+  torch::Tensor rama_reference, rama_samples, u_reference, u_samples, u_resampled, log_w;
+  nlohmann::json to_json() const;
+};
+
+/// Metrics of samples against a reference trajectory of molecule `mol` (backbone dihedrals,
+/// basins, E-W2, T-W2, Ramachandran KL) and, with a model, its NLL on the reference frames held
+/// out from training (the held_out fraction stored in the model).
+BGEvalReport evaluate_generator(const Molecule& mol, const SampleSet& samples,
+                                const Trajectory& reference, const BGEvalOptions& options,
+                                BoltzmannGenerator* model = nullptr, double held_out = 0.0);
+
+}  // namespace nfkit

@@ -1,0 +1,426 @@
+#include "nfkit/boltzmann/pipeline.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "nfkit/boltzmann/reweight.h"
+#include "nfkit/core/checks.h"
+#include "nfkit/core/error.h"
+#include "nfkit/core/files.h"
+#include "nfkit/core/h5.h"
+#include "nfkit/core/progress.h"
+#include "nfkit/core/runtime.h"
+#include "nfkit/flows/builder.h"
+#include "nfkit/flows/checkpoint.h"
+
+namespace nfkit {
+
+using json = nlohmann::json;
+
+ZMatrix zmatrix_for(const Molecule& mol) {
+  std::vector<bool> heavy;
+  for (const auto& a : mol.atoms) heavy.push_back(a.element != "H");
+  return zmatrix_from_bonds(mol.size(), guess_bonds(mol), heavy);
+}
+
+// ---- samples --------------------------------------------------------------------------------
+
+void write_samples(const std::string& path, const SampleSet& s) {
+  H5Writer w(path, "samples", 1);
+  w.write("/x", s.x);
+  w.write("/log_q", s.log_q);
+  w.write("/u", s.u);
+  w.write("/log_w", s.log_w);
+  w.set_attr("/", "model", s.model);
+  w.set_attr("/", "system", s.system);
+  w.set_attr("/", "temperature_kelvin", s.temperature_kelvin);
+  w.commit();
+}
+
+SampleSet read_samples(const std::string& path, int64_t atoms) {
+  H5Reader r(path);
+  r.expect_format("samples", 1);
+  for (const char* d : {"/x", "/log_q", "/u", "/log_w"})
+    if (!r.exists(d))
+      runtime_error(path, std::string("has no ") + d +
+                              " (Boltzmann-generator samples need /x /log_q /u /log_w; write them "
+                              "with nfkit bg sample)");
+  SampleSet s;
+  s.x = r.read("/x").to(torch::kFloat64);
+  s.log_q = r.read("/log_q").to(torch::kFloat64);
+  s.u = r.read("/u").to(torch::kFloat64);
+  s.log_w = r.read("/log_w").to(torch::kFloat64);
+  if (s.x.dim() != 2) runtime_error(path, "/x has shape " + shape_string(s.x) + ", expected [n, 3N]");
+  const int64_t n = s.x.size(0);
+  for (const auto* t : {&s.log_q, &s.u, &s.log_w})
+    if (t->dim() != 1 || t->size(0) != n)
+      runtime_error(path, "has " + std::to_string(n) + " samples in /x but a per-sample dataset of shape " +
+                              shape_string(*t));
+  if (atoms > 0 && s.x.size(1) != 3 * atoms)
+    runtime_error(path, "/x has " + std::to_string(s.x.size(1)) + " coordinates, expected " +
+                            std::to_string(3 * atoms) + " (samples of another molecule?)");
+  if (r.has_attr("/", "model")) s.model = r.attr_string("/", "model");
+  if (r.has_attr("/", "system")) s.system = r.attr_string("/", "system");
+  // Files before the rename called the kelvin temperature "temperature".
+  if (r.has_attr("/", "temperature_kelvin"))
+    s.temperature_kelvin = r.attr_double("/", "temperature_kelvin");
+  else if (r.has_attr("/", "temperature"))
+    s.temperature_kelvin = r.attr_double("/", "temperature");
+  return s;
+}
+
+// ---- generators -----------------------------------------------------------------------------
+
+void save_generator(const std::string& path, BoltzmannGenerator& bg, json metadata) {
+  metadata["kind"] = "boltzmann_generator";
+  metadata["coordinates"] = bg.coordinates();
+  metadata["zmatrix"] = bg.zmatrix().to_json();
+  save_flow(path, bg.flow(), metadata);
+}
+
+BoltzmannGenerator load_generator(const std::string& path, json* metadata) {
+  auto loaded = load_flow(path);
+  if (!loaded.metadata.contains("zmatrix"))
+    runtime_error(path, "is not a Boltzmann-generator model (no zmatrix in its metadata)");
+  if (metadata) *metadata = loaded.metadata;
+  loaded.flow->to(torch::kCPU, torch::kFloat64);
+  return BoltzmannGenerator(ZMatrix::from_json(loaded.metadata.at("zmatrix")), loaded.flow,
+                            loaded.metadata.value("coordinates", std::string("internal")));
+}
+
+// ---- training -------------------------------------------------------------------------------
+
+void BGTrainOptions::check() const {
+  if (coordinates != "internal" && coordinates != "cartesian")
+    usage_error("--coordinates", "'" + coordinates + "', expected internal or cartesian");
+  check_in_range("--reverse-weight", "value", reverse_weight, 0.0, 1.0);
+  check_in_range("--held-out", "value", held_out, 0.0, 0.9);
+  check_positive_int("--layers", "value", recipe.layers);
+  check_positive_int("--hidden", "value", recipe.hidden);
+  if (recipe.bins < 2) usage_error("--bins", "must be >= 2");
+  if (dtype != torch::kFloat32 && dtype != torch::kFloat64)
+    usage_error("--dtype", "expected float32 or float64");
+}
+
+json BGTrainOptions::to_json() const {
+  return {{"coordinates", coordinates}, {"reverse_weight", reverse_weight}, {"held_out", held_out},
+          {"dtype", dtype == torch::kFloat64 ? "float64" : "float32"}, {"init", init},
+          {"seed", seed},
+          {"recipe", {{"layers", recipe.layers}, {"hidden", recipe.hidden},
+                      {"hidden_layers", recipe.hidden_layers}, {"bins", recipe.bins}}},
+          {"trainer", trainer.to_json()}};
+}
+
+json BGTrainReport::to_json() const {
+  return {{"model", model}, {"steps", train.steps_done}, {"best_step", train.best_step},
+          {"best_val", train.best_val}, {"n_train", n_train}, {"n_val", n_val}, {"dim", dim}};
+}
+
+BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* energy,
+                              const BGTrainOptions& o, const std::string& out,
+                              const json& extra, const std::function<bool()>& stop,
+                              const std::function<void(int64_t step)>& on_resume) {
+  o.check();
+  check_writable(out);
+  if (md.x.size(1) != 3 * z.atoms())
+    runtime_error(md.path, "holds configurations of " + std::to_string(md.x.size(1) / 3) +
+                               " atoms, but the molecule has " + std::to_string(z.atoms()));
+  if (o.reverse_weight > 0.0) {
+    if (!energy) usage_error("--reverse-weight", "> 0 needs an energy");
+    if (energy->dim() != 3 * z.atoms())
+      usage_error("energy", energy->name() + " has dimension " + std::to_string(energy->dim()) +
+                                ", expected 3N = " + std::to_string(3 * z.atoms()));
+  }
+  auto [fit_idx, test_idx] = split_held_out(md, o.held_out);
+  const auto x_fit = md.x.index_select(0, fit_idx);
+  const bool cartesian = o.coordinates == "cartesian";
+  const auto q_all = cartesian ? to_canonical(z, x_fit).c : to_internal(z, x_fit).q;
+  const int64_t N = q_all.size(0);
+  if (N < 20) runtime_error(md.path, "has " + std::to_string(N) + " training frames, too few");
+  seed_all(derive_seed(o.seed, 32, 0));
+  const auto perm = torch::randperm(N, torch::kInt64);
+  const int64_t n_val = std::max<int64_t>(1, N / 10);
+  const auto val = q_all.index_select(0, perm.narrow(0, 0, n_val));
+  const auto train = q_all.index_select(0, perm.narrow(0, n_val, N - n_val));
+
+  seed_all(derive_seed(o.seed, 32, 1));
+  ICFlowRecipe recipe = o.recipe;
+  recipe.seed = derive_seed(o.seed, 31, 0);
+  std::shared_ptr<Flow> flow;
+  if (!o.init.empty()) {
+    auto g = load_generator(o.init);
+    if (g.zmatrix().rows != z.rows)
+      usage_error("--init", o.init + " was trained with another Z-matrix (another molecule?)");
+    if (g.coordinates() != o.coordinates)
+      usage_error("--init", o.init + " models " + g.coordinates() + " coordinates, not " + o.coordinates);
+    flow = g.flow_ptr();
+  } else if (cartesian) {
+    FlowRecipe fr;
+    fr.kind = "nsf";
+    fr.dim = z.internal_dim();
+    fr.layers = 4 * recipe.layers;  // as many couplings as the internal-coordinate flow
+    fr.hidden = recipe.hidden;
+    fr.hidden_layers = recipe.hidden_layers;
+    fr.bins = recipe.bins;
+    fr.bound = 5.0;
+    fr.seed = recipe.seed;
+    flow = build_flow(fr, train);
+  } else {
+    flow = build_ic_flow(z, train, recipe);
+  }
+  flow->to(o.device, o.dtype);
+
+  Objective obj;
+  obj.reverse_weight = o.reverse_weight;
+  if (o.reverse_weight < 1.0) {
+    obj.train = train;
+    // With an energy term, validation is the reverse-KL estimate (it tracks the weights).
+    if (o.reverse_weight == 0.0) obj.val = val;
+  }
+  if (o.reverse_weight > 0.0) {
+    Energy* e = energy;
+    if (cartesian) {
+      obj.energy = [e, z](const torch::Tensor& c) {
+        torch::Tensor x;
+        const auto cc = from_canonical(z, c, &x);
+        // Outside the canonical frame: the cut's maximum (zero gradient).
+        const auto u = reduced_energy(*e, x) + torch::nan_to_num(cc.logdet, 1e12);
+        return linlog_cut(u);
+      };
+    } else {
+      obj.energy = [e, z](const torch::Tensor& q) {
+        return linlog_cut(
+            internal_energy(z, q, [e](const torch::Tensor& x) { return reduced_energy(*e, x); }));
+      };
+    }
+  }
+  json metadata = extra;
+  metadata["kind"] = "boltzmann_generator";
+  metadata["coordinates"] = o.coordinates;
+  metadata["zmatrix"] = z.to_json();
+  metadata["held_out"] = o.held_out;
+  metadata["n_train"] = train.size(0);
+  metadata["n_val"] = val.size(0);
+  metadata["reverse_weight"] = o.reverse_weight;
+  metadata["init"] = o.init;
+  metadata["recipe"] = o.to_json()["recipe"];
+  metadata["trainer"] = o.trainer.to_json();
+  if (!metadata.contains("energy") && energy) metadata["energy"] = energy->name();
+  metadata["nfkit_version"] = version_string();
+
+  BGTrainReport rep;
+  rep.model = out;
+  rep.n_train = train.size(0);
+  rep.n_val = val.size(0);
+  rep.dim = flow->dim();
+  rep.train = train_resuming(flow, o.trainer, obj, metadata, o.restart, stop, on_resume);
+  if (rep.train.interrupted) return rep;
+  flow->to(torch::kCPU, torch::kFloat64);
+  save_trained(out, *flow, metadata, rep.train, o.trainer.checkpoint_path());
+  return rep;
+}
+
+// ---- sampling -------------------------------------------------------------------------------
+
+json BGSampleReport::to_json() const {
+  return {{"n", samples.x.defined() ? samples.x.size(0) : 0}, {"ess_fraction", ess_fraction},
+          {"infinite_energies", infinite_energies}, {"failed_energies", failed_energies}};
+}
+
+namespace {
+
+// u of x [B, 3N] with the failures isolated: an energy that throws for a batch is asked again
+// one configuration at a time, and whatever still throws or is NaN becomes NaN here.
+torch::Tensor energies_or_nan(Energy& energy, const torch::Tensor& x) {
+  try {
+    return energy.evaluate(x).to(torch::kFloat64);
+  } catch (const std::exception&) {
+    auto u = torch::empty({x.size(0)}, torch::kFloat64);
+    for (int64_t i = 0; i < x.size(0); ++i) {
+      try {
+        u[i] = energy.evaluate(x.narrow(0, i, 1)).to(torch::kFloat64)[0];
+      } catch (const std::exception&) {
+        u[i] = NAN;
+      }
+    }
+    return u;
+  }
+}
+
+}  // namespace
+
+BGSampleReport sample_generator(BoltzmannGenerator& bg, Energy& energy, const BGSampleOptions& o,
+                                const std::function<bool()>& stop) {
+  check_positive_int("-n", "value", o.n);
+  check_positive_int("--batch", "value", o.batch);
+  if (energy.dim() != 3 * bg.zmatrix().atoms())
+    usage_error("energy", energy.name() + " has dimension " + std::to_string(energy.dim()) +
+                              ", but the generator is for " + std::to_string(bg.zmatrix().atoms()) + " atoms");
+  seed_all(derive_seed(o.seed, 33, 0));
+  ProgressOptions po;
+  po.quiet = o.quiet;
+  Progress progress("sample", o.n, po);
+  std::vector<torch::Tensor> xs, lqs, us;
+  BGSampleReport rep;
+  for (int64_t done = 0; done < o.n; done += o.batch) {
+    if (stop && stop()) {
+      rep.interrupted = true;
+      return rep;
+    }
+    auto [x, lq] = bg.sample(std::min(o.batch, o.n - done));
+    xs.push_back(x);
+    lqs.push_back(lq);
+    us.push_back(energies_or_nan(energy, x));
+    progress.update(std::min(o.n, done + o.batch));
+  }
+  progress.finish();
+  auto& s = rep.samples;
+  s.x = torch::cat(xs);
+  s.log_q = torch::cat(lqs);
+  s.u = torch::cat(us);
+  const auto failed = torch::isnan(s.u);
+  rep.failed_energies = failed.sum().item<int64_t>();
+  s.u = torch::where(failed, torch::full_like(s.u, INFINITY), s.u);
+  rep.infinite_energies = (~torch::isfinite(s.u)).sum().item<int64_t>() - rep.failed_energies;
+  s.log_w = log_importance_weights(s.u, s.log_q);
+  s.system = energy.name();
+  rep.ess_fraction = ess_fraction(s.log_w);
+  return rep;
+}
+
+// ---- evaluation -----------------------------------------------------------------------------
+
+void BGEvalOptions::check() const {
+  check_positive("--temperature", "value", temperature_kelvin);
+  check_in_range("--clip", "value", clip, 0.0, 1.0);
+  check_nonnegative("--bootstrap", "value", static_cast<double>(bootstrap));
+  check_positive_int("--w2-samples", "value", w2_samples);
+  if (energy_cut && !std::isfinite(*energy_cut))
+    usage_error("--energy-cut", "must be a finite reduced energy");
+}
+
+namespace {
+
+json estimate(const Estimate& e) { return {{"value", e.value}, {"error", e.error}}; }
+
+json basins_json(const std::vector<BasinStats>& b) {
+  json j = json::array();
+  for (const auto& s : b)
+    j.push_back({{"basin", s.name}, {"probability", estimate(s.probability)},
+                 {"delta_f", estimate(s.delta_f)}});
+  return j;
+}
+
+torch::Tensor evenly(int64_t n, int64_t m) {
+  return torch::linspace(0, static_cast<double>(n - 1), std::min(n, m), torch::kFloat64)
+      .round()
+      .to(torch::kInt64);
+}
+
+}  // namespace
+
+json BGEvalReport::to_json() const {
+  json r;
+  r["samples"] = samples_file;
+  r["reference"] = reference_file;
+  r["n_samples"] = n_samples;
+  r["ess_fraction_unclipped"] = ess_fraction_unclipped;
+  if (clip_quantile > 0) r["clip_quantile"] = clip_quantile;
+  r["ess_fraction"] = ess_fraction;
+  r["ess"] = ess_fraction * static_cast<double>(n_samples);
+  r["infinite_energies"] = infinite_energies;
+  r["md"] = {{"frames", md_frames}, {"bootstrap_block", md_bootstrap_block},
+             {"basins", basins_json(md_basins)}};
+  r["bg_raw"] = {{"basins", basins_json(raw_basins)}};
+  r["bg_reweighted"] = {{"basins", basins_json(reweighted_basins)}};
+  r["e_w2"] = {{"raw", e_w2_raw ? json(*e_w2_raw) : json(nullptr)},
+               {"raw_energy_cut", e_w2_cut},
+               {"raw_excluded", e_w2_excluded},
+               {"reweighted", e_w2_reweighted}};
+  r["t_w2"] = {{"samples", t_w2_samples}, {"raw", t_w2_raw}, {"reweighted", t_w2_reweighted}};
+  r["rama_kl"] = {{"raw", rama_kl_raw}, {"reweighted", rama_kl_reweighted}};
+  if (held_out_nll)
+    r["held_out_nll"] = {{"frames", held_out_nll->frames}, {"value", held_out_nll->value},
+                         {"error", held_out_nll->error}};
+  return r;
+}
+
+BGEvalReport evaluate_generator(const Molecule& mol, const SampleSet& s, const Trajectory& traj,
+                                const BGEvalOptions& o, BoltzmannGenerator* model, double held_out) {
+  o.check();
+  if (s.x.size(1) != 3 * mol.size())
+    runtime_error("samples", "/x has " + std::to_string(s.x.size(1)) + " coordinates, expected " +
+                                 std::to_string(3 * mol.size()));
+  if (traj.x.size(1) != 3 * mol.size())
+    runtime_error(traj.path, "holds another molecule (" + std::to_string(traj.x.size(1) / 3) + " atoms, expected " +
+                                 std::to_string(mol.size()) + ")");
+  if (traj.x.size(0) < 2) runtime_error(traj.path, "has fewer than 2 frames, too few for the metrics");
+  const auto dih = backbone_dihedrals(mol);
+  const double kT = kBoltzmann * o.temperature_kelvin;
+  BGEvalReport r;
+  const int64_t n = s.x.size(0);
+  r.n_samples = n;
+  r.reference_file = traj.path;
+  const auto& u = s.u;
+  auto log_w = s.log_w;
+  r.ess_fraction_unclipped = ess_fraction(log_w);
+  if (o.clip > 0) {
+    log_w = clip_log_weights(log_w, o.clip);
+    r.clip_quantile = o.clip;
+  }
+  r.ess_fraction = ess_fraction(log_w);
+  r.log_w = log_w;
+  r.infinite_energies = (~torch::isfinite(u)).sum().item<int64_t>();
+
+  const auto u_md = traj.energy / kT;
+  const auto rama_md = ramachandran(traj.x, dih);
+  const auto rama_bg = ramachandran(s.x, dih);
+  const uint64_t seed = derive_seed(o.seed, 41, 0);
+  // MD frames are correlated: moving-block bootstrap with 20 blocks' worth of frames per block
+  // (walker-major order, so blocks are stretches of one walker's trajectory).
+  r.md_frames = traj.x.size(0);
+  r.md_bootstrap_block = std::max<int64_t>(1, traj.x.size(0) / 20);
+  r.md_basins = basin_free_energies(rama_md, {}, o.bootstrap, seed, r.md_bootstrap_block);
+  r.raw_basins = basin_free_energies(rama_bg, {}, o.bootstrap, seed);
+  r.reweighted_basins = basin_free_energies(rama_bg, log_w, o.bootstrap, seed);
+
+  // Resampled (unweighted) reweighted samples for W2 and histograms.
+  const auto idx_rw = resample(log_w, n, derive_seed(o.seed, 41, 1));
+  // The raw BG samples' energies have a far tail (a few clashes at 1e9 k_B T) that would make
+  // the raw E-W2 meaningless: as the literature does (ArBG, SBG), the raw metric uses the
+  // samples below an energy cut-off, reported with the number it excluded.
+  r.e_w2_cut = o.energy_cut ? *o.energy_cut : torch::quantile(u_md, 0.999).item<double>() + 20.0;
+  const auto below = torch::isfinite(u) & (u < r.e_w2_cut);
+  const auto u_raw = u.masked_select(below);
+  // no sample below the cut (an untrained model): no raw number rather than a meaningless one
+  if (u_raw.numel() > 0) r.e_w2_raw = wasserstein2_1d(u_md, u_raw);
+  r.e_w2_excluded = n - u_raw.numel();
+  r.u_resampled = u.index_select(0, idx_rw);
+  r.e_w2_reweighted = wasserstein2_1d(u_md, r.u_resampled);
+  const auto sel_md = evenly(traj.x.size(0), o.w2_samples);
+  const int64_t k = std::min<int64_t>(sel_md.size(0), n);
+  const auto a = rama_md.index_select(0, evenly(traj.x.size(0), k));
+  r.t_w2_samples = k;
+  r.t_w2_raw = torus_wasserstein2(a, rama_bg.index_select(0, evenly(n, k)));
+  r.t_w2_reweighted = torus_wasserstein2(a, rama_bg.index_select(0, idx_rw.narrow(0, 0, k)));
+  r.rama_kl_raw = ramachandran_kl(rama_md, rama_bg);
+  r.rama_kl_reweighted = ramachandran_kl(rama_md, rama_bg.index_select(0, idx_rw));
+  if (model) {
+    const auto test_idx = split_held_out(traj, held_out).second;
+    if (test_idx.numel() > 0) {
+      torch::NoGradGuard ng;
+      const auto lq = model->log_prob(traj.x.index_select(0, test_idx));
+      const double m = static_cast<double>(test_idx.numel());
+      r.held_out_nll = BGEvalReport::Nll{test_idx.numel(), -lq.mean().item<double>(),
+                                         lq.std().item<double>() / std::sqrt(m)};
+    }
+  }
+  r.rama_reference = rama_md;
+  r.rama_samples = rama_bg;
+  r.u_reference = u_md;
+  r.u_samples = u;
+  return r;
+}
+
+}  // namespace nfkit
