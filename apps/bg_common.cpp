@@ -141,7 +141,7 @@ BGTrainOptions bg_train_from(const po::variables_map& vm, const std::string& out
 }
 
 json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::string& md_path,
-              const std::string& out, Context& ctx) {
+              const std::string& out, Context& ctx, const json& provenance) {
   const auto o = bg_train_from(vm, out, ctx);
   check_writable(out);
   const auto traj = read_trajectory(md_path, m.mol.size());
@@ -149,8 +149,9 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
   if (o.reverse_weight > 0.0)
     energy = std::make_unique<OpenMMEnergy>(m.system, m.temperature,
                                             OpenMMOptions{"Reference", ctx.globals.threads});
-  const json extra = {{"pdb", m.pdb}, {"system", m.system}, {"temperature", m.temperature},
-                      {"md", md_path}};
+  json extra = {{"pdb", m.pdb}, {"system", m.system}, {"temperature", m.temperature},
+                {"md", md_path}, {"options", o.to_json()}};
+  if (!provenance.is_null()) extra["provenance"] = provenance;
   const auto rep = train_generator(
       m.z, traj, energy.get(), o, out, extra, [] { return stop_requested(); },
       [&](int64_t step) {
@@ -181,8 +182,7 @@ po::options_description bg_sample_options() {
   return o;
 }
 
-json bg_sample(const po::variables_map& vm, const MoleculeSpec& m, const std::string& model,
-               const std::string& out, Context& ctx) {
+BGSampleOptions bg_sample_from(const po::variables_map& vm, Context& ctx) {
   BGSampleOptions o;
   o.n = vm["n"].as<int64_t>();
   o.batch = vm["batch"].as<int64_t>();
@@ -190,6 +190,12 @@ json bg_sample(const po::variables_map& vm, const MoleculeSpec& m, const std::st
   o.quiet = ctx.globals.quiet;
   check_positive_int("-n", "value", o.n);
   check_positive_int("--batch", "value", o.batch);
+  return o;
+}
+
+json bg_sample(const po::variables_map& vm, const MoleculeSpec& m, const std::string& model,
+               const std::string& out, Context& ctx, const json& provenance) {
+  const auto o = bg_sample_from(vm, ctx);
   check_writable(out);
   auto bg = load_generator(model);
   if (bg.zmatrix().atoms() != m.mol.size())
@@ -201,6 +207,7 @@ json bg_sample(const po::variables_map& vm, const MoleculeSpec& m, const std::st
   rep.samples.model = model;
   rep.samples.system = m.system;
   rep.samples.temperature_kelvin = m.temperature;
+  rep.samples.provenance = provenance;
   write_samples(out, rep.samples);
   json r = rep.to_json();
   r["out"] = out;

@@ -38,12 +38,16 @@ po::options_description bg_train_options();
 /// The training options read from the command line (checked), checkpoint at <out>.ckpt.
 BGTrainOptions bg_train_from(const po::variables_map& vm, const std::string& out, Context& ctx);
 /// Trains a Boltzmann generator on MD frames (and/or the energy), resuming from <out>.ckpt.
+/// `provenance` (bg run's stage configuration) is stored in the model's metadata.
 json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::string& md_path,
-              const std::string& out, Context& ctx);
+              const std::string& out, Context& ctx, const json& provenance = json());
 
 po::options_description bg_sample_options();
+/// `provenance` is stored in the samples file (attribute "provenance").
 json bg_sample(const po::variables_map& vm, const MoleculeSpec& m, const std::string& model,
-               const std::string& out, Context& ctx);
+               const std::string& out, Context& ctx, const json& provenance = json());
+/// The sampling options read from the command line (checked).
+BGSampleOptions bg_sample_from(const po::variables_map& vm, Context& ctx);
 
 po::options_description bg_eval_options();
 /// Metrics of samples (from bg_sample) against a reference trajectory; figures into fig_dir

@@ -1,11 +1,14 @@
 // nfkit bg run: the alanine-dipeptide pipeline end to end (the README's main job): MD
 // reference -> training -> sampling + reweighting -> report and figures. Each stage writes a
-// file in --out; a rerun skips finished stages and resumes an interrupted one.
+// file in --out with its configuration recorded; a rerun skips a finished stage whose recorded
+// configuration matches (and redoes it otherwise) and resumes an interrupted one.
 #include <chrono>
+#include <functional>
 
 #include "bg_common.h"
 #include "nfkit/core/error.h"
 #include "nfkit/core/files.h"
+#include "nfkit/core/h5.h"
 #include "nfkit/core/progress.h"
 
 namespace nfkit::cli {
@@ -29,13 +32,31 @@ Command bg_run_command() {
             const std::string md = dir + "/md.h5", model = dir + "/model.h5",
                               samples = dir + "/samples.h5", report = dir + "/report.json";
             const bool restart = vm["restart"].as<bool>();
+            // Each stage's configuration (its options and those of the stages it reads), recorded
+            // in its file: a rerun reuses a file only when the recorded one matches.
+            const json md_cfg = {{"md", md_from(vm, ctx).to_json()}, {"system", m.system}};
+            const json train_cfg = {{"md", md_cfg}, {"pdb", m.pdb}, {"temperature", m.temperature},
+                                    {"train", bg_train_from(vm, model, ctx).to_json()}};
+            const auto so = bg_sample_from(vm, ctx);
+            const json sample_cfg = {{"model", train_cfg}, {"n", so.n}, {"batch", so.batch}, {"seed", so.seed}};
             json stages;
-            auto stage = [&](const std::string& name, const std::string& file, auto&& work) {
+            auto stage = [&](const std::string& name, const std::string& file, const json& config,
+                             const std::function<json()>& recorded, auto&& work) {
               const auto t0 = std::chrono::steady_clock::now();
               if (file_exists(file) && !restart) {
-                if (!ctx.globals.quiet) ctx.err << "[" << name << "] " << file << " exists, skipping\n";
-                stages[name] = {{"file", file}, {"cached", true}};
-                return;
+                json rec;
+                try {
+                  rec = recorded();
+                } catch (const std::exception&) {
+                  rec = nullptr;  // unreadable: made again
+                }
+                if (rec == config) {
+                  if (!ctx.globals.quiet) ctx.err << "[" << name << "] " << file << " exists with the same settings, skipping\n";
+                  stages[name] = {{"file", file}, {"cached", true}};
+                  return;
+                }
+                if (!ctx.globals.quiet)
+                  ctx.err << "[" << name << "] " << file << " was made with other settings (or by another command); making it again\n";
               }
               if (!ctx.globals.quiet) ctx.err << "[" << name << "] -> " << file << std::endl;
               json r = work();
@@ -45,15 +66,28 @@ Command bg_run_command() {
               stages[name] = r;
               if (!ctx.globals.quiet) ctx.err << "[" << name << "] done in " << format_duration(s) << "\n";
             };
-            stage("md", md, [&] {
-              const auto o = md_from(vm, ctx);
-              const auto rep = run_md(m.system, m.mol.positions(), o, md, [] { return stop_requested(); });
-              if (rep.interrupted)
-                throw Interrupted("interrupted during MD; state saved; rerun the same command to resume");
-              return json{{"frames", rep.frames}, {"ns_simulated", rep.ns_simulated}};
-            });
-            stage("train", model, [&] { return bg_train(vm, m, md, model, ctx); });
-            stage("sample", samples, [&] { return bg_sample(vm, m, model, samples, ctx); });
+            stage("md", md, md_cfg,
+                  [&] {
+                    H5Reader r(md);
+                    return json{{"md", json::parse(r.attr_string("/", "options"))},
+                                {"system", r.attr_string("/", "system")}};
+                  },
+                  [&] {
+                    const auto o = md_from(vm, ctx);
+                    const auto rep = run_md(m.system, m.mol.positions(), o, md, [] { return stop_requested(); });
+                    if (rep.interrupted)
+                      throw Interrupted("interrupted during MD; state saved; rerun the same command to resume");
+                    return json{{"frames", rep.frames}, {"ns_simulated", rep.ns_simulated}};
+                  });
+            stage("train", model, train_cfg,
+                  [&] {
+                    json meta;
+                    load_generator(model, &meta);
+                    return meta.value("provenance", json());
+                  },
+                  [&] { return bg_train(vm, m, md, model, ctx, train_cfg); });
+            stage("sample", samples, sample_cfg, [&] { return read_samples(samples).provenance; },
+                  [&] { return bg_sample(vm, m, model, samples, ctx, sample_cfg); });
             const std::string ref = vm["reference"].as<std::string>().empty() ? md : vm["reference"].as<std::string>();
             auto res = bg_eval(vm, m, samples, ref, model, dir + "/", ctx);
             res["stages"] = stages;

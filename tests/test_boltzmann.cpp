@@ -11,10 +11,12 @@
 #include "nfkit/boltzmann/analysis.h"
 #include "nfkit/boltzmann/generator.h"
 #include "nfkit/boltzmann/md.h"
+#include "nfkit/boltzmann/pipeline.h"
 #include "nfkit/boltzmann/reweight.h"
 #include "nfkit/core/files.h"
 #include "nfkit/core/h5.h"
 #include "nfkit/flows/builder.h"
+#include "nfkit/flows/checkpoint.h"
 #include "nfkit/physics/analytic.h"
 #include "nfkit/physics/internal_coordinates.h"
 #include "nfkit/physics/molecule.h"
@@ -413,8 +415,19 @@ TEST_CASE("bg: run the pipeline on a tiny setting, cached stages, clear errors",
   CHECK(torch::allclose(lw.masked_select(fin), (-u - lq).masked_select(fin)));
   auto [code2, out2, err2] = run(base);
   CHECK(code2 == 0);
-  CHECK(err2.find("md.h5 exists, skipping") != std::string::npos);
-  CHECK(err2.find("model.h5 exists, skipping") != std::string::npos);
+  CHECK(err2.find("md.h5 exists with the same settings, skipping") != std::string::npos);
+  CHECK(err2.find("model.h5 exists with the same settings, skipping") != std::string::npos);
+  CHECK(err2.find("samples.h5 exists with the same settings, skipping") != std::string::npos);
+  // Other training settings: the MD is reused, the model and the samples are made again.
+  auto changed = base;
+  changed[std::find(changed.begin(), changed.end(), "--steps") - changed.begin() + 1] = "30";
+  auto [code5, out5, err5] = run(changed);
+  INFO(err5);
+  CHECK(code5 == 0);
+  CHECK(err5.find("md.h5 exists with the same settings, skipping") != std::string::npos);
+  CHECK(err5.find("model.h5 was made with other settings") != std::string::npos);
+  CHECK(err5.find("samples.h5 was made with other settings") != std::string::npos);
+  CHECK(load_flow(dir + "/model.h5").step == 30);
   // Errors: a missing trajectory (runtime, 1) and a System of another molecule (usage, 2).
   auto [c3, o3, e3] = run({"bg", "train", "--pdb", kPdb, "--system", kSystem, "--md", "/nonexistent.h5", "--out", temp_path("m.h5")});
   CHECK(c3 == 1);
@@ -490,4 +503,121 @@ TEST_CASE("bootstrap: moving blocks give honest errors of a correlated series", 
   CHECK(iid == Approx(0.0071).epsilon(0.25));
   // 20 blocks: the error of an error from 20 blocks is ~16%, plus the block-length bias.
   CHECK(blocked == Approx(0.0308).epsilon(0.35));
+}
+
+// ---- the pipeline as library calls ------------------------------------------------------------
+
+namespace {
+
+// A user's energy that cannot evaluate some configurations: the real OpenMM energy, except for
+// rows marked by their coordinates (about 10%), which give NaN alone and make a whole batch
+// throw when half of them are present.
+class FlakyEnergy : public Energy {
+ public:
+  explicit FlakyEnergy(Energy& inner) : inner_(inner) {}
+  int64_t dim() const override { return inner_.dim(); }
+  std::string name() const override { return "flaky " + inner_.name(); }
+  static torch::Tensor marked(const torch::Tensor& x) {
+    const auto f = x.sum(1) * 1e4;  // (single coordinates can be 0 in the canonical frame)
+    return (f - f.floor()) < 0.1;
+  }
+  torch::Tensor evaluate(const torch::Tensor& x, torch::Tensor* forces = nullptr) override {
+    const auto m = marked(x);
+    if (x.size(0) > 1 && m.any().item<bool>()) throw std::runtime_error("cannot evaluate this batch");
+    auto u = inner_.evaluate(x, forces);
+    return torch::where(m, torch::full_like(u, NAN), u);
+  }
+
+ private:
+  Energy& inner_;
+};
+
+}  // namespace
+
+TEST_CASE("pipeline: train, sample and evaluate by library calls; failed energies get zero weight", "[boltzmann]") {
+  const auto mol = read_pdb(kPdb);
+  const auto z = zmatrix_for(mol);
+  MDOptions mo;
+  mo.frames = 100;
+  mo.steps_per_frame = 50;
+  mo.quiet = true;
+  const auto md_path = temp_path("lib-md.h5");
+  run_md(kSystem, mol.positions(), mo, md_path);
+  const auto md = read_trajectory(md_path, mol.size());
+  CHECK(md.x.size(0) == 200);
+  // A trajectory of another molecule: a one-line runtime error naming the file.
+  try {
+    read_trajectory(md_path, 10);
+    FAIL("no error");
+  } catch (const RuntimeError& e) {
+    CHECK(std::string(e.what()).find("another molecule") != std::string::npos);
+  }
+
+  BGTrainOptions o;
+  o.recipe.layers = 1;
+  o.recipe.hidden = 16;
+  const auto ckpt = temp_path("lib.ckpt");
+  o.trainer.steps(20).batch_size(64).eval_every(10).quiet(true).checkpoint_path(ckpt).checkpoint_every(5);
+  o.reverse_weight = 0.5;
+  CHECK_THROWS_AS(train_generator(z, md, nullptr, o, temp_path("lib-model.h5")), UsageError);
+  o.reverse_weight = 0.0;
+  const auto model = temp_path("lib-model.h5");
+  const auto tr = train_generator(z, md, nullptr, o, model);
+  CHECK(tr.train.steps_done == 20);
+  CHECK(tr.n_train + tr.n_val == 180);  // 10% of each walker's frames held out
+  CHECK(!file_exists(ckpt));  // the model file replaced it
+  auto bg = load_generator(model);
+
+  OpenMMEnergy openmm(kSystem, 300.0);
+  FlakyEnergy flaky(openmm);
+  BGSampleOptions so;
+  so.n = 600;
+  so.batch = 200;
+  so.quiet = true;
+  const auto rep = sample_generator(bg, flaky, so);
+  const auto& s = rep.samples;
+  const auto m = FlakyEnergy::marked(s.x);
+  REQUIRE(m.sum().item<int64_t>() > 20);
+  CHECK(rep.failed_energies == m.sum().item<int64_t>());
+  CHECK(torch::isinf(s.u.masked_select(m)).all().item<bool>());
+  CHECK((s.log_w.masked_select(m) == -INFINITY).all().item<bool>());
+  CHECK(std::isfinite(rep.ess_fraction));
+  // Elsewhere the weights are -u - log q with the real energy.
+  const auto ok = ~m & torch::isfinite(s.u);
+  CHECK(torch::allclose(s.u.masked_select(ok), openmm.evaluate(s.x).masked_select(ok)));
+  CHECK(torch::allclose(s.log_w.masked_select(ok), (-s.u - s.log_q).masked_select(ok)));
+
+  // Samples file round trip; a file without /u is refused naming it.
+  const auto sp = temp_path("lib-samples.h5");
+  write_samples(sp, s);
+  const auto back = read_samples(sp, mol.size());
+  CHECK(torch::equal(back.log_w, s.log_w));
+  const auto no_u = temp_path("no-u.h5");
+  {
+    H5Writer w(no_u, "samples", 1);
+    w.write("/x", s.x);
+    w.write("/log_q", s.log_q);
+    w.write("/log_w", s.log_w);
+    w.commit();
+  }
+  try {
+    read_samples(no_u);
+    FAIL("no error");
+  } catch (const RuntimeError& e) {
+    CHECK(std::string(e.what()).find("has no /u") != std::string::npos);
+  }
+
+  BGEvalOptions eo;
+  eo.bootstrap = 5;
+  eo.w2_samples = 50;
+  const auto ev = evaluate_generator(mol, s, md, eo, &bg, 0.1);
+  CHECK(ev.n_samples == 600);
+  CHECK(ev.ess_fraction == Approx(rep.ess_fraction));
+  CHECK(ev.infinite_energies >= rep.failed_energies);
+  REQUIRE(ev.held_out_nll);
+  CHECK(ev.held_out_nll->frames == 20);
+  CHECK(ev.t_w2_samples == 50);
+  const auto j = ev.to_json();
+  CHECK(j["md"]["basins"].size() == 3);
+  CHECK(j["held_out_nll"]["frames"] == 20);
 }

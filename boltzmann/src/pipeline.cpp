@@ -35,6 +35,7 @@ void write_samples(const std::string& path, const SampleSet& s) {
   w.set_attr("/", "model", s.model);
   w.set_attr("/", "system", s.system);
   w.set_attr("/", "temperature_kelvin", s.temperature_kelvin);
+  if (!s.provenance.is_null()) w.set_attr("/", "provenance", s.provenance.dump());
   w.commit();
 }
 
@@ -62,6 +63,13 @@ SampleSet read_samples(const std::string& path, int64_t atoms) {
                             std::to_string(3 * atoms) + " (samples of another molecule?)");
   if (r.has_attr("/", "model")) s.model = r.attr_string("/", "model");
   if (r.has_attr("/", "system")) s.system = r.attr_string("/", "system");
+  if (r.has_attr("/", "provenance")) {
+    try {
+      s.provenance = json::parse(r.attr_string("/", "provenance"));
+    } catch (const std::exception&) {
+      runtime_error(path, "attribute provenance is not JSON");
+    }
+  }
   // Files before the rename called the kelvin temperature "temperature".
   if (r.has_attr("/", "temperature_kelvin"))
     s.temperature_kelvin = r.attr_double("/", "temperature_kelvin");
@@ -285,7 +293,8 @@ BGSampleReport sample_generator(BoltzmannGenerator& bg, Energy& energy, const BG
   rep.infinite_energies = (~torch::isfinite(s.u)).sum().item<int64_t>() - rep.failed_energies;
   s.log_w = log_importance_weights(s.u, s.log_q);
   s.system = energy.name();
-  rep.ess_fraction = ess_fraction(s.log_w);
+  // Every weight zero (an untrained model, an energy that failed everywhere): ESS 0, not an error.
+  rep.ess_fraction = torch::isfinite(s.log_w).any().item<bool>() ? ess_fraction(s.log_w) : 0.0;
   return rep;
 }
 

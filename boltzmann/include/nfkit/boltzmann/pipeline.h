@@ -8,7 +8,7 @@
 // Files (HDF5; DESIGN.md):
 //   trajectory (nfkit md, md.h: read_trajectory)       /positions /potential_energy /walker
 //   samples (write_samples / read_samples, v1)          /x [n, 3N] nm, /log_q, /u (reduced),
-//     /log_w = -u - log q; attrs model, system, temperature_kelvin (K)
+//     /log_w = -u - log q; attrs model, system, temperature_kelvin (K), provenance (JSON)
 //   generator (save_generator / load_generator)         a flow checkpoint whose metadata holds
 //     kind "boltzmann_generator", coordinates, zmatrix
 //
@@ -51,6 +51,7 @@ struct SampleSet {
   torch::Tensor log_w;  ///< [n] -u - log q (-inf where u is not finite)
   std::string model, system;
   double temperature_kelvin = NAN;
+  nlohmann::json provenance;  ///< what made them (attribute "provenance"; null = none)
 };
 /// Writes kind "samples" v1 atomically.
 void write_samples(const std::string& path, const SampleSet& s);
