@@ -44,15 +44,15 @@ MoleculeSpec load_molecule(const std::string& pdb, const std::string& system, do
 po::options_description molecule_options() {
   po::options_description o("molecule");
   o.add_options()
-      ("pdb", po::value<std::string>()->default_value("data/alanine_dipeptide/ala2.pdb"), "structure (PDB)")
+      ("pdb", po::value<std::string>()->default_value("data/alanine_dipeptide/ala2.pdb"), "structure (PDB; a data/... path not found here is looked up in $NFKIT_DATA and the installed share/nfkit/data)")
       ("system", po::value<std::string>()->default_value("data/alanine_dipeptide/system.xml"), "OpenMM System (serialized XML)")
       ("temperature", po::value<double>()->default_value(300.0), "temperature in K");
   return o;
 }
 
 MoleculeSpec molecule_from(const po::variables_map& vm) {
-  return load_molecule(vm["pdb"].as<std::string>(), vm["system"].as<std::string>(),
-                       vm["temperature"].as<double>());
+  return load_molecule(find_data_file(vm["pdb"].as<std::string>()),
+                       find_data_file(vm["system"].as<std::string>()), vm["temperature"].as<double>());
 }
 
 // ---- md -------------------------------------------------------------------------------------

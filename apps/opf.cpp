@@ -36,7 +36,7 @@ std::vector<double> parse_levels(const std::string& s, const std::string& option
 
 // The case a dataset was made from, unless --case names one.
 std::string case_of(const po::variables_map& vm, const OpfDataset& data, const std::string& data_path) {
-  if (vm.count("case")) return vm["case"].as<std::string>();
+  if (vm.count("case")) return find_data_file(vm["case"].as<std::string>());
   if (data.case_file.empty()) usage_error("--case", data_path + " does not name its case file; give --case FILE");
   return data.case_file;
 }
@@ -71,7 +71,7 @@ Command opf_solve_command() {
           },
           [](const po::variables_map& vm, Context& ctx) {
             if (!vm.count("case")) usage_error("opf solve", "--case FILE is required");
-            const std::string path = vm["case"].as<std::string>();
+            const std::string path = find_data_file(vm["case"].as<std::string>());
             const auto levels = parse_levels(vm["load-scale"].as<std::string>());
             const DcConvention conv = parse_dc_convention(vm["dc-model"].as<std::string>());
             const int outage = vm["outage"].as<int>();
@@ -167,7 +167,7 @@ Command opf_dataset_command() {
             if (!vm.count("case")) usage_error("opf dataset", "--case FILE is required");
             if (!vm.count("out")) usage_error("opf dataset", "--out FILE is required");
             OpfDatasetOptions o;
-            o.case_file = vm["case"].as<std::string>();
+            o.case_file = find_data_file(vm["case"].as<std::string>());
             o.convention = parse_dc_convention(vm["dc-model"].as<std::string>());
             o.load_levels = parse_levels(vm["load-levels"].as<std::string>(), "--load-levels");
             o.per_level = vm["per-level"].as<int64_t>();

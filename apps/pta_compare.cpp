@@ -64,7 +64,7 @@ Command pta_compare_command() {
             return o;
           },
           [](const po::variables_map& vm, Context& ctx) {
-            const std::string dir = vm["data"].as<std::string>(), out = vm["out"].as<std::string>();
+            const std::string dir = find_data_file(vm["data"].as<std::string>()), out = vm["out"].as<std::string>();
             auto models = split_list(vm["models"].as<std::string>());
             if (models.empty()) usage_error("--models", "is empty");
             auto h = harmonic_from(vm, ctx);

@@ -185,3 +185,17 @@ TEST_CASE("files: make_directories creates parents and names what it cannot crea
                     Catch::Contains("--out") && Catch::Contains(base + "/file/sub"));
   CHECK_THROWS_AS(make_directories(base + "/file", "--out"), RuntimeError);
 }
+
+TEST_CASE("find_data_file: the path itself, then $NFKIT_DATA, else unchanged", "[core]") {
+  const auto dir = nfkit::test::temp_path("datadir");
+  nfkit::make_directories(dir + "/pta", "test");
+  nfkit::write_file_atomic(dir + "/pta/x.txt", "1\n");
+  ::unsetenv("NFKIT_DATA");
+  CHECK(nfkit::find_data_file("data/pta/x.txt") == "data/pta/x.txt");  // nowhere: unchanged
+  ::setenv("NFKIT_DATA", dir.c_str(), 1);
+  CHECK(nfkit::find_data_file("data/pta/x.txt") == dir + "/pta/x.txt");
+  CHECK(nfkit::find_data_file("other/pta/x.txt") == "other/pta/x.txt");  // only data/... is looked up
+  const auto here = dir + "/pta/x.txt";
+  CHECK(nfkit::find_data_file(here) == here);  // an existing path is used as given
+  ::unsetenv("NFKIT_DATA");
+}

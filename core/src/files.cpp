@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
@@ -51,6 +52,27 @@ std::string file_extension(const std::string& path) {
 bool file_exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
+}
+
+std::string find_data_file(const std::string& path) {
+  if (file_exists(path)) return path;
+  const std::string prefix = "data/";
+  if (path.compare(0, prefix.size(), prefix) != 0) return path;
+  const std::string rel = path.substr(prefix.size());
+  if (const char* env = std::getenv("NFKIT_DATA"); env && *env) {
+    const std::string p = std::string(env) + "/" + rel;
+    if (file_exists(p)) return p;
+  }
+  char exe[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) {
+    std::string dir(exe, static_cast<size_t>(n));
+    dir = dir.substr(0, dir.find_last_of('/'));         // <prefix>/bin
+    dir = dir.substr(0, dir.find_last_of('/'));         // <prefix>
+    const std::string p = dir + "/share/nfkit/data/" + rel;
+    if (file_exists(p)) return p;
+  }
+  return path;
 }
 
 void make_directories(const std::string& path, const std::string& what) {

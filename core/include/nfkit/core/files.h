@@ -21,6 +21,14 @@ std::string file_extension(const std::string& path);
 /// Whether a file (or directory) exists at path.
 bool file_exists(const std::string& path);
 
+/// The bundled data (alanine dipeptide, PTA spectra, grid cases) from any directory: `path`
+/// itself when it exists; otherwise, when it starts with "data/", the same file under the
+/// directory $NFKIT_DATA names (when set), then under the installed share/nfkit/data beside the
+/// running executable (<prefix>/bin/nfkit -> <prefix>/share/nfkit/data); else `path` unchanged,
+/// so that the error of whoever opens it names what was asked.
+///   find_data_file("data/alanine_dipeptide/ala2.pdb")
+std::string find_data_file(const std::string& path);
+
 /// Creates the directory path and its missing parents (mkdir -p); throws RuntimeError naming
 /// `what` (an option, say) and the path when one cannot be created.
 void make_directories(const std::string& path, const std::string& what);
