@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <filesystem>
 #include <cstdio>
 #include <iomanip>
 #include <sstream>
@@ -220,8 +221,12 @@ po::options_description bg_eval_options() {
   po::options_description o("evaluation");
   o.add_options()
       ("clip", po::value<double>()->default_value(0.0), "clip log-weights above this quantile, e.g. 0.999 (0 = off)")
+      ("clip-top", po::value<double>()->default_value(0.0), "drop this fraction of the largest log-weights before resampling, as SBG and ArBG do (0.002); unclipped numbers are reported beside (0 = off)")
+      ("chirality", po::value<std::string>()->default_value("exclude"), "samples with a wrong-handed stereocentre (D-amino acid): exclude (zero weight), mirror (their mirror images, weights kept) or keep")
       ("bootstrap", po::value<int64_t>()->default_value(200), "bootstrap rounds for error bars")
-      ("w2-samples", po::value<int64_t>()->default_value(1000), "samples per side for T-W2 (exact assignment, O(n^3))")
+      ("w2-samples", po::value<int64_t>()->default_value(1000), "samples per side for T-W2 and TICA-W2 (exact assignment, O(n^3))")
+      ("w2-repeats", po::value<int64_t>()->default_value(3), "independent subsamples for the W2 error bars")
+      ("tica-lag", po::value<int64_t>()->default_value(100), "TICA lag in reference frames (capped at half the shortest walker)")
       ("energy-cut", po::value<double>(), "raw E-W2 and the raw energy histogram use BG samples with reduced energy below this (default: 20 above the reference's 99.9% quantile)");
   return o;
 }
@@ -232,6 +237,10 @@ json bg_eval(const po::variables_map& vm, const MoleculeSpec& m, const std::stri
   BGEvalOptions o;
   o.temperature_kelvin = m.temperature;
   o.clip = vm["clip"].as<double>();
+  o.clip_top = vm["clip-top"].as<double>();
+  o.chirality = vm["chirality"].as<std::string>();
+  o.w2_repeats = vm["w2-repeats"].as<int64_t>();
+  o.tica_lag = vm["tica-lag"].as<int64_t>();
   o.bootstrap = vm["bootstrap"].as<int64_t>();
   o.w2_samples = vm["w2-samples"].as<int64_t>();
   if (vm.count("energy-cut")) o.energy_cut = vm["energy-cut"].as<double>();
@@ -241,16 +250,23 @@ json bg_eval(const po::variables_map& vm, const MoleculeSpec& m, const std::stri
   const auto traj = read_trajectory(reference, m.mol.size());
   std::optional<BoltzmannGenerator> bg;
   double held_out = 0.0;
+  bool same_as_training = false;
   if (!model.empty()) {
     json meta;
     bg.emplace(load_generator(model, &meta));
     if (bg->zmatrix().atoms() != m.mol.size())
       usage_error("--model", model + " is for " + std::to_string(bg->zmatrix().atoms()) +
                                  " atoms, but " + m.pdb + " has " + std::to_string(m.mol.size()));
-    held_out = meta.value("held_out", 0.2);
+    // The training trajectory: its held-out tail; any other file: every frame is unseen.
+    std::error_code ec;
+    const std::string trained_on = meta.value("md", std::string());
+    same_as_training = !trained_on.empty() && std::filesystem::equivalent(trained_on, reference, ec);
+    held_out = same_as_training ? meta.value("held_out", 0.2) : 1.0;
   }
   const auto rep = evaluate_generator(m.mol, s, traj, o, bg ? &*bg : nullptr, held_out);
   json res = rep.to_json();
+  res["reference_kind"] = model.empty() ? "given" : same_as_training ? "the training trajectory (metrics) and its held-out tail (NLL)"
+                                                                     : "independent of training";
   res["samples"] = samples;
   if (!fig_prefix.empty()) {
     const auto fmt = ctx.globals.figure_format;
@@ -282,6 +298,17 @@ void print_report(const json& r, std::ostream& os) {
     os << " (log-weights clipped at the " << r["clip_quantile"].get<double>()
        << " quantile; unclipped " << 100.0 * r["ess_fraction_unclipped"].get<double>() << "%)";
   os << ", " << r["infinite_energies"].get<int64_t>() << " with infinite energy\n";
+  if (r.contains("clip_top"))
+    os << "  (the largest " << r["clip_top"]["dropped"].get<int64_t>() << " log-weights dropped, --clip-top "
+       << r["clip_top"]["fraction"].get<double>() << "; unclipped Kish ESS "
+       << 100.0 * r["ess_fraction_unclipped"].get<double>() << "%)\n";
+  const auto& ch = r["chirality"];
+  os << "chirality: " << ch["wrong_samples"].get<int64_t>() << " samples ("
+     << 100.0 * ch["wrong_fraction"].get<double>() << "%) with a wrong-handed stereocentre of "
+     << ch["stereocentres"].get<int64_t>() << " (" << ch["policy"].get<std::string>() << "); "
+     << ch["wrong_reference_frames"].get<int64_t>() << " in the reference\n";
+  if (r.contains("reference_kind"))
+    os << "reference: " << r["reference"].get<std::string>() << " (" << r["reference_kind"].get<std::string>() << ")\n";
   os << "free energies relative to C7eq/beta [k_B T]:\n";
   os << "  basin          MD reference      BG raw            BG reweighted\n";
   for (size_t b = 0; b < r["md"]["basins"].size(); ++b) {
@@ -307,9 +334,23 @@ void print_report(const json& r, std::ostream& os) {
      << std::setprecision(1) << r["e_w2"]["raw_energy_cut"].get<double>() << "; "
      << r["e_w2"]["raw_excluded"].get<int64_t>() << " above it excluded), reweighted " << std::setprecision(3)
      << r["e_w2"]["reweighted"].get<double>() << "\n";
-  os << "T-W2 (phi/psi torus, " << r["t_w2"]["samples"].get<int64_t>() << " samples): raw "
-     << r["t_w2"]["raw"].get<double>() << ", reweighted " << r["t_w2"]["reweighted"].get<double>()
-     << "\n";
+  auto pm = [](const json& e) {
+    std::ostringstream s;
+    s << std::fixed << std::setprecision(3) << e["value"].get<double>() << " ± " << e["error"].get<double>();
+    return s.str();
+  };
+  const auto& tw = r["t_w2"];
+  os << "T-W2 (phi/psi torus, " << tw["samples"].get<int64_t>() << " samples): raw "
+     << tw["raw"].get<double>() << ", reweighted " << tw["reweighted"].get<double>() << "; over "
+     << tw["repeats"].get<int64_t>() << " random subsamples raw " << pm(tw["raw_repeats"]) << ", reweighted "
+     << pm(tw["reweighted_repeats"]) << "\n";
+  const auto& ti = r["tica_w2"];
+  if (ti.contains("error"))
+    os << "TICA-W2: none (" << ti["error"].get<std::string>() << ")\n";
+  else
+    os << "TICA-W2 (2 slowest TICA components of the reference, lag " << ti["lag_frames"].get<int64_t>()
+       << " frames, " << ti["samples"].get<int64_t>() << " samples, " << ti["repeats"].get<int64_t>()
+       << " subsamples): raw " << pm(ti["raw"]) << ", reweighted " << pm(ti["reweighted"]) << "\n";
   os << "KL(MD || BG) Ramachandran: raw " << r["rama_kl"]["raw"].get<double>() << ", reweighted "
      << r["rama_kl"]["reweighted"].get<double>() << "\n";
   if (r.contains("held_out_nll"))

@@ -10,6 +10,8 @@
 #include "nfkit/core/files.h"
 #include "nfkit/core/h5.h"
 #include "nfkit/core/progress.h"
+#include "nfkit/core/runtime.h"
+#include "nfkit/core/checks.h"
 
 namespace nfkit::cli {
 
@@ -22,19 +24,28 @@ Command bg_run_command() {
                 .add(bg_sample_options()).add(bg_eval_options());
             o.add_options()
                 ("out", po::value<std::string>()->default_value("runs/ala2"), "output directory")
-                ("reference", po::value<std::string>()->default_value(""), "reference trajectory for the metrics (default: this run's MD)");
+                ("reference", po::value<std::string>()->default_value(""), "reference trajectory for the metrics and the NLL (default: this run's test MD)")
+                ("test-frames", po::value<int64_t>()->default_value(20000), "frames per walker of the test MD: independent walkers (their own seeds) that training never sees, the reference of the metrics and the NLL (0 = none: the training MD and its held-out tail)")
+                ("test-walkers", po::value<int64_t>()->default_value(2), "walkers of the test MD");
             return o;
           },
           [](const po::variables_map& vm, Context& ctx) {
             const std::string dir = vm["out"].as<std::string>();
             make_directories(dir, "--out");
             const auto m = molecule_from(vm);
-            const std::string md = dir + "/md.h5", model = dir + "/model.h5",
+            const std::string md = dir + "/md.h5", test_md = dir + "/test_md.h5", model = dir + "/model.h5",
                               samples = dir + "/samples.h5", report = dir + "/report.json";
             const bool restart = vm["restart"].as<bool>();
             // Each stage's configuration (its options and those of the stages it reads), recorded
             // in its file: a rerun reuses a file only when the recorded one matches.
             const json md_cfg = {{"md", md_from(vm, ctx).to_json()}, {"system", m.system}};
+            auto test_options = md_from(vm, ctx);
+            test_options.frames = vm["test-frames"].as<int64_t>();
+            test_options.walkers = vm["test-walkers"].as<int64_t>();
+            test_options.seed = derive_seed(ctx.globals.seed, 50, 1);
+            check_nonnegative("--test-frames", "value", static_cast<double>(test_options.frames));
+            check_positive_int("--test-walkers", "value", test_options.walkers);
+            const json test_cfg = {{"md", test_options.to_json()}, {"system", m.system}};
             const json train_cfg = {{"md", md_cfg}, {"pdb", m.pdb}, {"temperature", m.temperature},
                                     {"train", bg_train_from(vm, model, ctx).to_json()}};
             const auto so = bg_sample_from(vm, ctx);
@@ -79,6 +90,20 @@ Command bg_run_command() {
                       throw Interrupted("interrupted during MD; state saved; rerun the same command to resume");
                     return json{{"frames", rep.frames}, {"ns_simulated", rep.ns_simulated}};
                   });
+            if (test_options.frames > 0 && vm["reference"].as<std::string>().empty())
+              stage("test-md", test_md, test_cfg,
+                    [&] {
+                      H5Reader r(test_md);
+                      return json{{"md", json::parse(r.attr_string("/", "options"))},
+                                  {"system", r.attr_string("/", "system")}};
+                    },
+                    [&] {
+                      const auto rep = run_md(m.system, m.mol.positions(), test_options, test_md,
+                                              [] { return stop_requested(); });
+                      if (rep.interrupted)
+                        throw Interrupted("interrupted during the test MD; state saved; rerun the same command to resume");
+                      return json{{"frames", rep.frames}, {"ns_simulated", rep.ns_simulated}};
+                    });
             stage("train", model, train_cfg,
                   [&] {
                     json meta;
@@ -88,7 +113,9 @@ Command bg_run_command() {
                   [&] { return bg_train(vm, m, md, model, ctx, train_cfg); });
             stage("sample", samples, sample_cfg, [&] { return read_samples(samples).provenance; },
                   [&] { return bg_sample(vm, m, model, samples, ctx, sample_cfg); });
-            const std::string ref = vm["reference"].as<std::string>().empty() ? md : vm["reference"].as<std::string>();
+            const std::string ref = !vm["reference"].as<std::string>().empty()
+                                        ? find_data_file(vm["reference"].as<std::string>())
+                                        : test_options.frames > 0 ? test_md : md;
             auto res = bg_eval(vm, m, samples, ref, model, dir + "/", ctx);
             res["stages"] = stages;
             write_file_atomic(report, res.dump(2) + "\n");

@@ -398,7 +398,7 @@ TEST_CASE("bg: run the pipeline on a tiny setting, cached stages, clear errors",
   const std::vector<std::string> base = {"bg", "run", "--pdb", kPdb, "--system", kSystem,
       "--out", dir, "--frames", "150", "--steps-per-frame", "200", "--steps", "40",
       "--layers", "1", "--hidden", "32", "--eval-every", "20", "-n", "400", "--bootstrap", "10",
-      "--w2-samples", "100", "--threads", "2"};
+      "--w2-samples", "100", "--threads", "2", "--test-frames", "60"};
   auto [code, out, err] = run(base);
   INFO(err);
   REQUIRE(code == 0);
@@ -610,7 +610,22 @@ TEST_CASE("pipeline: train, sample and evaluate by library calls; failed energie
   BGEvalOptions eo;
   eo.bootstrap = 5;
   eo.w2_samples = 50;
+  eo.clip_top = 0.01;
+  eo.tica_lag = 20;
   const auto ev = evaluate_generator(mol, s, md, eo, &bg, 0.1);
+  // Chirality counted on the samples (exclude: zero weight), none in the MD.
+  const auto wrong = ~chirality_ok(s.x, stereocentres(mol));
+  CHECK(ev.wrong_chirality == wrong.sum().item<int64_t>());
+  CHECK(ev.reference_wrong_chirality == 0);
+  CHECK((ev.log_w.masked_select(wrong) == -INFINITY).all().item<bool>());
+  // --clip-top: 1% of the finite log-weights (after exclusion) dropped.
+  const auto lw_excl = torch::where(wrong, torch::full_like(s.log_w, -INFINITY), s.log_w);
+  CHECK(ev.clipped_top == static_cast<int64_t>(std::floor(0.01 * torch::isfinite(lw_excl).sum().item<double>())));
+  CHECK(torch::isfinite(ev.log_w).sum().item<int64_t>() ==
+        torch::isfinite(lw_excl).sum().item<int64_t>() - ev.clipped_top);
+  CHECK(ev.tica_error.empty());
+  CHECK(ev.tica_lag == 20);
+  CHECK(ev.tica_w2_raw.value > 0);
   CHECK(ev.n_samples == 600);
   CHECK(ev.ess_fraction == Approx(rep.ess_fraction));
   CHECK(ev.infinite_energies >= rep.failed_energies);
@@ -620,4 +635,63 @@ TEST_CASE("pipeline: train, sample and evaluate by library calls; failed energie
   const auto j = ev.to_json();
   CHECK(j["md"]["basins"].size() == 3);
   CHECK(j["held_out_nll"]["frames"] == 20);
+}
+
+TEST_CASE("chirality: alanine's CA, mirror images flip it and keep the energy", "[boltzmann]") {
+  const auto mol = read_pdb(kPdb);
+  const auto c = stereocentres(mol);
+  REQUIRE(c.size() == 1);  // ACE and NME have no CB; ALA's CA is the one stereocentre
+  CHECK(c[0].name == "ALA2:CA");
+  const auto x = mol.positions().reshape({1, -1});
+  CHECK(chirality_ok(x, c).item<bool>());
+  const auto m = mirror_image(x);
+  CHECK(!chirality_ok(m, c).item<bool>());
+  CHECK(torch::equal(mirror_image(m), x));
+  // phi and psi change sign in the mirror; force-field energies do not change.
+  const auto d = backbone_dihedrals(mol);
+  CHECK(torch::allclose(ramachandran(m, d), -ramachandran(x, d)));
+  OpenMMEnergy e(kSystem, 300.0);
+  CHECK(e.evaluate(m).item<double>() == Approx(e.evaluate(x).item<double>()).epsilon(1e-9));
+}
+
+TEST_CASE("exact W2 in R^d: a translated sample is |shift| away", "[boltzmann]") {
+  torch::manual_seed(3);
+  const auto a = torch::randn({60, 2}, torch::kFloat64);
+  const auto shift = torch::tensor({0.3, -0.4}, torch::kFloat64);
+  CHECK(wasserstein2_exact(a, a + shift) == Approx(0.5).epsilon(1e-9));
+  CHECK(wasserstein2_exact(a, a.flip(0)) == Approx(0.0).margin(1e-12));  // a permutation
+}
+
+TEST_CASE("TICA: AR(1) processes give their lag autocorrelations, slowest first", "[boltzmann]") {
+  // Two walkers of a slow AR(1) s (rho 0.99) and a fast one f (rho 0.5), observed through the
+  // mixed features (s + f, s - f, 1): at lag 10 the eigenvalues are 0.99^10 and 0.5^10 ~ 0, the
+  // slow component is s, and the constant feature is dropped.
+  torch::manual_seed(5);
+  const int64_t T = 20000;
+  std::vector<torch::Tensor> feats, ss;
+  for (int w = 0; w < 2; ++w) {
+    std::vector<double> s(T), f(T);
+    const auto e = torch::randn({T, 2}, torch::kFloat64);
+    auto E = e.accessor<double, 2>();
+    s[0] = E[0][0] / std::sqrt(1 - 0.99 * 0.99);
+    f[0] = E[0][1];
+    for (int64_t t = 1; t < T; ++t) {
+      s[t] = 0.99 * s[t - 1] + E[t][0];
+      f[t] = 0.5 * f[t - 1] + E[t][1];
+    }
+    const auto S = torch::tensor(s, torch::kFloat64), F = torch::tensor(f, torch::kFloat64);
+    feats.push_back(torch::stack({S + F, S - F, torch::ones_like(S)}, 1));
+    ss.push_back(S);
+  }
+  const auto X = torch::cat(feats);
+  const auto walker = torch::cat({torch::zeros({T}, torch::kInt64), torch::ones({T}, torch::kInt64)});
+  const auto tica = fit_tica(X, walker, 10, 2);
+  REQUIRE(tica.eigenvalues.size(0) == 2);
+  CHECK(tica.eigenvalues[0].item<double>() == Approx(std::pow(0.99, 10)).margin(0.03));
+  CHECK(tica.eigenvalues[1].item<double>() == Approx(0.0).margin(0.03));
+  const auto slow = tica.project(X).select(1, 0), s = torch::cat(ss);
+  const double corr = ((slow - slow.mean()) * (s - s.mean())).mean().item<double>() /
+                      (slow.std().item<double>() * s.std().item<double>());
+  CHECK(std::abs(corr) > 0.99);
+  CHECK(tica.project(X).select(1, 0).var().item<double>() == Approx(1.0).margin(0.02));  // unit variance
 }

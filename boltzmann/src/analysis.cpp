@@ -116,17 +116,13 @@ double wasserstein2_1d(const torch::Tensor& a_in, const torch::Tensor& b_in) {
   return std::sqrt(acc);
 }
 
-double torus_wasserstein2(const torch::Tensor& a_in, const torch::Tensor& b_in) {
-  check_dim("torus_wasserstein2", "a", a_in, 2);
-  check_dim("torus_wasserstein2", "b", b_in, 2);
-  const int64_t n = a_in.size(0);
-  check_size("torus_wasserstein2", "b", b_in, 0, n);
-  const auto a = a_in.to(torch::kFloat64).contiguous();
-  const auto b = b_in.to(torch::kFloat64).contiguous();
-  // Cost matrix of wrapped squared distances.
-  auto diff = (a.unsqueeze(1) - b.unsqueeze(0)).abs();  // [n, n, 2]
-  diff = torch::minimum(diff, 2.0 * M_PI - diff);
-  const auto cost = diff.pow(2).sum(2).contiguous();
+namespace {
+
+// Minimum total cost of a perfect matching of a square cost matrix [n, n] (Hungarian algorithm
+// with potentials, Kuhn 1955 / Munkres 1957, O(n^3)).
+double min_assignment_cost(const torch::Tensor& cost_in) {
+  const int64_t n = cost_in.size(0);
+  const auto cost = cost_in.to(torch::kFloat64).contiguous();
   const double* C = cost.data_ptr<double>();
   // Hungarian algorithm with potentials (1-based arrays).
   const double inf = std::numeric_limits<double>::infinity();
@@ -174,7 +170,148 @@ double torus_wasserstein2(const torch::Tensor& a_in, const torch::Tensor& b_in) 
   }
   double total = 0.0;
   for (int64_t j = 1; j <= n; ++j) total += C[(p[j] - 1) * n + (j - 1)];
-  return std::sqrt(total / static_cast<double>(n));
+  return total;
+}
+
+}  // namespace
+
+double torus_wasserstein2(const torch::Tensor& a_in, const torch::Tensor& b_in) {
+  check_dim("torus_wasserstein2", "a", a_in, 2);
+  check_dim("torus_wasserstein2", "b", b_in, 2);
+  const int64_t n = a_in.size(0);
+  check_size("torus_wasserstein2", "b", b_in, 0, n);
+  const auto a = a_in.to(torch::kFloat64).contiguous();
+  const auto b = b_in.to(torch::kFloat64).contiguous();
+  // Cost matrix of wrapped squared distances.
+  auto diff = (a.unsqueeze(1) - b.unsqueeze(0)).abs();  // [n, n, 2]
+  diff = torch::minimum(diff, 2.0 * M_PI - diff);
+  return std::sqrt(min_assignment_cost(diff.pow(2).sum(2)) / static_cast<double>(n));
+}
+
+double wasserstein2_exact(const torch::Tensor& a_in, const torch::Tensor& b_in) {
+  check_dim("wasserstein2_exact", "a", a_in, 2);
+  check_dim("wasserstein2_exact", "b", b_in, 2);
+  const int64_t n = a_in.size(0);
+  check_size("wasserstein2_exact", "b", b_in, 0, n);
+  check_size("wasserstein2_exact", "b", b_in, 1, a_in.size(1));
+  const auto a = a_in.to(torch::kFloat64), b = b_in.to(torch::kFloat64);
+  const auto cost = (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(2);
+  return std::sqrt(min_assignment_cost(cost) / static_cast<double>(n));
+}
+
+// ---- chirality ------------------------------------------------------------------------------
+
+std::vector<Stereocentre> stereocentres(const Molecule& mol) {
+  std::vector<Stereocentre> out;
+  const auto x = mol.positions();
+  for (int64_t i = 0; i < mol.size(); ++i) {
+    const auto& a = mol.atoms[i];
+    if (a.name != "CA") continue;
+    auto in_residue = [&](const std::string& name) {
+      for (int64_t k = 0; k < mol.size(); ++k)
+        if (mol.atoms[k].residue_seq == a.residue_seq && mol.atoms[k].chain == a.chain &&
+            mol.atoms[k].name == name)
+          return k;
+      return int64_t{-1};
+    };
+    const int64_t n = in_residue("N"), c = in_residue("C"), cb = in_residue("CB");
+    if (n < 0 || c < 0 || cb < 0) continue;  // glycine, or not an amino acid
+    Stereocentre s;
+    s.name = a.residue + std::to_string(a.residue_seq) + ":CA";
+    s.centre = i;
+    s.a = n;
+    s.b = c;
+    s.c = cb;
+    const double v = chirality_volume(x.reshape({1, -1}), s)[0].item<double>();
+    s.sign = v >= 0 ? 1.0 : -1.0;
+    out.push_back(s);
+  }
+  return out;
+}
+
+torch::Tensor chirality_volume(const torch::Tensor& x, const Stereocentre& s) {
+  check_dim("chirality_volume", "x", x, 2);
+  const auto X = x.reshape({x.size(0), -1, 3});
+  const auto o = X.select(1, s.centre);
+  const auto va = X.select(1, s.a) - o, vb = X.select(1, s.b) - o, vc = X.select(1, s.c) - o;
+  return (va * torch::cross(vb, vc, 1)).sum(1);
+}
+
+torch::Tensor chirality_ok(const torch::Tensor& x, const std::vector<Stereocentre>& centres) {
+  auto ok = torch::ones({x.size(0)}, torch::kBool);
+  for (const auto& s : centres) ok = ok & (chirality_volume(x, s) * s.sign > 0);
+  return ok;
+}
+
+torch::Tensor mirror_image(const torch::Tensor& x) {
+  check_dim("mirror_image", "x", x, 2);
+  const auto X = x.reshape({x.size(0), -1, 3});
+  const auto flip = torch::tensor({1.0, 1.0, -1.0}, X.options());
+  return (X * flip).reshape_as(x);
+}
+
+// ---- TICA -----------------------------------------------------------------------------------
+
+torch::Tensor tica_features(const torch::Tensor& x, const Molecule& mol, const BackboneDihedrals& d) {
+  std::vector<int64_t> heavy;
+  for (int64_t i = 0; i < mol.size(); ++i) {
+    const auto& e = mol.atoms[i].element;
+    if (e == "C" || e == "N" || e == "S") heavy.push_back(i);
+  }
+  const auto X = x.to(torch::kFloat64).reshape({x.size(0), -1, 3});
+  const auto H = X.index_select(1, torch::tensor(heavy, torch::kInt64));
+  const int64_t k = static_cast<int64_t>(heavy.size());
+  const auto iu = torch::triu_indices(k, k, 1);
+  const auto dist = (H.index_select(1, iu[0]) - H.index_select(1, iu[1])).norm(2, -1);  // [B, k(k-1)/2]
+  const auto pp = ramachandran(x, d);
+  return torch::cat({dist, torch::sin(pp), torch::cos(pp)}, 1);
+}
+
+torch::Tensor Tica::project(const torch::Tensor& features) const {
+  return torch::matmul(features.to(torch::kFloat64) - mean, components);
+}
+
+Tica fit_tica(const torch::Tensor& features, const torch::Tensor& walker, int64_t lag, int64_t dim,
+              double eps) {
+  check_dim("fit_tica", "features", features, 2);
+  check_positive_int("fit_tica", "lag", lag);
+  check_positive_int("fit_tica", "dim", dim);
+  const int64_t T = features.size(0);
+  check_size("fit_tica", "walker", walker, 0, T);
+  // Pairs (t, t + lag) inside one walker's stretch of frames.
+  const auto w = walker.to(torch::kInt64).contiguous();
+  const int64_t* pw = w.data_ptr<int64_t>();
+  std::vector<int64_t> i0;
+  for (int64_t t = 0; t + lag < T; ++t)
+    if (pw[t] == pw[t + lag]) i0.push_back(t);  // walker-major: same walker throughout
+  if (i0.size() < 2)
+    runtime_error("fit_tica", "no pairs of frames " + std::to_string(lag) +
+                                  " apart within one walker (the reference is too short for the lag)");
+  const auto idx = torch::tensor(i0, torch::kInt64);
+  const auto X = features.to(torch::kFloat64);
+  const auto X0 = X.index_select(0, idx), Xt = X.index_select(0, idx + lag);
+  Tica t;
+  t.lag = lag;
+  // Reversible estimate: means and instantaneous covariances from both ends of the pairs, the
+  // time-lagged covariance symmetrised (Noé & Nüske 2013; Pérez-Hernández et al. 2013).
+  t.mean = 0.5 * (X0.mean(0) + Xt.mean(0));
+  const auto A = X0 - t.mean, B = Xt - t.mean;
+  const double M = static_cast<double>(A.size(0));
+  const auto C00 = (torch::matmul(A.t(), A) + torch::matmul(B.t(), B)) / (2.0 * M);
+  const auto C0t = (torch::matmul(A.t(), B) + torch::matmul(B.t(), A)) / (2.0 * M);
+  // Whiten with C00's eigenvectors, dropping directions with eigenvalue below eps * largest
+  // (constant or linearly dependent features).
+  const auto [s, V] = torch::linalg::eigh(C00, "L");
+  const auto keep = s > eps * s.max();
+  const auto Vk = V.index({torch::indexing::Slice(), keep});
+  const auto W = Vk / torch::sqrt(s.masked_select(keep));
+  const auto K = torch::matmul(W.t(), torch::matmul(C0t, W));
+  const auto [lam, U] = torch::linalg::eigh(0.5 * (K + K.t()), "L");
+  const int64_t r = lam.size(0), k = std::min(dim, r);
+  const auto order = torch::arange(r - 1, r - 1 - k, -1, torch::kInt64);  // largest first
+  t.eigenvalues = lam.index_select(0, order);
+  t.components = torch::matmul(W, U.index_select(1, order));
+  return t;
 }
 
 torch::Tensor ramachandran_histogram(const torch::Tensor& phi_psi, int64_t bins,

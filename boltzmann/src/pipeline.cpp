@@ -303,8 +303,13 @@ BGSampleReport sample_generator(BoltzmannGenerator& bg, Energy& energy, const BG
 void BGEvalOptions::check() const {
   check_positive("--temperature", "value", temperature_kelvin);
   check_in_range("--clip", "value", clip, 0.0, 1.0);
+  check_in_range("--clip-top", "value", clip_top, 0.0, 0.5);
   check_nonnegative("--bootstrap", "value", static_cast<double>(bootstrap));
   check_positive_int("--w2-samples", "value", w2_samples);
+  check_positive_int("--w2-repeats", "value", w2_repeats);
+  check_positive_int("--tica-lag", "value", tica_lag);
+  if (chirality != "exclude" && chirality != "mirror" && chirality != "keep")
+    usage_error("--chirality", "'" + chirality + "', expected exclude, mirror or keep");
   if (energy_cut && !std::isfinite(*energy_cut))
     usage_error("--energy-cut", "must be a finite reduced energy");
 }
@@ -327,6 +332,14 @@ torch::Tensor evenly(int64_t n, int64_t m) {
       .to(torch::kInt64);
 }
 
+// Mean and standard deviation of f(r) over r = 0..repeats-1.
+Estimate spread(int64_t repeats, const std::function<double(int64_t)>& f) {
+  std::vector<double> v;
+  for (int64_t r = 0; r < repeats; ++r) v.push_back(f(r));
+  const auto t = torch::tensor(v, torch::kFloat64);
+  return {t.mean().item<double>(), repeats > 1 ? t.std().item<double>() : 0.0};
+}
+
 }  // namespace
 
 json BGEvalReport::to_json() const {
@@ -336,18 +349,35 @@ json BGEvalReport::to_json() const {
   r["n_samples"] = n_samples;
   r["ess_fraction_unclipped"] = ess_fraction_unclipped;
   if (clip_quantile > 0) r["clip_quantile"] = clip_quantile;
+  if (clip_top > 0)
+    r["clip_top"] = {{"fraction", clip_top}, {"dropped", clipped_top},
+                     {"bg_reweighted_unclipped", {{"basins", basins_json(reweighted_basins_unclipped)}}}};
   r["ess_fraction"] = ess_fraction;
   r["ess"] = ess_fraction * static_cast<double>(n_samples);
   r["infinite_energies"] = infinite_energies;
+  r["chirality"] = {{"policy", chirality}, {"stereocentres", stereocentres},
+                    {"wrong_samples", wrong_chirality},
+                    {"wrong_fraction", n_samples > 0 ? static_cast<double>(wrong_chirality) / n_samples : 0.0},
+                    {"wrong_reference_frames", reference_wrong_chirality}};
   r["md"] = {{"frames", md_frames}, {"bootstrap_block", md_bootstrap_block},
              {"basins", basins_json(md_basins)}};
   r["bg_raw"] = {{"basins", basins_json(raw_basins)}};
   r["bg_reweighted"] = {{"basins", basins_json(reweighted_basins)}};
   r["e_w2"] = {{"raw", e_w2_raw ? json(*e_w2_raw) : json(nullptr)},
+               {"raw_bootstrap", estimate(e_w2_raw_spread)},
                {"raw_energy_cut", e_w2_cut},
                {"raw_excluded", e_w2_excluded},
-               {"reweighted", e_w2_reweighted}};
-  r["t_w2"] = {{"samples", t_w2_samples}, {"raw", t_w2_raw}, {"reweighted", t_w2_reweighted}};
+               {"reweighted", e_w2_reweighted},
+               {"reweighted_bootstrap", estimate(e_w2_reweighted_spread)}};
+  r["t_w2"] = {{"samples", t_w2_samples}, {"raw", t_w2_raw}, {"reweighted", t_w2_reweighted},
+               {"repeats", w2_repeats}, {"raw_repeats", estimate(t_w2_raw_repeats)},
+               {"reweighted_repeats", estimate(t_w2_reweighted_repeats)}};
+  if (tica_error.empty())
+    r["tica_w2"] = {{"samples", t_w2_samples}, {"repeats", w2_repeats}, {"lag_frames", tica_lag},
+                    {"eigenvalues", tica_eigenvalues}, {"raw", estimate(tica_w2_raw)},
+                    {"reweighted", estimate(tica_w2_reweighted)}};
+  else
+    r["tica_w2"] = {{"error", tica_error}};
   r["rama_kl"] = {{"raw", rama_kl_raw}, {"reweighted", rama_kl_reweighted}};
   if (held_out_nll)
     r["held_out_nll"] = {{"frames", held_out_nll->frames}, {"value", held_out_nll->value},
@@ -371,28 +401,67 @@ BGEvalReport evaluate_generator(const Molecule& mol, const SampleSet& s, const T
   const int64_t n = s.x.size(0);
   r.n_samples = n;
   r.reference_file = traj.path;
-  const auto& u = s.u;
+  r.infinite_energies = (~torch::isfinite(s.u)).sum().item<int64_t>();
+
+  // Chirality: count, then exclude (zero weight; the raw metrics use the right-handed samples),
+  // mirror, or keep.
+  const auto centres = stereocentres(mol);
+  r.stereocentres = static_cast<int64_t>(centres.size());
+  r.chirality = o.chirality;
+  const auto ok = chirality_ok(s.x, centres);
+  r.wrong_chirality = n - ok.sum().item<int64_t>();
+  r.reference_wrong_chirality = traj.x.size(0) - chirality_ok(traj.x, centres).sum().item<int64_t>();
+  auto x = s.x;
   auto log_w = s.log_w;
+  auto raw_rows = torch::arange(n, torch::kInt64);
+  if (r.wrong_chirality > 0) {
+    if (o.chirality == "exclude") {
+      log_w = torch::where(ok, log_w, torch::full_like(log_w, -INFINITY));
+      raw_rows = torch::nonzero(ok).flatten();
+    } else if (o.chirality == "mirror") {
+      x = torch::where(ok.unsqueeze(1), x, mirror_image(x));
+    }
+  }
+  const auto& u = s.u;
+  if (!torch::isfinite(log_w).any().item<bool>())
+    runtime_error(s.model.empty() ? "samples" : s.model,
+                  "every sample has zero weight (infinite energies" +
+                      std::string(o.chirality == "exclude" ? " or wrong chirality" : "") + "): nothing to reweight");
   r.ess_fraction_unclipped = ess_fraction(log_w);
+  const auto log_w_unclipped = log_w;
+  if (o.clip_top > 0) {
+    const auto finite = torch::isfinite(log_w);
+    const int64_t m = static_cast<int64_t>(std::floor(o.clip_top * finite.sum().item<double>()));
+    if (m > 0) {
+      const auto top = std::get<1>(torch::topk(torch::where(finite, log_w, torch::full_like(log_w, -INFINITY)), m));
+      log_w = log_w.index_fill(0, top, -INFINITY);
+    }
+    r.clipped_top = m;
+    r.clip_top = o.clip_top;
+  }
   if (o.clip > 0) {
     log_w = clip_log_weights(log_w, o.clip);
     r.clip_quantile = o.clip;
   }
   r.ess_fraction = ess_fraction(log_w);
   r.log_w = log_w;
-  r.infinite_energies = (~torch::isfinite(u)).sum().item<int64_t>();
 
   const auto u_md = traj.energy / kT;
   const auto rama_md = ramachandran(traj.x, dih);
-  const auto rama_bg = ramachandran(s.x, dih);
+  const auto rama_bg = ramachandran(x, dih);
+  const auto rama_raw = rama_bg.index_select(0, raw_rows);
+  const auto u_raw_rows = u.index_select(0, raw_rows);
+  const int64_t n_raw = raw_rows.size(0);
   const uint64_t seed = derive_seed(o.seed, 41, 0);
   // MD frames are correlated: moving-block bootstrap with 20 blocks' worth of frames per block
   // (walker-major order, so blocks are stretches of one walker's trajectory).
   r.md_frames = traj.x.size(0);
   r.md_bootstrap_block = std::max<int64_t>(1, traj.x.size(0) / 20);
   r.md_basins = basin_free_energies(rama_md, {}, o.bootstrap, seed, r.md_bootstrap_block);
-  r.raw_basins = basin_free_energies(rama_bg, {}, o.bootstrap, seed);
+  r.raw_basins = basin_free_energies(rama_raw, {}, o.bootstrap, seed);
   r.reweighted_basins = basin_free_energies(rama_bg, log_w, o.bootstrap, seed);
+  if (o.clip_top > 0)
+    r.reweighted_basins_unclipped = basin_free_energies(rama_bg, log_w_unclipped, o.bootstrap, seed);
 
   // Resampled (unweighted) reweighted samples for W2 and histograms.
   const auto idx_rw = resample(log_w, n, derive_seed(o.seed, 41, 1));
@@ -400,20 +469,69 @@ BGEvalReport evaluate_generator(const Molecule& mol, const SampleSet& s, const T
   // the raw E-W2 meaningless: as the literature does (ArBG, SBG), the raw metric uses the
   // samples below an energy cut-off, reported with the number it excluded.
   r.e_w2_cut = o.energy_cut ? *o.energy_cut : torch::quantile(u_md, 0.999).item<double>() + 20.0;
-  const auto below = torch::isfinite(u) & (u < r.e_w2_cut);
-  const auto u_raw = u.masked_select(below);
-  // no sample below the cut (an untrained model): no raw number rather than a meaningless one
-  if (u_raw.numel() > 0) r.e_w2_raw = wasserstein2_1d(u_md, u_raw);
+  const auto below = torch::isfinite(u_raw_rows) & (u_raw_rows < r.e_w2_cut);
+  const auto u_raw = u_raw_rows.masked_select(below);
   r.e_w2_excluded = n - u_raw.numel();
   r.u_resampled = u.index_select(0, idx_rw);
   r.e_w2_reweighted = wasserstein2_1d(u_md, r.u_resampled);
-  const auto sel_md = evenly(traj.x.size(0), o.w2_samples);
-  const int64_t k = std::min<int64_t>(sel_md.size(0), n);
-  const auto a = rama_md.index_select(0, evenly(traj.x.size(0), k));
+  r.w2_repeats = o.w2_repeats;
+  // Bootstrap spreads of E-W2: both sides resampled with replacement.
+  auto boot = [&](const torch::Tensor& a, const torch::Tensor& b, uint64_t key) {
+    return spread(o.w2_repeats, [&](int64_t k) {
+      auto g = torch::make_generator<torch::CPUGeneratorImpl>(derive_seed(o.seed, key, static_cast<uint64_t>(k)));
+      const auto ia = torch::randint(a.size(0), {a.size(0)}, g, torch::kInt64);
+      const auto ib = torch::randint(b.size(0), {b.size(0)}, g, torch::kInt64);
+      return wasserstein2_1d(a.index_select(0, ia), b.index_select(0, ib));
+    });
+  };
+  // no sample below the cut (an untrained model): no raw number rather than a meaningless one
+  if (u_raw.numel() > 0) {
+    r.e_w2_raw = wasserstein2_1d(u_md, u_raw);
+    r.e_w2_raw_spread = boot(u_md, u_raw, 42);
+  }
+  r.e_w2_reweighted_spread = boot(u_md, r.u_resampled, 43);
+
+  // T-W2 and TICA-W2: exact assignments between k reference frames and k samples. The headline
+  // T-W2 uses evenly spaced reference frames and the first k (resampled) samples; the repeats
+  // draw k of each at random.
+  const int64_t T = traj.x.size(0);
+  const int64_t k = std::min({o.w2_samples, T, n_raw});
   r.t_w2_samples = k;
-  r.t_w2_raw = torus_wasserstein2(a, rama_bg.index_select(0, evenly(n, k)));
+  const auto a = rama_md.index_select(0, evenly(T, k));
+  r.t_w2_raw = torus_wasserstein2(a, rama_raw.index_select(0, evenly(n_raw, k)));
   r.t_w2_reweighted = torus_wasserstein2(a, rama_bg.index_select(0, idx_rw.narrow(0, 0, k)));
-  r.rama_kl_raw = ramachandran_kl(rama_md, rama_bg);
+  auto pick = [&](int64_t from, int64_t key, int64_t rep) {
+    auto g = torch::make_generator<torch::CPUGeneratorImpl>(derive_seed(o.seed, static_cast<uint64_t>(key), static_cast<uint64_t>(rep)));
+    return torch::randperm(from, g, torch::kInt64).narrow(0, 0, k);
+  };
+  auto rw_pick = [&](int64_t rep) { return resample(log_w, k, derive_seed(o.seed, 47, static_cast<uint64_t>(rep))); };
+  r.t_w2_raw_repeats = spread(o.w2_repeats, [&](int64_t rep) {
+    return torus_wasserstein2(rama_md.index_select(0, pick(T, 44, rep)), rama_raw.index_select(0, pick(n_raw, 45, rep)));
+  });
+  r.t_w2_reweighted_repeats = spread(o.w2_repeats, [&](int64_t rep) {
+    return torus_wasserstein2(rama_md.index_select(0, pick(T, 44, rep)), rama_bg.index_select(0, rw_pick(rep)));
+  });
+  // TICA on the reference, the lag capped at half the shortest walker.
+  try {
+    const auto counts = std::get<2>(torch::unique_consecutive(traj.walker, false, true));
+    const int64_t shortest = counts.min().item<int64_t>();
+    r.tica_lag = std::max<int64_t>(1, std::min(o.tica_lag, shortest / 2));
+    const auto f_md = tica_features(traj.x, mol, dih);
+    const auto tica = fit_tica(f_md, traj.walker, r.tica_lag, 2);
+    const auto tic_md = tica.project(f_md);
+    const auto tic_bg = tica.project(tica_features(x, mol, dih));
+    const auto tic_raw = tic_bg.index_select(0, raw_rows);
+    for (int64_t c = 0; c < tica.eigenvalues.size(0); ++c) r.tica_eigenvalues.push_back(tica.eigenvalues[c].item<double>());
+    r.tica_w2_raw = spread(o.w2_repeats, [&](int64_t rep) {
+      return wasserstein2_exact(tic_md.index_select(0, pick(T, 44, rep)), tic_raw.index_select(0, pick(n_raw, 45, rep)));
+    });
+    r.tica_w2_reweighted = spread(o.w2_repeats, [&](int64_t rep) {
+      return wasserstein2_exact(tic_md.index_select(0, pick(T, 44, rep)), tic_bg.index_select(0, rw_pick(rep)));
+    });
+  } catch (const Error& e) {
+    r.tica_error = e.what();
+  }
+  r.rama_kl_raw = ramachandran_kl(rama_md, rama_raw);
   r.rama_kl_reweighted = ramachandran_kl(rama_md, rama_bg.index_select(0, idx_rw));
   if (model) {
     const auto test_idx = split_held_out(traj, held_out).second;

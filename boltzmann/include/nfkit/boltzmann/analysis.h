@@ -14,6 +14,16 @@
 //     d^2 = sum_k min(|dk|, 2 pi - |dk|)^2, exact for equal-size samples by optimal assignment
 //     (Hungarian algorithm, Kuhn 1955 / Munkres 1957, O(n^3)).
 //   * KL(reference || model) between Ramachandran histograms (pseudo-count 1e-10 per bin).
+//   * TICA-W2 (the ArBG / SBG metric): time-lagged independent component analysis
+//     (Molgedey & Schuster 1994; Pérez-Hernández et al. 2013) fitted on the reference MD
+//     (reversible estimate, pairs within one walker), and the exact W2 between reference and
+//     samples in its two slowest components. Features as in SBG (Tan et al. 2025): distances
+//     between all C, N and S atoms, and sin / cos of phi and psi.
+//   * Chirality: the L/D handedness of each amino acid's CA (the sign of the volume spanned by
+//     N, C and CB around it), checked against the structure's own. Force fields cannot tell
+//     mirror images apart, so a generator may produce D-residues with perfectly good energies;
+//     they are a different molecule, and their phi / psi land in the mirrored Ramachandran
+//     region (alpha_R <-> alpha_L).
 #include <torch/types.h>
 
 #include <array>
@@ -59,6 +69,42 @@ double wasserstein2_1d(const torch::Tensor& a, const torch::Tensor& b);
 
 /// Exact W2 on the torus between equal-size samples a, b [n, 2] (radians).
 double torus_wasserstein2(const torch::Tensor& a, const torch::Tensor& b);
+
+/// Exact W2 between equal-size samples a, b [n, d] in R^d (Euclidean cost, optimal assignment).
+double wasserstein2_exact(const torch::Tensor& a, const torch::Tensor& b);
+
+/// A stereocentre: `centre` with three substituents a, b, c (CA: N, C, CB) and the sign of its
+/// volume (a - centre) . ((b - centre) x (c - centre)) in the reference structure.
+struct Stereocentre {
+  std::string name;  ///< "ALA2:CA"
+  int64_t centre = 0, a = 0, b = 0, c = 0;
+  double sign = 1.0;
+};
+/// The CA stereocentres of a molecule's amino acids (residues with N, CA, C and CB; glycine and
+/// caps have none), with the handedness of mol's own positions.
+std::vector<Stereocentre> stereocentres(const Molecule& mol);
+/// The signed volume [B] (nm^3) at one stereocentre of configurations x [B, 3N].
+torch::Tensor chirality_volume(const torch::Tensor& x, const Stereocentre& s);
+/// [B] bool: every stereocentre of x [B, 3N] has its reference handedness.
+torch::Tensor chirality_ok(const torch::Tensor& x, const std::vector<Stereocentre>& centres);
+/// Mirror images (z -> -z) of x [B, 3N]: every stereocentre flips, energies are unchanged.
+torch::Tensor mirror_image(const torch::Tensor& x);
+
+/// TICA features [B, F] of x [B, 3N]: C/N/S pair distances (nm), sin and cos of phi and psi.
+torch::Tensor tica_features(const torch::Tensor& x, const Molecule& mol, const BackboneDihedrals& d);
+
+/// A fitted TICA: project(features) = (features - mean) @ components, components [F, dim] with
+/// unit variance and the lag-`lag` autocorrelations `eigenvalues` (largest first).
+struct Tica {
+  torch::Tensor mean, components, eigenvalues;
+  int64_t lag = 0;
+  torch::Tensor project(const torch::Tensor& features) const;
+};
+/// TICA of features [T, F] with lag `lag` frames; pairs only within one walker (walker [T],
+/// walker-major frames). Directions of the instantaneous covariance with eigenvalue below
+/// eps times the largest are dropped before the eigenproblem.
+Tica fit_tica(const torch::Tensor& features, const torch::Tensor& walker, int64_t lag,
+              int64_t dim = 2, double eps = 1e-6);
 
 /// KL(P_a || P_b) of (phi, psi) histograms with bins x bins cells on [-pi, pi)^2.
 double ramachandran_kl(const torch::Tensor& a, const torch::Tensor& b, int64_t bins = 36);

@@ -130,6 +130,15 @@ BGSampleReport sample_generator(BoltzmannGenerator& bg, Energy& energy,
 struct BGEvalOptions {
   double temperature_kelvin = 300.0;     ///< of the reference's energies (u = E / k_B T)
   double clip = 0.0;                     ///< clip log-weights above this quantile (0 = off)
+  /// Drop (zero weight) the largest log-weights, this fraction of the finite ones, before
+  /// resampling, as SBG and ArBG do (0.002); the unclipped numbers are reported beside.
+  double clip_top = 0.0;
+  /// Samples whose stereocentres have the wrong handedness: "exclude" (zero weight, left out of
+  /// the raw metrics), "mirror" (replaced by their mirror images, weights kept, as ArBG does),
+  /// or "keep".
+  std::string chirality = "exclude";
+  int64_t tica_lag = 100;                ///< frames of the reference (capped at half a walker)
+  int64_t w2_repeats = 3;                ///< subsample draws for the W2 error bars
   int64_t bootstrap = 200;               ///< rounds for error bars
   int64_t w2_samples = 1000;             ///< per side for the exact torus W2
   std::optional<double> energy_cut;      ///< raw E-W2 cut (default: reference 99.9% + 20)
@@ -149,8 +158,22 @@ struct BGEvalReport {
   std::optional<double> e_w2_raw;  ///< none when no sample lies below the cut
   double e_w2_cut = NAN, e_w2_reweighted = NAN;
   int64_t e_w2_excluded = 0;
-  int64_t t_w2_samples = 0;
+  Estimate e_w2_raw_spread, e_w2_reweighted_spread;  ///< bootstrap mean +- std (w2_repeats)
+  int64_t t_w2_samples = 0, w2_repeats = 0;
   double t_w2_raw = NAN, t_w2_reweighted = NAN;
+  /// T-W2 and TICA-W2 over w2_repeats independent subsamples: mean +- std.
+  Estimate t_w2_raw_repeats, t_w2_reweighted_repeats;
+  Estimate tica_w2_raw, tica_w2_reweighted;
+  int64_t tica_lag = 0;
+  std::vector<double> tica_eigenvalues;
+  std::string tica_error;  ///< why TICA-W2 is missing ("" when present)
+  /// Chirality: samples and reference frames with a wrong-handed stereocentre, the policy.
+  int64_t stereocentres = 0, wrong_chirality = 0, reference_wrong_chirality = 0;
+  std::string chirality;
+  /// clip_top: how many samples it dropped, and the numbers without it.
+  int64_t clipped_top = 0;
+  double clip_top = 0.0;
+  std::vector<BasinStats> reweighted_basins_unclipped;
   double rama_kl_raw = NAN, rama_kl_reweighted = NAN;
   struct Nll {
     int64_t frames = 0;
