@@ -15,7 +15,7 @@ namespace nfkit::cli {
 po::options_description harmonic_options() {
   po::options_description o("learned harmonic mean");
   o.add_options()
-      ("temperature", po::value<double>()->default_value(0.9), "base temperature T in (0, 1] of the flow at evaluation")
+      ("base-temperature", po::value<double>()->default_value(0.9), "base temperature T in (0, 1] of the flow at evaluation (a concentration of the base; not kelvin)")
       ("train-fraction", po::value<double>()->default_value(0.5), "share of chains that train the flow (the rest evaluate)")
       ("flow", po::value<std::string>()->default_value("nsf"), "flow kind: realnvp, maf, nsf, nsf-ar")
       ("layers", po::value<int64_t>()->default_value(4), "flow layers")
@@ -29,8 +29,8 @@ po::options_description harmonic_options() {
 
 HarmonicOptions harmonic_from(const po::variables_map& vm, const Context& ctx) {
   HarmonicOptions h;
-  h.temperature = vm["temperature"].as<double>();
-  check_in_range("--temperature", "T", h.temperature, 0.0, 1.0, true);
+  h.temperature = vm["base-temperature"].as<double>();
+  check_in_range("--base-temperature", "T", h.temperature, 0.0, 1.0, true);
   h.train_fraction = vm["train-fraction"].as<double>();
   if (!(h.train_fraction > 0 && h.train_fraction < 1))
     usage_error("--train-fraction", "must lie strictly between 0 and 1");
@@ -115,7 +115,7 @@ Command evidence_command() {
             ctx.results["warnings"] = warnings;
             ctx.results["chains_file"] = path;
             ctx.results["training_chains"] = r.training_chains;
-            ctx.results["temperature"] = h.temperature;
+            ctx.results["base_temperature"] = h.temperature;
             ctx.results["best_val_nll"] = r.training.best_val;
             ctx.results["diagnostics"] = diag.to_json(ch.names);
             ctx.results["seconds"] = r.seconds;

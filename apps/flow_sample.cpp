@@ -20,7 +20,7 @@ Command flow_sample_command() {
                 ("model", po::value<std::string>()->required(), "model file written by flow train")
                 ("n,n", po::value<int64_t>()->required(), "number of samples")
                 ("out", po::value<std::string>()->required(), "output: FILE.h5 (/x, /log_q) or FILE.csv")
-                ("temperature", po::value<double>()->default_value(1.0), "base temperature T in (0, 1]")
+                ("base-temperature", po::value<double>()->default_value(1.0), "base temperature T in (0, 1] (a concentration of the base; not kelvin)")
                 ("batch", po::value<int64_t>()->default_value(65536), "samples per pass");
             return o;
           },
@@ -35,7 +35,7 @@ Command flow_sample_command() {
               usage_error("--out", "'" + out + "' must end in .h5, .hdf5 or .csv");
             auto loaded = load_flow(vm["model"].as<std::string>());
             auto& flow = *loaded.flow;
-            flow.set_temperature(vm["temperature"].as<double>());
+            flow.set_temperature(vm["base-temperature"].as<double>());
             flow.to(ctx.globals.device);
             check_writable(out);
             torch::NoGradGuard ng;
@@ -65,11 +65,11 @@ Command flow_sample_command() {
               w.write("/x", x);
               w.write("/log_q", log_q);
               w.set_attr("/", "model", vm["model"].as<std::string>());
-              w.set_attr("/", "temperature", flow.temperature());
+              w.set_attr("/", "base_temperature", flow.temperature());
               w.commit();
             }
             ctx.results = {{"out", out}, {"n", n}, {"dim", flow.dim()},
-                           {"temperature", flow.temperature()},
+                           {"base_temperature", flow.temperature()},
                            {"mean_log_q", log_q.mean().item<double>()}};
             ctx.out << "wrote " << n << " samples of dimension " << flow.dim() << " to " << out << "\n";
           }};

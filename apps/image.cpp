@@ -424,7 +424,7 @@ po::options_description sample_opts() {
       ("guidance", po::value<std::string>()->default_value("cfg"), "cfg, product or attention")
       ("anneal", po::bool_switch(), "guidance weight grows linearly over tokens")
       ("attn-temperature", po::value<double>()->default_value(2.0), "attention guidance temperature")
-      ("temperature", po::value<double>()->default_value(1.0), "base temperature T in (0, 1]")
+      ("base-temperature", po::value<double>()->default_value(1.0), "base temperature T in (0, 1] (a concentration of the base; not kelvin)")
       ("denoise", po::bool_switch(), "one score step x + s^2 grad log p(x) after sampling")
       ("nrow", po::value<int64_t>()->default_value(8), "images per grid row")
       ("save", po::value<std::string>(), "also write the samples' pixels to this HDF5 file (/images uint8 [N, C, H, W], "
@@ -482,8 +482,8 @@ void run_sample(const po::variables_map& vm, Context& ctx) {
   const std::string out = vm["out"].as<std::string>();
   const int64_t n = vm["n"].as<int64_t>();
   check_positive_int("--n", "value", n);
-  const double T = vm["temperature"].as<double>();
-  check_in_range("--temperature", "value", T, 0.0, 1.0, /*open_lo=*/true);
+  const double T = vm["base-temperature"].as<double>();
+  check_in_range("--base-temperature", "value", T, 0.0, 1.0, /*open_lo=*/true);
   SampleOptions so;
   so.sampler = parse_sampler(vm["sampler"].as<std::string>());
   so.tol = vm["tol"].as<double>();

@@ -102,7 +102,7 @@ Command pta_compare_command() {
                            {"steps", eo.sampler.steps},
                            {"burn_in", eo.sampler.burn_in},
                            {"is_samples", eo.importance_samples},
-                           {"temperature", h.temperature},
+                           {"base_temperature", h.temperature},
                            {"train_fraction", h.train_fraction},
                            {"flow", {{"kind", h.flow.kind}, {"layers", h.flow.layers}, {"hidden", h.flow.hidden},
                                      {"bins", h.flow.bins}}},

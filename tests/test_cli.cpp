@@ -148,13 +148,13 @@ TEST_CASE("cli: train, eval and sample with --json, CSV and HDF5 inputs and outp
   CHECK(r.err.find("the model expects 2") != std::string::npos);
 
   const auto samples = test::temp_path("samples.h5");
-  r = run({"flow", "sample", "--model", model, "-n", "100", "--out", samples, "--temperature", "0.5"});
+  r = run({"flow", "sample", "--model", model, "-n", "100", "--out", samples, "--base-temperature", "0.5"});
   REQUIRE(r.code == 0);
   H5Reader s(samples);
   s.expect_format("samples", 1);
   CHECK(s.read("/x").sizes() == torch::IntArrayRef({100, 2}));
   CHECK(s.read("/log_q").sizes() == torch::IntArrayRef({100}));
-  CHECK(s.attr_double("/", "temperature") == 0.5);
+  CHECK(s.attr_double("/", "base_temperature") == 0.5);
   const auto scsv = test::temp_path("samples.csv");
   r = run({"flow", "sample", "--model", model, "-n", "10", "--out", scsv});
   REQUIRE(r.code == 0);
@@ -164,7 +164,7 @@ TEST_CASE("cli: train, eval and sample with --json, CSV and HDF5 inputs and outp
   CHECK(header == "x0,x1,log_q");
   r = run({"flow", "sample", "--model", model, "-n", "10", "--out", test::temp_path("s.txt")});
   CHECK(r.code == 2);
-  r = run({"flow", "sample", "--model", model, "-n", "10", "--out", scsv, "--temperature", "2"});
+  r = run({"flow", "sample", "--model", model, "-n", "10", "--out", scsv, "--base-temperature", "2"});
   CHECK(r.code == 2);
 }
 

@@ -570,9 +570,9 @@ TEST_CASE("cli: nfkit evidence and nfkit pta compare, results and bad input", "[
   r = run_nfkit({"evidence", "--chains", few});
   CHECK(r.code == 1);
   CHECK_THAT(r.err, Contains("outside the prior's support"));
-  r = run_nfkit({"evidence", "--chains", path, "--temperature", "1.5"});
+  r = run_nfkit({"evidence", "--chains", path, "--base-temperature", "1.5"});
   CHECK(r.code == 2);
-  CHECK_THAT(r.err, Contains("--temperature"));
+  CHECK_THAT(r.err, Contains("--base-temperature"));
 
   // pta compare: two models, short runs; outputs and the table.
   auto out = test::temp_path("pta_out");

@@ -1,10 +1,13 @@
 #include "nfkit/boltzmann/md.h"
 
 #include <OpenMM.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <thread>
 
@@ -15,6 +18,16 @@
 #include "nfkit/core/progress.h"
 #include "nfkit/core/runtime.h"
 #include "nfkit/physics/openmm_energy.h"
+
+namespace OpenMM {
+// The seed setter of the Reference platform's process-wide random generator, exported by
+// libOpenMM (openmm/reference/SimTKOpenMMUtilities.h declares it, but that header includes
+// sfmt/SFMT.h, which Debian does not install).
+class SimTKOpenMMUtilities {
+ public:
+  static void setRandomNumberSeed(uint32_t seed);
+};
+}  // namespace OpenMM
 
 namespace nfkit {
 
@@ -57,7 +70,8 @@ std::unique_ptr<OpenMM::CustomIntegrator> langevin_middle(double temperature, do
 }
 
 struct Walker {
-  std::unique_ptr<OpenMM::CustomIntegrator> integrator;
+  std::unique_ptr<OpenMM::Integrator> integrator;
+  OpenMM::CustomIntegrator* custom = nullptr;  // the CustomIntegrator path (not Reference)
   std::unique_ptr<OpenMM::Context> context;
   std::mt19937_64 rng;
   std::vector<OpenMM::Vec3> xi;
@@ -66,14 +80,121 @@ struct Walker {
   std::vector<double> kinetic;    // frames
 
   void step(int64_t n) {
+    if (!custom) {
+      integrator->step(static_cast<int>(n));
+      return;
+    }
     std::normal_distribution<double> normal;
     for (int64_t s = 0; s < n; ++s) {
       for (auto& v : xi) v = OpenMM::Vec3(normal(rng), normal(rng), normal(rng));
-      integrator->setPerDofVariable(0, xi);
-      integrator->step(1);
+      custom->setPerDofVariable(0, xi);
+      custom->step(1);
     }
   }
+  // m frames of `steps` steps: positions, potential and kinetic energies appended to `out`
+  // (m * (3N + 2) values), then the final positions and velocities (6N).
+  void run_frames(int64_t m, int64_t steps, int64_t N, std::vector<double>& out) {
+    for (int64_t f = 0; f < m; ++f) {
+      step(steps);
+      const auto st = context->getState(OpenMM::State::Positions | OpenMM::State::Energy);
+      const auto& p = st.getPositions();
+      for (int64_t i = 0; i < N; ++i)
+        for (int d = 0; d < 3; ++d) out.push_back(p[i][d]);
+      out.push_back(st.getPotentialEnergy());
+      out.push_back(st.getKineticEnergy());
+    }
+    const auto st = context->getState(OpenMM::State::Positions | OpenMM::State::Velocities);
+    for (const auto* v : {&st.getPositions(), &st.getVelocities()})
+      for (int64_t i = 0; i < N; ++i)
+        for (int d = 0; d < 3; ++d) out.push_back((*v)[i][d]);
+  }
+  // Takes in the output of run_frames (from this process or a child).
+  void absorb(const std::vector<double>& out, int64_t m, int64_t N) {
+    const double* p = out.data();
+    for (int64_t f = 0; f < m; ++f) {
+      positions.insert(positions.end(), p, p + 3 * N);
+      energies.push_back(p[3 * N]);
+      kinetic.push_back(p[3 * N + 1]);
+      p += 3 * N + 2;
+    }
+    std::vector<OpenMM::Vec3> x(N), v(N);
+    for (int64_t i = 0; i < N; ++i) x[i] = OpenMM::Vec3(p[3 * i], p[3 * i + 1], p[3 * i + 2]);
+    p += 3 * N;
+    for (int64_t i = 0; i < N; ++i) v[i] = OpenMM::Vec3(p[3 * i], p[3 * i + 1], p[3 * i + 2]);
+    context->setPositions(x);
+    context->setVelocities(v);
+  }
 };
+
+// On the Reference platform the walkers of a block run in forked child processes, each with its
+// own copy of OpenMM's process-wide random generator, reseeded for (walker, block); OpenMM's
+// native LangevinMiddleIntegrator then keeps its full speed and the run stays bitwise
+// reproducible. A child only steps its Context and writes doubles to a pipe (no torch, no
+// HDF5), then leaves with _exit.
+void run_block_forked(std::vector<Walker>& walkers, int64_t w0, int64_t w1, int64_t m,
+                      int64_t steps, int64_t N, const std::vector<uint32_t>& seeds) {
+  struct Child {
+    pid_t pid = -1;
+    int fd = -1;
+  };
+  std::vector<Child> kids;
+  const size_t expect = static_cast<size_t>(m * (3 * N + 2) + 6 * N);
+  for (int64_t w = w0; w < w1; ++w) {
+    int fds[2];
+    if (::pipe(fds) != 0) runtime_error("md", std::string("cannot create a pipe: ") + std::strerror(errno));
+    const pid_t pid = ::fork();
+    if (pid < 0) runtime_error("md", std::string("cannot fork a walker: ") + std::strerror(errno));
+    if (pid == 0) {
+      ::close(fds[0]);
+      int code = 0;
+      try {
+        OpenMM::SimTKOpenMMUtilities::setRandomNumberSeed(seeds[static_cast<size_t>(w - w0)]);
+        std::vector<double> out;
+        out.reserve(expect);
+        walkers[static_cast<size_t>(w)].run_frames(m, steps, N, out);
+        const char* b = reinterpret_cast<const char*>(out.data());
+        size_t left = out.size() * sizeof(double);
+        while (left > 0) {
+          const ssize_t k = ::write(fds[1], b, left);
+          if (k <= 0) {
+            code = 3;
+            break;
+          }
+          b += k;
+          left -= static_cast<size_t>(k);
+        }
+      } catch (...) {
+        code = 2;
+      }
+      ::close(fds[1]);
+      ::_exit(code);
+    }
+    ::close(fds[1]);
+    kids.push_back({pid, fds[0]});
+  }
+  std::string failure;
+  for (size_t c = 0; c < kids.size(); ++c) {
+    std::vector<double> out(expect);
+    char* b = reinterpret_cast<char*>(out.data());
+    size_t got = 0, want = expect * sizeof(double);
+    while (got < want) {
+      const ssize_t k = ::read(kids[c].fd, b + got, want - got);
+      if (k <= 0) break;
+      got += static_cast<size_t>(k);
+    }
+    ::close(kids[c].fd);
+    int status = 0;
+    ::waitpid(kids[c].pid, &status, 0);
+    if (got != want || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      if (failure.empty())
+        failure = "walker " + std::to_string(w0 + static_cast<int64_t>(c)) + " failed in its process (exit status " +
+                  std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ")";
+      continue;
+    }
+    walkers[static_cast<size_t>(w0) + c].absorb(out, m, N);
+  }
+  if (!failure.empty()) runtime_error("md", failure);
+}
 
 }  // namespace
 
@@ -112,8 +233,16 @@ MDReport run_md(const std::string& system_xml, const torch::Tensor& positions,
                             pos0[i][2].item<double>());
   for (int64_t w = 0; w < W; ++w) {
     auto& wk = walkers[w];
-    wk.integrator = langevin_middle(o.temperature, o.friction, o.timestep);
-    wk.xi.resize(N);
+    if (o.platform == "Reference") {
+      auto li = std::make_unique<OpenMM::LangevinMiddleIntegrator>(o.temperature, o.friction, o.timestep);
+      li->setRandomNumberSeed(1);  // reseeded per (walker, block) in the walker's process
+      wk.integrator = std::move(li);
+    } else {
+      auto ci = langevin_middle(o.temperature, o.friction, o.timestep);
+      wk.custom = ci.get();
+      wk.integrator = std::move(ci);
+      wk.xi.resize(N);
+    }
     wk.context = std::make_unique<OpenMM::Context>(*system, *wk.integrator, platform, props);
   }
 
@@ -212,27 +341,28 @@ MDReport run_md(const std::string& system_xml, const torch::Tensor& positions,
       break;
     }
     const int64_t m = std::min(block, total_frames - done);
+    // A fresh random stream per block, keyed by (seed, walker, frames done): an interrupted and
+    // resumed run draws the same noise as an uninterrupted one.
+    auto block_seed = [&](int64_t w) { return derive_seed(o.seed, 22 + static_cast<uint64_t>(w), done); };
     auto work = [&](int64_t w) {
       auto& wk = walkers[w];
-      // A fresh stream per block, keyed by (seed, walker, frames done): an interrupted and
-      // resumed run draws the same noise as an uninterrupted one.
-      wk.rng.seed(derive_seed(o.seed, 22 + static_cast<uint64_t>(w), done));
-      for (int64_t f = 0; f < m; ++f) {
-        wk.step(o.steps_per_frame);
-        const auto st = wk.context->getState(OpenMM::State::Positions | OpenMM::State::Energy);
-        const auto& p = st.getPositions();
-        for (int64_t i = 0; i < N; ++i)
-          for (int d = 0; d < 3; ++d) wk.positions.push_back(p[i][d]);
-        wk.energies.push_back(st.getPotentialEnergy());
-        wk.kinetic.push_back(st.getKineticEnergy());
-      }
+      wk.rng.seed(block_seed(w));
+      std::vector<double> out;
+      wk.run_frames(m, o.steps_per_frame, N, out);
+      wk.absorb(out, m, N);
     };
     for (int64_t w0 = 0; w0 < W; w0 += threads) {
-      std::vector<std::thread> pool;
       const int64_t w1 = std::min<int64_t>(W, w0 + threads);
-      for (int64_t w = w0 + 1; w < w1; ++w) pool.emplace_back(work, w);
-      work(w0);
-      for (auto& t : pool) t.join();
+      if (o.platform == "Reference") {
+        std::vector<uint32_t> seeds;
+        for (int64_t w = w0; w < w1; ++w) seeds.push_back(static_cast<uint32_t>(block_seed(w) % 2147483646u) + 1u);
+        run_block_forked(walkers, w0, w1, m, o.steps_per_frame, N, seeds);
+      } else {
+        std::vector<std::thread> pool;
+        for (int64_t w = w0 + 1; w < w1; ++w) pool.emplace_back(work, w);
+        work(w0);
+        for (auto& t : pool) t.join();
+      }
     }
     done += m;
     ++blocks_run;
@@ -286,7 +416,9 @@ MDReport run_md(const std::string& system_xml, const torch::Tensor& positions,
     wr.set_attr("/", "walkers", W);
     wr.set_attr("/", "system", system_xml);
     wr.set_attr("/", "platform", o.platform);
-    wr.set_attr("/", "integrator", "LangevinMiddle (nfkit CustomIntegrator, per-walker noise)");
+    wr.set_attr("/", "integrator", o.platform == "Reference"
+                                       ? "LangevinMiddleIntegrator (a process per walker and block, reseeded)"
+                                       : "LangevinMiddle (CustomIntegrator, per-walker noise)");
     wr.set_attr("/", "degrees_of_freedom", dof);
     wr.set_attr("/", "openmm_version", OpenMM::Platform::getOpenMMVersion());
     wr.set_attr("/", "options", o.to_json().dump());
