@@ -173,6 +173,17 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
   return r;
 }
 
+// A model of another molecule (atom count) or of another atom order / bond graph (Z-matrix):
+// a usage error naming both files.
+void check_generator_matches(BoltzmannGenerator& bg, const std::string& model, const MoleculeSpec& m) {
+  if (bg.zmatrix().atoms() != m.mol.size())
+    usage_error("--model", model + " is for " + std::to_string(bg.zmatrix().atoms()) +
+                               " atoms, but " + m.pdb + " has " + std::to_string(m.mol.size()));
+  if (bg.zmatrix().rows != m.z.rows)
+    usage_error("--model", model + " was trained on another molecule (its Z-matrix differs from the one of " +
+                               m.pdb + ")");
+}
+
 // ---- sample ---------------------------------------------------------------------------------
 
 po::options_description bg_sample_options() {
@@ -199,9 +210,7 @@ json bg_sample(const po::variables_map& vm, const MoleculeSpec& m, const std::st
   const auto o = bg_sample_from(vm, ctx);
   check_writable(out);
   auto bg = load_generator(model);
-  if (bg.zmatrix().atoms() != m.mol.size())
-    usage_error("--model", model + " is for " + std::to_string(bg.zmatrix().atoms()) +
-                               " atoms, but " + m.pdb + " has " + std::to_string(m.mol.size()));
+  check_generator_matches(bg, model, m);
   OpenMMEnergy energy(m.system, m.temperature, OpenMMOptions{"Reference", ctx.globals.threads});
   auto rep = sample_generator(bg, energy, o, [] { return stop_requested(); });
   if (rep.interrupted) throw Interrupted("interrupted while sampling; nothing written");
@@ -254,9 +263,7 @@ json bg_eval(const po::variables_map& vm, const MoleculeSpec& m, const std::stri
   if (!model.empty()) {
     json meta;
     bg.emplace(load_generator(model, &meta));
-    if (bg->zmatrix().atoms() != m.mol.size())
-      usage_error("--model", model + " is for " + std::to_string(bg->zmatrix().atoms()) +
-                                 " atoms, but " + m.pdb + " has " + std::to_string(m.mol.size()));
+    check_generator_matches(*bg, model, m);
     // The training trajectory: its held-out tail; any other file: every frame is unseen.
     std::error_code ec;
     const std::string trained_on = meta.value("md", std::string());

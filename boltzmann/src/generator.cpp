@@ -2,9 +2,12 @@
 
 #include <torch/torch.h>
 
+#include <map>
+#include <mutex>
 #include <random>
 
 #include "nfkit/core/checks.h"
+#include "nfkit/flows/builder.h"
 #include "nfkit/flows/coupling.h"
 #include "nfkit/flows/normalization.h"
 
@@ -135,28 +138,119 @@ CanonicalResult from_canonical(const ZMatrix& z, const torch::Tensor& c, torch::
   return {c, ld};
 }
 
-BoltzmannGenerator::BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow,
-                                       std::string coordinates)
-    : z_(std::move(z)), flow_(std::move(flow)), coordinates_(std::move(coordinates)) {
-  z_.validate();
-  if (coordinates_ != "internal" && coordinates_ != "cartesian")
-    usage_error("BoltzmannGenerator", "coordinates '" + coordinates_ +
-                                          "', expected internal or cartesian");
-  if (flow_->dim() != z_.internal_dim())
+// ---- coordinate maps ------------------------------------------------------------------------
+
+CoordinateMap::CoordinateMap(ZMatrix z) : z_(std::move(z)) { z_.validate(); }
+
+torch::Tensor CoordinateMap::flow_energy(
+    const torch::Tensor& c, const std::function<torch::Tensor(const torch::Tensor&)>& energy_x) const {
+  const auto r = from_flow(c);
+  return energy_x(r.value) + torch::nan_to_num(r.logdet, 1e12);
+}
+
+namespace {
+
+class InternalMap : public CoordinateMap {
+ public:
+  using CoordinateMap::CoordinateMap;
+  std::string name() const override { return "internal"; }
+  Result to_flow(const torch::Tensor& x) const override {
+    auto r = to_internal(z_, x);
+    return {r.q, r.logdet};
+  }
+  Result from_flow(const torch::Tensor& q) const override {
+    auto r = from_internal(z_, q);
+    return {r.x, -r.logdet};
+  }
+  std::shared_ptr<Flow> build_flow(const torch::Tensor& q_train, const ICFlowRecipe& recipe) const override {
+    return build_ic_flow(z_, q_train, recipe);
+  }
+};
+
+class CartesianMap : public CoordinateMap {
+ public:
+  using CoordinateMap::CoordinateMap;
+  std::string name() const override { return "cartesian"; }
+  Result to_flow(const torch::Tensor& x) const override {
+    auto r = to_canonical(z_, x);
+    return {r.c, r.logdet};
+  }
+  Result from_flow(const torch::Tensor& c) const override {
+    torch::Tensor x;
+    auto r = from_canonical(z_, c, &x);
+    return {x, r.logdet};
+  }
+  std::shared_ptr<Flow> build_flow(const torch::Tensor& c_train, const ICFlowRecipe& recipe) const override {
+    FlowRecipe fr;
+    fr.kind = "nsf";
+    fr.dim = z_.internal_dim();
+    fr.layers = 4 * recipe.layers;  // as many couplings as the internal-coordinate flow
+    fr.hidden = recipe.hidden;
+    fr.hidden_layers = recipe.hidden_layers;
+    fr.bins = recipe.bins;
+    fr.bound = recipe.bound;
+    fr.seed = recipe.seed;
+    return nfkit::build_flow(fr, c_train);
+  }
+};
+
+std::map<std::string, CoordinateMapFactory>& coordinate_registry() {
+  static std::map<std::string, CoordinateMapFactory> r = {
+      {"internal", [](const ZMatrix& z) { return std::make_shared<InternalMap>(z); }},
+      {"cartesian", [](const ZMatrix& z) { return std::make_shared<CartesianMap>(z); }}};
+  return r;
+}
+std::mutex& coordinate_registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+}  // namespace
+
+void register_coordinate_map(const std::string& name, CoordinateMapFactory factory) {
+  if (name.empty() || !factory) usage_error("register_coordinate_map", "needs a name and a factory");
+  std::lock_guard<std::mutex> lock(coordinate_registry_mutex());
+  coordinate_registry()[name] = std::move(factory);
+}
+
+std::vector<std::string> coordinate_map_names() {
+  std::lock_guard<std::mutex> lock(coordinate_registry_mutex());
+  std::vector<std::string> names;
+  for (const auto& [k, v] : coordinate_registry()) names.push_back(k);
+  return names;
+}
+
+std::shared_ptr<CoordinateMap> make_coordinate_map(const std::string& name, const ZMatrix& z) {
+  CoordinateMapFactory f;
+  {
+    std::lock_guard<std::mutex> lock(coordinate_registry_mutex());
+    auto it = coordinate_registry().find(name);
+    if (it != coordinate_registry().end()) f = it->second;
+  }
+  if (!f) {
+    std::string known;
+    for (const auto& n : coordinate_map_names()) known += (known.empty() ? "" : ", ") + n;
+    usage_error("--coordinates", "'" + name + "' is not a coordinate map, expected one of " + known);
+  }
+  return f(z);
+}
+
+// ---- the generator --------------------------------------------------------------------------
+
+BoltzmannGenerator::BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow, std::string coordinates)
+    : BoltzmannGenerator(make_coordinate_map(coordinates, z), std::move(flow)) {}
+
+BoltzmannGenerator::BoltzmannGenerator(std::shared_ptr<CoordinateMap> map, std::shared_ptr<Flow> flow)
+    : z_(map->zmatrix()), flow_(std::move(flow)), map_(std::move(map)) {
+  if (flow_->dim() != map_->dim())
     usage_error("BoltzmannGenerator", "the flow has dimension " + std::to_string(flow_->dim()) +
-                                          ", but the Z-matrix has " +
-                                          std::to_string(z_.internal_dim()) +
-                                          " internal coordinates");
+                                          ", but the " + map_->name() + " coordinates have " +
+                                          std::to_string(map_->dim()));
 }
 
 torch::Tensor BoltzmannGenerator::log_prob(const torch::Tensor& x) {
-  const auto opts = flow_->tensor_options();
-  if (coordinates_ == "cartesian") {
-    auto cc = to_canonical(z_, x.to(opts));
-    return flow_->log_prob(cc.c) + cc.logdet;
-  }
-  auto ic = to_internal(z_, x.to(opts));
-  return flow_->log_prob(ic.q) + ic.logdet;
+  const auto r = map_->to_flow(x.to(flow_->tensor_options()));
+  return flow_->log_prob(r.value) + r.logdet;
 }
 
 std::pair<torch::Tensor, torch::Tensor> BoltzmannGenerator::sample(int64_t n, int64_t chunk) {
@@ -165,20 +259,13 @@ std::pair<torch::Tensor, torch::Tensor> BoltzmannGenerator::sample(int64_t n, in
   std::vector<torch::Tensor> xs, lqs;
   for (int64_t done = 0; done < n; done += chunk) {
     const int64_t m = std::min(chunk, n - done);
-    auto [q, lq] = flow_->sample_and_log_prob(m);
-    if (coordinates_ == "cartesian") {
-      torch::Tensor x;
-      auto cc = from_canonical(z_, q, &x);
-      // Outside the canonical frame (b1 <= 0 or rho2 <= 0): log q = -inf, zero weight.
-      auto l = torch::nan_to_num(lq + cc.logdet, NAN, INFINITY, -INFINITY);
-      l = torch::where(torch::isnan(cc.logdet), torch::full_like(l, INFINITY), l);
-      xs.push_back(x.to(torch::kCPU, torch::kFloat64));
-      lqs.push_back(l.to(torch::kCPU, torch::kFloat64));
-      continue;
-    }
-    auto c = from_internal(z_, q);
-    xs.push_back(c.x.to(torch::kCPU, torch::kFloat64));
-    lqs.push_back((lq - c.logdet).to(torch::kCPU, torch::kFloat64));
+    auto [c, lq] = flow_->sample_and_log_prob(m);
+    const auto r = map_->from_flow(c);
+    // Outside the map's range (logdet NaN): log q = +inf, so the weight is zero.
+    auto l = lq + r.logdet;
+    l = torch::where(torch::isnan(r.logdet), torch::full_like(l, INFINITY), l);
+    xs.push_back(r.value.to(torch::kCPU, torch::kFloat64));
+    lqs.push_back(l.to(torch::kCPU, torch::kFloat64));
   }
   return {torch::cat(xs), torch::cat(lqs)};
 }

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "nfkit/boltzmann/reweight.h"
@@ -100,8 +101,12 @@ BoltzmannGenerator load_generator(const std::string& path, json* metadata) {
 // ---- training -------------------------------------------------------------------------------
 
 void BGTrainOptions::check() const {
-  if (coordinates != "internal" && coordinates != "cartesian")
-    usage_error("--coordinates", "'" + coordinates + "', expected internal or cartesian");
+  const auto names = coordinate_map_names();
+  if (std::find(names.begin(), names.end(), coordinates) == names.end()) {
+    std::string known;
+    for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    usage_error("--coordinates", "'" + coordinates + "' is not a coordinate map, expected one of " + known);
+  }
   check_in_range("--reverse-weight", "value", reverse_weight, 0.0, 1.0);
   check_in_range("--held-out", "value", held_out, 0.0, 0.9);
   check_positive_int("--layers", "value", recipe.layers);
@@ -142,8 +147,8 @@ BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* en
   }
   auto [fit_idx, test_idx] = split_held_out(md, o.held_out);
   const auto x_fit = md.x.index_select(0, fit_idx);
-  const bool cartesian = o.coordinates == "cartesian";
-  const auto q_all = cartesian ? to_canonical(z, x_fit).c : to_internal(z, x_fit).q;
+  const auto map = make_coordinate_map(o.coordinates, z);
+  const auto q_all = map->to_flow(x_fit).value;
   const int64_t N = q_all.size(0);
   if (N < 20) runtime_error(md.path, "has " + std::to_string(N) + " training frames, too few");
   seed_all(derive_seed(o.seed, 32, 0));
@@ -163,19 +168,8 @@ BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* en
     if (g.coordinates() != o.coordinates)
       usage_error("--init", o.init + " models " + g.coordinates() + " coordinates, not " + o.coordinates);
     flow = g.flow_ptr();
-  } else if (cartesian) {
-    FlowRecipe fr;
-    fr.kind = "nsf";
-    fr.dim = z.internal_dim();
-    fr.layers = 4 * recipe.layers;  // as many couplings as the internal-coordinate flow
-    fr.hidden = recipe.hidden;
-    fr.hidden_layers = recipe.hidden_layers;
-    fr.bins = recipe.bins;
-    fr.bound = 5.0;
-    fr.seed = recipe.seed;
-    flow = build_flow(fr, train);
   } else {
-    flow = build_ic_flow(z, train, recipe);
+    flow = map->build_flow(train, recipe);
   }
   flow->to(o.device, o.dtype);
 
@@ -188,20 +182,10 @@ BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* en
   }
   if (o.reverse_weight > 0.0) {
     Energy* e = energy;
-    if (cartesian) {
-      obj.energy = [e, z](const torch::Tensor& c) {
-        torch::Tensor x;
-        const auto cc = from_canonical(z, c, &x);
-        // Outside the canonical frame: the cut's maximum (zero gradient).
-        const auto u = reduced_energy(*e, x) + torch::nan_to_num(cc.logdet, 1e12);
-        return linlog_cut(u);
-      };
-    } else {
-      obj.energy = [e, z](const torch::Tensor& q) {
-        return linlog_cut(
-            internal_energy(z, q, [e](const torch::Tensor& x) { return reduced_energy(*e, x); }));
-      };
-    }
+    // Outside the map's range the energy is 1e12: the cut's maximum, with zero gradient.
+    obj.energy = [e, map](const torch::Tensor& c) {
+      return linlog_cut(map->flow_energy(c, [e](const torch::Tensor& x) { return reduced_energy(*e, x); }));
+    };
   }
   json metadata = extra;
   metadata["kind"] = "boltzmann_generator";

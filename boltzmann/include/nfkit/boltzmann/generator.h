@@ -18,7 +18,10 @@
 //
 //   auto bg = nfkit::BoltzmannGenerator::build(z, md_q, recipe);
 //   auto [x, log_q] = bg.sample(1000);
+#include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "nfkit/flows/distribution.h"
 #include "nfkit/flows/transform.h"
@@ -72,12 +75,56 @@ CanonicalResult to_canonical(const ZMatrix& z, const torch::Tensor& x);
 /// which lies outside the canonical frame).
 CanonicalResult from_canonical(const ZMatrix& z, const torch::Tensor& c, torch::Tensor* x);
 
+/// What a generator's flow models: a map between Cartesian configurations x [B, 3N] (nm) and the
+/// flow's 3N-6 coordinates c, with the correction `logdet` of the reduced-space density,
+///   log q(x) = log q_flow(c) + logdet,
+/// the same in both directions (to_flow(x).logdet at x equals from_flow(c).logdet at c = c(x)).
+/// It drops the six global degrees of freedom, so it is not an nfkit::Transform (those are
+/// bijections of one dimension). Maps are looked up by name (make_coordinate_map); built in:
+///   "internal"  bonds, angles, torsions (InternalCoordinateTransform without the globals)
+///   "cartesian" the free Cartesian coordinates in the canonical frame (to_canonical)
+/// A new map registers its name once (register_coordinate_map) and then serves `bg train
+/// --coordinates NAME`, BoltzmannGenerator and the model files.
+class CoordinateMap {
+ public:
+  explicit CoordinateMap(ZMatrix z);
+  virtual ~CoordinateMap() = default;
+  virtual std::string name() const = 0;
+  const ZMatrix& zmatrix() const { return z_; }
+  int64_t dim() const { return z_.internal_dim(); }
+  struct Result {
+    torch::Tensor value;   ///< c [B, 3N-6] (to_flow) or x [B, 3N] (from_flow)
+    torch::Tensor logdet;  ///< [B]; NaN where c lies outside the map's range
+  };
+  virtual Result to_flow(const torch::Tensor& x) const = 0;
+  virtual Result from_flow(const torch::Tensor& c) const = 0;
+  /// A fresh flow for these coordinates, standardised with training coordinates c_train.
+  virtual std::shared_ptr<Flow> build_flow(const torch::Tensor& c_train, const ICFlowRecipe& recipe) const = 0;
+  /// The energy of the flow's space, u(X(c)) + logdet(c) [B] (reduced), so that exp(-u_flow)
+  /// is the Boltzmann density over c; outside the map's range a large finite value (1e12).
+  torch::Tensor flow_energy(const torch::Tensor& c,
+                            const std::function<torch::Tensor(const torch::Tensor&)>& energy_x) const;
+
+ protected:
+  ZMatrix z_;
+};
+
+using CoordinateMapFactory = std::function<std::shared_ptr<CoordinateMap>(const ZMatrix&)>;
+/// Registers (or replaces) a coordinate map under `name`.
+void register_coordinate_map(const std::string& name, CoordinateMapFactory factory);
+/// The map called `name` for Z-matrix z; a usage error naming the known maps otherwise.
+std::shared_ptr<CoordinateMap> make_coordinate_map(const std::string& name, const ZMatrix& z);
+/// The registered names, sorted.
+std::vector<std::string> coordinate_map_names();
+
 class BoltzmannGenerator {
  public:
-  /// coordinates: "internal" (the flow models bonds, angles, torsions) or "cartesian" (the
-  /// flow models the free canonical Cartesian coordinates).
+  /// coordinates: a registered CoordinateMap name: "internal" (the flow models bonds, angles,
+  /// torsions) or "cartesian" (the flow models the free canonical Cartesian coordinates).
   BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow, std::string coordinates = "internal");
-  const std::string& coordinates() const { return coordinates_; }
+  BoltzmannGenerator(std::shared_ptr<CoordinateMap> map, std::shared_ptr<Flow> flow);
+  std::string coordinates() const { return map_->name(); }
+  const CoordinateMap& coordinate_map() const { return *map_; }
 
   const ZMatrix& zmatrix() const { return z_; }
   Flow& flow() { return *flow_; }
@@ -92,7 +139,7 @@ class BoltzmannGenerator {
  private:
   ZMatrix z_;
   std::shared_ptr<Flow> flow_;
-  std::string coordinates_;
+  std::shared_ptr<CoordinateMap> map_;
 };
 
 /// The energy of the flow's space: u_ic(q) = u(X(q)) - log|det dX/dq| [B] (reduced), so that
