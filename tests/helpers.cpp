@@ -1,5 +1,9 @@
 #include "helpers.h"
 
+#include <fstream>
+
+#include "nfkit/physics/molecule.h"
+
 #include "cli.h"
 
 #include <ftw.h>
@@ -83,6 +87,23 @@ int run_python(const std::string& code) {
   std::ofstream(script) << code;
   const int rc = std::system((python + " " + script + " > /dev/null 2>&1").c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 1;
+}
+
+std::string write_text(const std::string& name, const std::string& text) {
+  const auto p = temp_path(name);
+  std::ofstream(p) << text;
+  return p;
+}
+
+std::string ala2_pdb() { return std::string(NFKIT_SOURCE_DIR) + "/data/alanine_dipeptide/ala2.pdb"; }
+std::string ala2_system() { return std::string(NFKIT_SOURCE_DIR) + "/data/alanine_dipeptide/system.xml"; }
+
+torch::Tensor ala2_batch(int64_t B, double scale, uint64_t seed) {
+  const auto x0 = read_pdb(ala2_pdb()).positions().reshape({1, -1});
+  auto gen = torch::make_generator<torch::CPUGeneratorImpl>(seed);
+  auto noise = at::normal(0.0, scale, {B, x0.size(1)}, gen, torch::TensorOptions().dtype(torch::kFloat64));
+  noise[0].zero_();
+  return x0 + noise;
 }
 
 }  // namespace nfkit::test

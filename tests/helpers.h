@@ -23,6 +23,15 @@ void perturb_parameters(torch::nn::Module& m, double scale, uint64_t seed);
 /// independent), then slogdet of each [D, D] Jacobian.
 torch::Tensor brute_force_logabsdet(Transform& t, const torch::Tensor& x, const torch::Tensor& context);
 
+/// Writes text to temp_path(name) and returns the path.
+std::string write_text(const std::string& name, const std::string& text);
+
+/// The bundled alanine dipeptide: PDB structure and OpenMM System (absolute paths).
+std::string ala2_pdb();
+std::string ala2_system();
+/// ala2 positions [B, 66] nm: the PDB structure plus N(0, scale^2) noise per row after the first.
+torch::Tensor ala2_batch(int64_t B, double scale, uint64_t seed);
+
 /// The command line in-process (exactly what main() does): exit code, stdout, stderr.
 struct CliRun {
   int code;

@@ -22,11 +22,6 @@ Run run(std::vector<std::string> args) { return run_nfkit(std::move(args)); }
 
 int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
-std::string write_text(const std::string& name, const std::string& text) {
-  const auto p = test::temp_path(name);
-  std::ofstream(p) << text;
-  return p;
-}
 
 // Small, fast training options.
 std::vector<std::string> quick(std::vector<std::string> args) {
