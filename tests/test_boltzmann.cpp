@@ -305,7 +305,7 @@ class FlakyEnergy : public Energy {
 
 }  // namespace
 
-TEST_CASE("pipeline: train, sample and evaluate by library calls; failed energies get zero weight", "[boltzmann]") {
+TEST_CASE("pipeline: train, sample and evaluate by library calls, failed energies get zero weight", "[boltzmann]") {
   const auto mol = read_pdb(kPdb);
   const auto z = zmatrix_for(mol);
   MDOptions mo;

@@ -429,7 +429,7 @@ json last_json(std::string out) {
 }
 }  // namespace
 
-TEST_CASE("cli: cfm train, sample and eval on 8gaussians; reflow; resume", "[cli][continuous]") {
+TEST_CASE("cli: cfm train, sample and eval on 8gaussians, reflow, resume", "[cli][continuous]") {
   const auto model = test::temp_path("cfm_8g.h5");
   auto r = run_nfkit({"cfm", "train", "--target", "8gaussians", "--method", "otcfm", "--steps", "400",
                       "--n-samples", "3000", "--eval-every", "100", "--out", model, "--quiet", "--json",
@@ -535,7 +535,7 @@ TEST_CASE("cli: cfm bad input gets one line, the right exit code and no file", "
   check_fails({"cfm", "sample", "--model", flow, "-n", "5", "--out", test::temp_path("x.txt")}, 2, "--out");
 }
 
-TEST_CASE("BOSS: the dynamic program equals brute-force enumeration; its schedule beats the uniform one", "[continuous]") {
+TEST_CASE("BOSS: the dynamic program equals brute-force enumeration, its schedule beats the uniform one", "[continuous]") {
   for (int seed = 0; seed < 10; ++seed) {
     torch::manual_seed(seed);
     const int64_t N = 8;
@@ -692,7 +692,7 @@ std::vector<std::string> concat(std::vector<std::string> a, const std::vector<st
 }
 }  // namespace
 
-TEST_CASE("cli: cfm train --boss-straighten tunes the field for its schedule; eval reports the stored grid", "[cli][continuous]") {
+TEST_CASE("cli: cfm train --boss-straighten tunes the field for its schedule, eval reports the stored grid", "[cli][continuous]") {
   const auto model = test::temp_path("cfm_boss.h5");
   auto r = run_nfkit({"cfm", "train", "--target", "8gaussians", "--method", "icfm", "--steps", "200", "--n-samples", "2000",
                       "--eval-every", "50", "--boss-straighten", "2", "--boss-fine", "20", "--reflow-pairs", "500",
@@ -721,7 +721,7 @@ TEST_CASE("cli: cfm train --boss-straighten tunes the field for its schedule; ev
               "--boss-straighten", none);
 }
 
-TEST_CASE("flow map: X_{s,s} = x; forward-mode d/dt X equals autograd; its diagonal is the velocity", "[continuous]") {
+TEST_CASE("flow map: X_{s,s} = x, forward-mode d/dt X equals autograd, its diagonal is the velocity", "[continuous]") {
   for (const std::string act : {"selu", "silu"}) {
     for (const std::string emb : {"concat", "sinusoidal"}) {
       INFO(act << " " << emb);
@@ -836,7 +836,7 @@ TEST_CASE("flow map: trained between Gaussians, one and two jumps follow the exa
   CHECK(rms(cnf->transport(z, 0.0, 1.0)) < 0.15);
 }
 
-TEST_CASE("cli: cfm flow maps: train, sample by jumps, eval at 1, 2, 4 jumps; bad input", "[cli][continuous]") {
+TEST_CASE("cli: cfm flow maps: train, sample by jumps, eval at 1, 2, 4 jumps, bad input", "[cli][continuous]") {
   const auto model = test::temp_path("cfm_map.h5");
   auto r = run_nfkit({"cfm", "train", "--target", "8gaussians", "--method", "flowmap", "--steps", "300",
                       "--n-samples", "3000", "--eval-every", "100", "--out", model, "--quiet", "--json",
@@ -972,7 +972,7 @@ TEST_CASE("W-Flow: a one-step generator trained on a Gaussian matches its moment
   CHECK_THROWS_AS(WFlowOptions().eps(0).validate(), UsageError);
 }
 
-TEST_CASE("cli: cfm wflow trains, samples and evaluates a one-step generator; bad input", "[cli][continuous]") {
+TEST_CASE("cli: cfm wflow trains, samples and evaluates a one-step generator, bad input", "[cli][continuous]") {
   const auto model = test::temp_path("cfm_wflow.h5");
   auto r = run_nfkit({"cfm", "train", "--target", "8gaussians", "--method", "wflow", "--steps", "200",
                       "--batch-size", "256", "--n-samples", "3000", "--eval-every", "50", "--out", model,
@@ -1041,7 +1041,7 @@ TEST_CASE("U-Net field: zero at start, one time equals per-row times, rows indep
   CHECK_THROWS_AS(UNetVelocity(UNetVelocityOptions(1, 8, 8).channel_mult({})), UsageError);
 }
 
-TEST_CASE("U-Net continuous flow: Hutchinson agrees with the exact divergence; checkpoint round trip", "[continuous]") {
+TEST_CASE("U-Net continuous flow: Hutchinson agrees with the exact divergence, checkpoint round trip", "[continuous]") {
   torch::manual_seed(33);
   auto uo = UNetVelocityOptions(1, 4, 4).base_channels(4).groups(2).channel_mult({1, 2}).time_features(8);
   auto field = std::make_shared<UNetVelocity>(uo);

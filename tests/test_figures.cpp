@@ -126,7 +126,7 @@ TEST_CASE("viz: a line figure in PNG, PDF and SVG has the size asked for and ink
   CHECK_FALSE(file_exists(png + ".partial"));
 }
 
-TEST_CASE("viz: heat maps share one viridis colour bar; bars, categories and a corner plot render", "[viz]") {
+TEST_CASE("viz: heat maps share one viridis colour bar, bars, categories and a corner plot render", "[viz]") {
   viz::Figure f;
   f.cols = 2;
   f.colour_bar_label = "density";
@@ -177,7 +177,7 @@ TEST_CASE("viz: heat maps share one viridis colour bar; bars, categories and a c
   CHECK(read_png(corner).w == c.width_px);
 }
 
-TEST_CASE("viz: histograms are normalised densities; 2-D histograms peak at 1", "[viz]") {
+TEST_CASE("viz: histograms are normalised densities, 2-D histograms peak at 1", "[viz]") {
   std::vector<double> v;
   for (int i = 0; i < 1000; ++i) v.push_back((i + 0.5) / 1000.0 * 2.0 - 1.0);  // uniform on [-1, 1)
   v.push_back(5.0);                                                            // outside the range

@@ -211,7 +211,7 @@ TEST_CASE("samplers: ensemble and HMC reproduce the moments of a correlated Gaus
                     Contains("must be even"));
 }
 
-TEST_CASE("samplers: block (Gibbs) ensemble moves reproduce the Gaussian; bad blocks are refused", "[inference]") {
+TEST_CASE("samplers: block (Gibbs) ensemble moves reproduce the Gaussian, bad blocks are refused", "[inference]") {
   auto cov = example_covariance(3);
   auto prec = torch::linalg_inv(cov);
   LogDensityFn lp = [prec](const torch::Tensor& x) { return -0.5 * (x.matmul(prec) * x).sum(1); };

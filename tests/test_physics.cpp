@@ -114,7 +114,7 @@ TEST_CASE("openmm: bad files, platforms, atom counts and coordinates", "[physics
 
 // ---- geometry -------------------------------------------------------------------------------
 
-TEST_CASE("pdb: reads alanine dipeptide; malformed lines get file:line errors", "[physics]") {
+TEST_CASE("pdb: reads alanine dipeptide, malformed lines get file:line errors", "[physics]") {
   const auto mol = read_pdb(kPdb);
   REQUIRE(mol.size() == 22);
   CHECK(mol.atoms[8].name == "CA");

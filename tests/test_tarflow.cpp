@@ -201,7 +201,7 @@ TEST_CASE("tarflow: the denoising step is x + s^2 grad log q(x)", "[tarflow]") {
   CHECK(training_noise_variance(0.0) == Approx(1.0 / (12.0 * 128 * 128)));
 }
 
-TEST_CASE("tarflow: guidance with w = 0 is the conditional model; cfg mixes the two branches", "[tarflow]") {
+TEST_CASE("tarflow: guidance with w = 0 is the conditional model, cfg mixes the two branches", "[tarflow]") {
   auto o = TarFlowOptions().height(4).width(4).patch(2).blocks(2).layers(1).hidden(16).head_dim(8).num_classes(4);
   auto t = make_perturbed(o, 31);
   const int64_t B = 6;
@@ -272,7 +272,7 @@ TEST_CASE("tarflow: product guidance is the Gaussian product, capped where the n
   CHECK(max_abs(lse, ls_c) < 1e-12);
 }
 
-TEST_CASE("tarflow: label drop trains the null label; eval mode keeps labels", "[tarflow]") {
+TEST_CASE("tarflow: label drop trains the null label, eval mode keeps labels", "[tarflow]") {
   auto o = TarFlowOptions().height(4).width(4).patch(2).blocks(1).layers(1).hidden(8).head_dim(8)
                .num_classes(2).label_drop(1.0);
   auto t = make_perturbed(o, 41);
@@ -422,7 +422,7 @@ std::string synthetic_idx_dir() {
 
 }  // namespace
 
-TEST_CASE("cli: image train, bpd and sample on a small IDX set; bad input gets clear errors", "[tarflow][cli]") {
+TEST_CASE("cli: image train, bpd and sample on a small IDX set, bad input gets clear errors", "[tarflow][cli]") {
   const auto dir = synthetic_idx_dir();
   const auto model = temp_path("img-model.h5");
   auto tr = nfkit::test::run_nfkit({"image", "train", "--data", dir, "--out", model, "--patch", "2", "--blocks", "2",
@@ -486,7 +486,7 @@ TEST_CASE("cli: image train, bpd and sample on a small IDX set; bad input gets c
   CHECK(!nfkit::file_exists(none));
 }
 
-TEST_CASE("cli: image train --model cfm (U-Net flow matching), bpd by Hutchinson, sample by any solver; bad input", "[tarflow][cli][continuous]") {
+TEST_CASE("cli: image train --model cfm (U-Net flow matching), bpd by Hutchinson, sample by any solver, bad input", "[tarflow][cli][continuous]") {
   const auto dir = synthetic_idx_dir();
   const auto model = temp_path("img-cfm.h5");
   auto last_json = [](const std::string& out) {  // --json: the last line is one JSON object
