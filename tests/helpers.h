@@ -32,6 +32,18 @@ std::string ala2_system();
 /// ala2 positions [B, 66] nm: the PDB structure plus N(0, scale^2) noise per row after the first.
 torch::Tensor ala2_batch(int64_t B, double scale, uint64_t seed);
 
+/// The generic property test of DESIGN.md over one transform t (float64, eval mode, generic
+/// parameters) at inputs x [B, D] (context ctx or undefined):
+///   * the map is not the identity, shapes are [B, D] and [B]
+///   * round trip inverse(forward(x)) == x within round_trip_tol
+///   * inverse log|det| == -forward log|det| at the mapped point, and the forward log|det|
+///     equals the brute-force autograd Jacobian's within logdet_tol
+///   * gradients reach every parameter
+///   * checkpoint round trip: make_transform(config()) + HDF5 state gives identical outputs
+/// Any transform, wherever it is defined (flows/, boltzmann/, a user's), runs through it.
+void check_transform_properties(const TransformPtr& t, const torch::Tensor& x, const torch::Tensor& ctx,
+                                double round_trip_tol, double logdet_tol = 1e-6);
+
 /// The command line in-process (exactly what main() does): exit code, stdout, stderr.
 struct CliRun {
   int code;

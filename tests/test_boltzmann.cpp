@@ -515,3 +515,12 @@ TEST_CASE("coordinate maps: registry, one log-density correction both ways, a us
   const auto f = m->to_flow(x);
   CHECK(torch::allclose(m->from_flow(f.value).logdet, f.logdet, 1e-9, 1e-9));
 }
+
+TEST_CASE("internal-coordinate transform: the generic property test, restored through the registry", "[boltzmann][transforms]") {
+  const auto types = transform_types();
+  CHECK(std::find(types.begin(), types.end(), "internal_coordinates") != types.end());
+  const auto z = zmatrix_for(read_pdb(kPdb));
+  auto t = std::make_shared<InternalCoordinateTransform>(z);
+  t->to(torch::kFloat64);
+  check_transform_properties(t, ala2_batch(6, 0.01, 3), {}, 1e-9, 1e-6);
+}

@@ -590,3 +590,16 @@ TEST_CASE("cuda: a transformer flow gives the same log-density and samples on th
   CHECK(xs_gpu.device().is_cuda());
   CHECK((xs_gpu.cpu() - xs_cpu).abs().max().item<double>() < 1e-3);
 }
+
+TEST_CASE("tarflow: a TarFlow block through the generic property test (gradients, checkpoint)", "[tarflow][transforms]") {
+  const auto opts = TarFlowOptions().height(4).width(4).patch(2).blocks(2).layers(1).hidden(16).head_dim(8).num_classes(3);
+  auto t = make_perturbed(opts, 31);
+  t->to(torch::kFloat64);
+  torch::manual_seed(4);
+  const int64_t B = 3;
+  const auto x = torch::randn({B, opts.dim()}, torch::kFloat64);
+  // Row 0 carries the null label (an all-zero row), so the null embedding is reached too.
+  auto ctx = labels_for(opts, B).to(torch::kFloat64);
+  ctx[0].zero_();
+  nfkit::test::check_transform_properties(t, x, ctx, 1e-8, 1e-8);
+}

@@ -97,51 +97,7 @@ TEST_CASE("every transform: round trip, log|det| vs autograd, gradients, checkpo
       const auto x = inputs(c, B);
       const auto ctx = t->context_dim() > 0 ? torch::randn({B, t->context_dim()}, torch::kFloat64)
                                             : torch::Tensor();
-      auto [z, ladj] = t->forward(x, ctx);
-      REQUIRE(z.sizes() == x.sizes());
-      REQUIRE(ladj.sizes() == torch::IntArrayRef{B});
-      REQUIRE(z.dtype() == torch::kFloat64);
-
-      // The transform must not be the identity (else the checks below prove little), except
-      // for the permutations' log|det| which is 0 by construction.
-      CHECK((z - x).abs().max().item<double>() > 1e-3);
-
-      // Round trip.
-      auto [x2, ladj_inv] = t->inverse(z, ctx);
-      CHECK((x2 - x).abs().max().item<double>() <= c.round_trip_tol);
-      // Inverse log|det| is minus the forward one at the mapped point.
-      CHECK((ladj_inv + ladj).abs().max().item<double>() <= 1e-6);
-
-      // Brute-force Jacobian (D = 5 <= 6).
-      const auto bf = brute_force_logabsdet(*t, x, ctx);
-      CHECK((bf - ladj).abs().max().item<double>() <= 1e-6);
-
-      // Gradients reach every parameter.
-      t->zero_grad();
-      auto [zz, ll] = t->forward(x, ctx);
-      if (!t->parameters().empty()) (zz.pow(2).sum() - ll.sum()).backward();
-      for (const auto& p : t->named_parameters()) {
-        INFO("parameter " << p.key());
-        REQUIRE(p.value().grad().defined());
-        CHECK(p.value().grad().abs().sum().item<double>() > 0);
-      }
-
-      // Checkpoint round trip: config JSON + HDF5 state -> identical outputs.
-      const auto path = test::temp_path("transform.h5");
-      {
-        H5Writer w(path, "test", 1);
-        w.set_attr("/", "config", t->config().dump());
-        write_state(w, "/state", *t);
-        w.commit();
-      }
-      H5Reader r(path);
-      auto t2 = make_transform(json::parse(r.attr_string("/", "config")));
-      t2->to(torch::kFloat64);
-      read_state(r, "/state", *t2);
-      t2->eval();
-      auto [z2, ladj2] = t2->forward(x, ctx);
-      CHECK(torch::equal(z2, z.detach()));
-      CHECK(torch::equal(ladj2, ladj.detach()));
+      check_transform_properties(t, x, ctx, c.round_trip_tol);  // helpers.h
     }
   }
 }

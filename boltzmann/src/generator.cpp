@@ -20,6 +20,22 @@ InternalCoordinateTransform::InternalCoordinateTransform(ZMatrix z)
   z_.validate();
 }
 
+void register_boltzmann_transforms() {
+  static const bool once = [] {
+    register_transform("internal_coordinates", [](const json& c) -> TransformPtr {
+      return std::make_shared<InternalCoordinateTransform>(ZMatrix::from_json(c.at("zmatrix")));
+    });
+    return true;
+  }();
+  (void)once;
+}
+
+namespace {
+// Registered when the library is loaded (this file holds the generator, so it is linked
+// wherever Boltzmann generators are used); register_boltzmann_transforms() is idempotent.
+const bool kRegistered = (register_boltzmann_transforms(), true);
+}  // namespace
+
 json InternalCoordinateTransform::config() const {
   return {{"type", "internal_coordinates"}, {"zmatrix", z_.to_json()}};
 }

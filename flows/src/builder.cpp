@@ -1,5 +1,8 @@
 #include "nfkit/flows/builder.h"
 
+#include <map>
+#include <mutex>
+
 #include <torch/torch.h>
 
 #include "nfkit/core/checks.h"
@@ -13,35 +16,77 @@
 
 namespace nfkit {
 
+namespace {
+
+std::map<std::string, TransformFactory>& transform_registry() {
+  static std::map<std::string, TransformFactory> r = {
+      {"composite",
+       [](const json& c) -> TransformPtr {
+         std::vector<TransformPtr> ts;
+         for (const auto& m : c.at("transforms")) ts.push_back(make_transform(m));
+         return std::make_shared<CompositeTransform>(ts);
+       }},
+      {"inverse", [](const json& c) -> TransformPtr { return std::make_shared<InverseTransform>(make_transform(c.at("base"))); }},
+      {"affine_coupling",
+       [](const json& c) -> TransformPtr { return std::make_shared<AffineCoupling>(CouplingOptions::from_json(c.at("options"))); }},
+      {"spline_coupling",
+       [](const json& c) -> TransformPtr { return std::make_shared<SplineCoupling>(CouplingOptions::from_json(c.at("options"))); }},
+      {"affine_autoregressive",
+       [](const json& c) -> TransformPtr {
+         return std::make_shared<MaskedAffineAutoregressive>(AutoregressiveOptions::from_json(c.at("options")));
+       }},
+      {"spline_autoregressive",
+       [](const json& c) -> TransformPtr {
+         return std::make_shared<SplineAutoregressive>(AutoregressiveOptions::from_json(c.at("options")));
+       }},
+      {"permutation",
+       [](const json& c) -> TransformPtr { return std::make_shared<Permutation>(c.at("permutation").get<std::vector<int64_t>>()); }},
+      {"lu_linear",
+       [](const json& c) -> TransformPtr {
+         return std::make_shared<LULinear>(LULinearOptions(c.at("options").at("dim").get<int64_t>())
+                                               .seed(c.at("options").at("seed").get<uint64_t>()));
+       }},
+      {"tarflow", [](const json& c) -> TransformPtr { return std::make_shared<TarFlow>(TarFlowOptions::from_json(c.at("options"))); }},
+      {"actnorm", [](const json& c) -> TransformPtr { return std::make_shared<ActNorm>(c.at("dim").get<int64_t>()); }},
+      {"elementwise_affine",
+       [](const json& c) -> TransformPtr {
+         const int64_t d = c.at("dim").get<int64_t>();
+         return std::make_shared<ElementwiseAffine>(torch::zeros({d}), torch::zeros({d}), c.at("learnable").get<bool>());
+       }},
+  };
+  return r;
+}
+
+std::mutex& transform_registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+}  // namespace
+
+void register_transform(const std::string& type, TransformFactory factory) {
+  if (type.empty() || !factory) usage_error("register_transform", "needs a type and a factory");
+  std::lock_guard<std::mutex> lock(transform_registry_mutex());
+  transform_registry()[type] = std::move(factory);
+}
+
+std::vector<std::string> transform_types() {
+  std::lock_guard<std::mutex> lock(transform_registry_mutex());
+  std::vector<std::string> t;
+  for (const auto& kv : transform_registry()) t.push_back(kv.first);
+  return t;
+}
+
 TransformPtr make_transform(const json& c) {
   const std::string type = c.at("type").get<std::string>();
-  if (type == "composite") {
-    std::vector<TransformPtr> ts;
-    for (const auto& m : c.at("transforms")) ts.push_back(make_transform(m));
-    return std::make_shared<CompositeTransform>(ts);
+  TransformFactory f;
+  {
+    std::lock_guard<std::mutex> lock(transform_registry_mutex());
+    auto it = transform_registry().find(type);
+    if (it != transform_registry().end()) f = it->second;
   }
-  if (type == "inverse") return std::make_shared<InverseTransform>(make_transform(c.at("base")));
-  if (type == "affine_coupling")
-    return std::make_shared<AffineCoupling>(CouplingOptions::from_json(c.at("options")));
-  if (type == "spline_coupling")
-    return std::make_shared<SplineCoupling>(CouplingOptions::from_json(c.at("options")));
-  if (type == "affine_autoregressive")
-    return std::make_shared<MaskedAffineAutoregressive>(AutoregressiveOptions::from_json(c.at("options")));
-  if (type == "spline_autoregressive")
-    return std::make_shared<SplineAutoregressive>(AutoregressiveOptions::from_json(c.at("options")));
-  if (type == "permutation")
-    return std::make_shared<Permutation>(c.at("permutation").get<std::vector<int64_t>>());
-  if (type == "lu_linear")
-    return std::make_shared<LULinear>(LULinearOptions(c.at("options").at("dim").get<int64_t>())
-                                          .seed(c.at("options").at("seed").get<uint64_t>()));
-  if (type == "tarflow") return std::make_shared<TarFlow>(TarFlowOptions::from_json(c.at("options")));
-  if (type == "actnorm") return std::make_shared<ActNorm>(c.at("dim").get<int64_t>());
-  if (type == "elementwise_affine") {
-    const int64_t d = c.at("dim").get<int64_t>();
-    return std::make_shared<ElementwiseAffine>(torch::zeros({d}), torch::zeros({d}),
-                                               c.at("learnable").get<bool>());
-  }
-  runtime_error("make_transform", "unknown transform type '" + type + "'");
+  if (!f) runtime_error("make_transform", "unknown transform type '" + type + "' (is the library that defines it linked and registered?)");
+  return f(c);
 }
 
 DistributionPtr make_distribution(const json& c) {

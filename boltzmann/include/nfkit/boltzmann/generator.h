@@ -45,6 +45,10 @@ class InternalCoordinateTransform : public Transform {
   ZMatrix z_;
 };
 
+/// Registers InternalCoordinateTransform ("internal_coordinates") with make_transform
+/// (flows/builder.h). Done when the library loads; calling it again is harmless.
+void register_boltzmann_transforms();
+
 struct ICFlowRecipe {
   int64_t layers = 4;         ///< blocks of four couplings
   int64_t hidden = 256;

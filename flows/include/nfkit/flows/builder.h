@@ -12,6 +12,7 @@
 //
 //   nfkit::FlowRecipe r; r.kind = "nsf"; r.dim = 2;
 //   auto flow = nfkit::build_flow(r, train_x);
+#include <functional>
 #include <string>
 
 #include "nfkit/flows/distribution.h"
@@ -19,6 +20,14 @@
 namespace nfkit {
 
 TransformPtr make_transform(const json& config);
+
+/// Rebuilds a transform from its config(); register_transform adds a type (or replaces one):
+/// a transform defined outside flows/ (boltzmann's internal coordinates, a user's) registers
+/// its config "type" once and is then restored from checkpoints like the built-in ones.
+using TransformFactory = std::function<TransformPtr(const json& config)>;
+void register_transform(const std::string& type, TransformFactory factory);
+/// The registered types, sorted.
+std::vector<std::string> transform_types();
 DistributionPtr make_distribution(const json& config);
 /// A Flow from Flow::config(). Parameters are freshly initialised; load weights separately.
 std::shared_ptr<Flow> make_flow(const json& config);
