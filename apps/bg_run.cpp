@@ -77,33 +77,25 @@ Command bg_run_command() {
               stages[name] = r;
               if (!ctx.globals.quiet) ctx.err << "[" << name << "] done in " << format_duration(s) << "\n";
             };
-            stage("md", md, md_cfg,
-                  [&] {
-                    H5Reader r(md);
-                    return json{{"md", json::parse(r.attr_string("/", "options"))},
-                                {"system", r.attr_string("/", "system")}};
-                  },
-                  [&] {
-                    const auto o = md_from(vm, ctx);
-                    const auto rep = run_md(m.system, m.mol.positions(), o, md, [] { return stop_requested(); });
-                    if (rep.interrupted)
-                      throw Interrupted("interrupted during MD; state saved; rerun the same command to resume");
-                    return json{{"frames", rep.frames}, {"ns_simulated", rep.ns_simulated}};
-                  });
+            // An MD stage: its recorded configuration, and the run.
+            auto md_recorded = [](const std::string& file) {
+              return [file] {
+                H5Reader r(file);
+                return json{{"md", json::parse(r.attr_string("/", "options"))},
+                            {"system", r.attr_string("/", "system")}};
+              };
+            };
+            auto md_run = [&](const MDOptions& o, const std::string& file, const std::string& what) {
+              return [&, o, file, what] {
+                const auto rep = run_md(m.system, m.mol.positions(), o, file, [] { return stop_requested(); });
+                if (rep.interrupted)
+                  throw Interrupted("interrupted during the " + what + "; state saved; rerun the same command to resume");
+                return json{{"frames", rep.frames}, {"ns_simulated", rep.ns_simulated}};
+              };
+            };
+            stage("md", md, md_cfg, md_recorded(md), md_run(md_from(vm, ctx), md, "MD"));
             if (test_options.frames > 0 && vm["reference"].as<std::string>().empty())
-              stage("test-md", test_md, test_cfg,
-                    [&] {
-                      H5Reader r(test_md);
-                      return json{{"md", json::parse(r.attr_string("/", "options"))},
-                                  {"system", r.attr_string("/", "system")}};
-                    },
-                    [&] {
-                      const auto rep = run_md(m.system, m.mol.positions(), test_options, test_md,
-                                              [] { return stop_requested(); });
-                      if (rep.interrupted)
-                        throw Interrupted("interrupted during the test MD; state saved; rerun the same command to resume");
-                      return json{{"frames", rep.frames}, {"ns_simulated", rep.ns_simulated}};
-                    });
+              stage("test-md", test_md, test_cfg, md_recorded(test_md), md_run(test_options, test_md, "test MD"));
             stage("train", model, train_cfg,
                   [&] {
                     json meta;

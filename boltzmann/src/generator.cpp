@@ -2,11 +2,10 @@
 
 #include <torch/torch.h>
 
-#include <map>
-#include <mutex>
 #include <random>
 
 #include "nfkit/core/checks.h"
+#include "nfkit/core/registry.h"
 #include "nfkit/flows/builder.h"
 #include "nfkit/flows/coupling.h"
 #include "nfkit/flows/normalization.h"
@@ -210,44 +209,27 @@ class CartesianMap : public CoordinateMap {
   }
 };
 
-std::map<std::string, CoordinateMapFactory>& coordinate_registry() {
-  static std::map<std::string, CoordinateMapFactory> r = {
-      {"internal", [](const ZMatrix& z) { return std::make_shared<InternalMap>(z); }},
-      {"cartesian", [](const ZMatrix& z) { return std::make_shared<CartesianMap>(z); }}};
+Registry<CoordinateMapFactory>& coordinate_registry() {
+  static Registry<CoordinateMapFactory> r(
+      {{"internal", [](const ZMatrix& z) -> std::shared_ptr<CoordinateMap> { return std::make_shared<InternalMap>(z); }},
+       {"cartesian", [](const ZMatrix& z) -> std::shared_ptr<CoordinateMap> { return std::make_shared<CartesianMap>(z); }}});
   return r;
-}
-std::mutex& coordinate_registry_mutex() {
-  static std::mutex m;
-  return m;
 }
 
 }  // namespace
 
 void register_coordinate_map(const std::string& name, CoordinateMapFactory factory) {
   if (name.empty() || !factory) usage_error("register_coordinate_map", "needs a name and a factory");
-  std::lock_guard<std::mutex> lock(coordinate_registry_mutex());
-  coordinate_registry()[name] = std::move(factory);
+  coordinate_registry().add(name, std::move(factory));
 }
 
-std::vector<std::string> coordinate_map_names() {
-  std::lock_guard<std::mutex> lock(coordinate_registry_mutex());
-  std::vector<std::string> names;
-  for (const auto& [k, v] : coordinate_registry()) names.push_back(k);
-  return names;
-}
+std::vector<std::string> coordinate_map_names() { return coordinate_registry().names(); }
 
 std::shared_ptr<CoordinateMap> make_coordinate_map(const std::string& name, const ZMatrix& z) {
-  CoordinateMapFactory f;
-  {
-    std::lock_guard<std::mutex> lock(coordinate_registry_mutex());
-    auto it = coordinate_registry().find(name);
-    if (it != coordinate_registry().end()) f = it->second;
-  }
-  if (!f) {
-    std::string known;
-    for (const auto& n : coordinate_map_names()) known += (known.empty() ? "" : ", ") + n;
-    usage_error("--coordinates", "'" + name + "' is not a coordinate map, expected one of " + known);
-  }
+  const auto f = coordinate_registry().find(name);
+  if (!f)
+    usage_error("--coordinates", "'" + name + "' is not a coordinate map, expected one of " +
+                                     coordinate_registry().joined_names());
   return f(z);
 }
 

@@ -1,11 +1,10 @@
 #include "nfkit/flows/builder.h"
 
-#include <map>
-#include <mutex>
 
 #include <torch/torch.h>
 
 #include "nfkit/core/checks.h"
+#include "nfkit/core/registry.h"
 #include "nfkit/core/runtime.h"
 #include "nfkit/flows/autoregressive.h"
 #include "nfkit/flows/coupling.h"
@@ -18,8 +17,8 @@ namespace nfkit {
 
 namespace {
 
-std::map<std::string, TransformFactory>& transform_registry() {
-  static std::map<std::string, TransformFactory> r = {
+Registry<TransformFactory>& transform_registry() {
+  static Registry<TransformFactory> r({
       {"composite",
        [](const json& c) -> TransformPtr {
          std::vector<TransformPtr> ts;
@@ -53,39 +52,25 @@ std::map<std::string, TransformFactory>& transform_registry() {
          const int64_t d = c.at("dim").get<int64_t>();
          return std::make_shared<ElementwiseAffine>(torch::zeros({d}), torch::zeros({d}), c.at("learnable").get<bool>());
        }},
-  };
+  });
   return r;
-}
-
-std::mutex& transform_registry_mutex() {
-  static std::mutex m;
-  return m;
 }
 
 }  // namespace
 
 void register_transform(const std::string& type, TransformFactory factory) {
   if (type.empty() || !factory) usage_error("register_transform", "needs a type and a factory");
-  std::lock_guard<std::mutex> lock(transform_registry_mutex());
-  transform_registry()[type] = std::move(factory);
+  transform_registry().add(type, std::move(factory));
 }
 
-std::vector<std::string> transform_types() {
-  std::lock_guard<std::mutex> lock(transform_registry_mutex());
-  std::vector<std::string> t;
-  for (const auto& kv : transform_registry()) t.push_back(kv.first);
-  return t;
-}
+std::vector<std::string> transform_types() { return transform_registry().names(); }
 
 TransformPtr make_transform(const json& c) {
   const std::string type = c.at("type").get<std::string>();
-  TransformFactory f;
-  {
-    std::lock_guard<std::mutex> lock(transform_registry_mutex());
-    auto it = transform_registry().find(type);
-    if (it != transform_registry().end()) f = it->second;
-  }
-  if (!f) runtime_error("make_transform", "unknown transform type '" + type + "' (is the library that defines it linked and registered?)");
+  const auto f = transform_registry().find(type);
+  if (!f)
+    runtime_error("make_transform", "unknown transform type '" + type + "', expected one of " +
+                                        transform_registry().joined_names());
   return f(c);
 }
 
