@@ -12,7 +12,6 @@
 #include "nfkit/core/h5.h"
 #include "nfkit/core/progress.h"
 #include "nfkit/core/runtime.h"
-#include "nfkit/flows/builder.h"
 #include "nfkit/flows/checkpoint.h"
 
 namespace nfkit {
