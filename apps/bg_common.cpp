@@ -233,7 +233,8 @@ po::options_description bg_eval_options() {
       ("clip-top", po::value<double>()->default_value(0.0), "drop this fraction of the largest log-weights before resampling, as SBG and ArBG do (0.002); unclipped numbers are reported beside (0 = off)")
       ("chirality", po::value<std::string>()->default_value("exclude"), "samples with a wrong-handed stereocentre (D-amino acid): exclude (zero weight), mirror (their mirror images, weights kept) or keep")
       ("bootstrap", po::value<int64_t>()->default_value(200), "bootstrap rounds for error bars")
-      ("w2-samples", po::value<int64_t>()->default_value(1000), "samples per side for T-W2 and TICA-W2 (exact assignment, O(n^3))")
+      ("w2-samples", po::value<int64_t>()->default_value(10000), "samples per side for T-W2 and TICA-W2 (exact optimal transport, certified)")
+      ("w2-repeat-samples", po::value<int64_t>()->default_value(2000), "samples per side in each of the --w2-repeats subsamples")
       ("w2-repeats", po::value<int64_t>()->default_value(3), "independent subsamples for the W2 error bars")
       ("tica-lag", po::value<int64_t>()->default_value(100), "TICA lag in reference frames (capped at half the shortest walker)")
       ("energy-cut", po::value<double>(), "raw E-W2 and the raw energy histogram use BG samples with reduced energy below this (default: 20 above the reference's 99.9% quantile)");
@@ -252,6 +253,7 @@ json bg_eval(const po::variables_map& vm, const MoleculeSpec& m, const std::stri
   o.tica_lag = vm["tica-lag"].as<int64_t>();
   o.bootstrap = vm["bootstrap"].as<int64_t>();
   o.w2_samples = vm["w2-samples"].as<int64_t>();
+  o.w2_repeat_samples = vm["w2-repeat-samples"].as<int64_t>();
   if (vm.count("energy-cut")) o.energy_cut = vm["energy-cut"].as<double>();
   o.seed = ctx.globals.seed;
   o.check();
@@ -349,15 +351,17 @@ void print_report(const json& r, std::ostream& os) {
   const auto& tw = r["t_w2"];
   os << "T-W2 (phi/psi torus, " << tw["samples"].get<int64_t>() << " samples): raw "
      << tw["raw"].get<double>() << ", reweighted " << tw["reweighted"].get<double>() << "; over "
-     << tw["repeats"].get<int64_t>() << " random subsamples raw " << pm(tw["raw_repeats"]) << ", reweighted "
-     << pm(tw["reweighted_repeats"]) << "\n";
+     << tw["repeats"].get<int64_t>() << " random subsamples of " << tw["repeat_samples"].get<int64_t>() << " raw "
+     << pm(tw["raw_repeats"]) << ", reweighted " << pm(tw["reweighted_repeats"]) << "\n";
   const auto& ti = r["tica_w2"];
   if (ti.contains("error"))
     os << "TICA-W2: none (" << ti["error"].get<std::string>() << ")\n";
   else
     os << "TICA-W2 (2 slowest TICA components of the reference, lag " << ti["lag_frames"].get<int64_t>()
-       << " frames, " << ti["samples"].get<int64_t>() << " samples, " << ti["repeats"].get<int64_t>()
-       << " subsamples): raw " << pm(ti["raw"]) << ", reweighted " << pm(ti["reweighted"]) << "\n";
+       << " frames, " << ti["samples"].get<int64_t>() << " samples): raw " << ti["raw"].get<double>()
+       << ", reweighted " << ti["reweighted"].get<double>() << "; over " << ti["repeats"].get<int64_t>()
+       << " random subsamples of " << ti["repeat_samples"].get<int64_t>() << " raw " << pm(ti["raw_repeats"])
+       << ", reweighted " << pm(ti["reweighted_repeats"]) << "\n";
   os << "KL(MD || BG) Ramachandran: raw " << r["rama_kl"]["raw"].get<double>() << ", reweighted "
      << r["rama_kl"]["reweighted"].get<double>() << "\n";
   if (r.contains("held_out_nll"))

@@ -17,6 +17,7 @@
 #include "nfkit/core/h5.h"
 #include "nfkit/flows/builder.h"
 #include "nfkit/flows/checkpoint.h"
+#include "nfkit/flows/optimal_transport.h"
 #include "nfkit/physics/analytic.h"
 #include "nfkit/physics/internal_coordinates.h"
 #include "nfkit/physics/molecule.h"
@@ -381,6 +382,7 @@ TEST_CASE("pipeline: train, sample and evaluate by library calls, failed energie
   BGEvalOptions eo;
   eo.bootstrap = 5;
   eo.w2_samples = 50;
+  eo.w2_repeat_samples = 30;
   eo.clip_top = 0.01;
   eo.tica_lag = 20;
   const auto ev = evaluate_generator(mol, s, md, eo, &bg, 0.1);
@@ -396,7 +398,9 @@ TEST_CASE("pipeline: train, sample and evaluate by library calls, failed energie
         torch::isfinite(lw_excl).sum().item<int64_t>() - ev.clipped_top);
   CHECK(ev.tica_error.empty());
   CHECK(ev.tica_lag == 20);
-  CHECK(ev.tica_w2_raw.value > 0);
+  CHECK(ev.tica_w2_raw > 0);
+  CHECK(ev.tica_w2_raw_repeats.value > 0);
+  CHECK(ev.w2_repeat_samples == 30);
   CHECK(ev.n_samples == 600);
   CHECK(ev.ess_fraction == Approx(rep.ess_fraction));
   CHECK(ev.infinite_energies >= rep.failed_energies);
@@ -429,8 +433,8 @@ TEST_CASE("exact W2 in R^d: a translated sample is |shift| away", "[boltzmann]")
   torch::manual_seed(3);
   const auto a = torch::randn({60, 2}, torch::kFloat64);
   const auto shift = torch::tensor({0.3, -0.4}, torch::kFloat64);
-  CHECK(wasserstein2_exact(a, a + shift) == Approx(0.5).epsilon(1e-9));
-  CHECK(wasserstein2_exact(a, a.flip(0)) == Approx(0.0).margin(1e-12));  // a permutation
+  CHECK(wasserstein2(a, a + shift) == Approx(0.5).epsilon(1e-9));
+  CHECK(wasserstein2(a, a.flip(0)) == Approx(0.0).margin(1e-12));  // a permutation
 }
 
 TEST_CASE("TICA: AR(1) processes give their lag autocorrelations, slowest first", "[boltzmann]") {

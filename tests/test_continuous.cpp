@@ -10,6 +10,7 @@
 #include "helpers.h"
 #include "nfkit/core/files.h"
 #include "nfkit/core/h5.h"
+#include "nfkit/core/npy.h"
 #include "nfkit/flows/boss.h"
 #include "nfkit/flows/checkpoint.h"
 #include "nfkit/flows/continuous_flow.h"
@@ -290,7 +291,7 @@ TEST_CASE("optimal transport: assignment equals brute force, pairs nearest point
   // W2 of a translate is the translation's length.
   const auto y = x0 + torch::tensor({3.0, 4.0}, f64);
   CHECK(wasserstein2(x0, y) == Approx(5.0).epsilon(1e-12));
-  CHECK_THROWS_AS(wasserstein2(x0, y.narrow(0, 0, 10)), UsageError);
+  CHECK_THROWS_AS(wasserstein2(x0, y.narrow(1, 0, 1)), UsageError);
 
   // OT-CFM's coupling draws only optimal pairs.
   const auto a = torch::tensor({{0.0, 0.0}, {10.0, 0.0}, {0.0, 10.0}}, f64);
@@ -302,6 +303,86 @@ TEST_CASE("optimal transport: assignment equals brute force, pairs nearest point
   auto w = couple(CfmOptions().method(CfmMethod::kWCFM).wcfm_eps(10), a, b);
   CHECK(w.weight.mean().item<double>() == Approx(1.0));
   CHECK(w.weight[0].item<double>() < w.weight[2].item<double>());
+}
+
+TEST_CASE("exact transport: brute force, 1-D quantiles, unequal sizes, torus, certificate rounds", "[continuous]") {
+  const auto f64 = torch::kFloat64;
+  torch::manual_seed(11);
+  // Brute force over all 7! permutations (uniform equal-size clouds: an optimal plan is one).
+  {
+    const auto x = torch::randn({7, 3}, f64), y = torch::randn({7, 3}, f64);
+    const auto C = squared_distances(x, y);
+    std::vector<int64_t> p(7);
+    std::iota(p.begin(), p.end(), 0);
+    double best = 1e300;
+    do {
+      double s = 0;
+      for (int64_t i = 0; i < 7; ++i) s += C[i][p[i]].item<double>();
+      best = std::min(best, s / 7);
+    } while (std::next_permutation(p.begin(), p.end()));
+    const auto plan = exact_transport(7, 7, squared_distance_cost(x, y));
+    CHECK(plan.cost == Approx(best).epsilon(1e-10));
+    CHECK(wasserstein2(x, y) == Approx(std::sqrt(best)).epsilon(1e-10));
+  }
+  // 1-D, n = 2m: the monotone (quantile) coupling sends sorted x_{2j}, x_{2j+1} to sorted y_j.
+  {
+    const int64_t m = 700;
+    const auto x = torch::randn({2 * m, 1}, f64), y = 0.5 + 2 * torch::rand({m, 1}, f64);
+    const auto xs = std::get<0>(torch::sort(x.squeeze(1))), ys = std::get<0>(torch::sort(y.squeeze(1)));
+    const double truth = (xs - ys.repeat_interleave(2)).pow(2).mean().item<double>();
+    // neighbours(1): the first solve sees one column per row, so the certificate must grow it
+    const auto plan = exact_transport(2 * m, m, squared_distance_cost(x, y), ExactTransportOptions().neighbours(1));
+    CHECK(plan.cost == Approx(truth).epsilon(1e-9));
+    CHECK(plan.rounds > 1);
+    // the plan's marginals are uniform
+    const auto rows = torch::zeros({2 * m}, f64).index_add_(0, plan.rows, plan.mass);
+    const auto cols = torch::zeros({m}, f64).index_add_(0, plan.cols, plan.mass);
+    CHECK(torch::allclose(rows, torch::full({2 * m}, 0.5 / m, f64), 0, 1e-15));
+    CHECK(torch::allclose(cols, torch::full({m}, 1.0 / m, f64), 0, 1e-15));
+    // sizes without a common factor: n = 3, m = 2
+    const auto a = torch::tensor({{0.0}, {1.0}, {2.0}}, f64), b = torch::tensor({{0.0}, {2.0}}, f64);
+    // 0 -> 0 and 2 -> 2 (1/3 each), 1 splits 1/6 to each end at cost 1: W2^2 = 1/3
+    CHECK(exact_transport(3, 2, squared_distance_cost(a, b)).cost == Approx(1.0 / 3).epsilon(1e-12));
+  }
+  // One point against a cloud: W2^2 is the mean squared distance.
+  {
+    const auto y = torch::randn({300, 2}, f64), a = torch::tensor({{0.3, -0.2}}, f64);
+    CHECK(wasserstein2(a, y) == Approx(std::sqrt((y - a).pow(2).sum(1).mean().item<double>())).epsilon(1e-10));
+  }
+  // Torus: a cloud in a box of side 1 around the seam (pi, 0), shifted by (0.4, -0.3) rad and
+  // wrapped, is at distance 0.5: all pairs lie within pi of each other, so the torus metric is
+  // the Euclidean one of the unwrapped points, for which a translation is an optimal plan.
+  {
+    auto wrap = [](const torch::Tensor& t) { return torch::remainder(t + M_PI, 2 * M_PI) - M_PI; };
+    const auto box = torch::rand({400, 2}, f64) - 0.5 + torch::tensor({M_PI, 0.0}, f64);
+    const auto x = wrap(box), shifted = wrap(box + torch::tensor({0.4, -0.3}, f64));
+    CHECK(wasserstein2(x, shifted, 2 * M_PI) == Approx(0.5).epsilon(1e-9));
+    CHECK(wasserstein2(x, shifted) > 1.0);  // without the period the wrapped points travel far
+  }
+  CHECK_THROWS_WITH(exact_transport(0, 3, squared_distance_cost(torch::zeros({0, 1}), torch::zeros({3, 1}))),
+                    Catch::Contains("at least one row"));
+  CHECK_THROWS_WITH(squared_distance_cost(torch::zeros({2, 1}), torch::zeros({2, 2})), Catch::Contains("one dimension"));
+  CHECK_THROWS_WITH(squared_distance_cost(torch::zeros({2, 1}), torch::zeros({2, 1}), -1.0), Catch::Contains("period"));
+
+  // Python Optimal Transport's network simplex (ot.emd2 on the dense cost) agrees on a torus
+  // problem of 1500 x 1200 points.
+  {
+    const auto x = (2 * M_PI) * torch::rand({1500, 2}, f64) - M_PI;
+    const auto y = torch::remainder(0.6 * torch::randn({1200, 2}, f64) + M_PI, 2 * M_PI) - M_PI;
+    const double ours = exact_transport(1500, 1200, squared_distance_cost(x, y, 2 * M_PI)).cost;
+    const auto px = test::temp_path("ot_x.npy"), py = test::temp_path("ot_y.npy");
+    write_npy(px, x);
+    write_npy(py, y);
+    char expected[64];
+    std::snprintf(expected, sizeof expected, "%.17g", ours);
+    const int rc = test::run_python(
+        "import numpy as np, ot\n"
+        "x = np.load('" + px + "'); y = np.load('" + py + "')\n"
+        "d = np.abs(x[:, None, :] - y[None, :, :]); d = np.minimum(d, 2 * np.pi - d)\n"
+        "c = ot.emd2([], [], (d ** 2).sum(2), numItermax=10**8)\n"
+        "assert abs(c - " + std::string(expected) + ") <= 1e-9 * c, (c, " + std::string(expected) + ")\n");
+    if (rc >= 0) CHECK(rc == 0);
+  }
 }
 
 TEST_CASE("optimal transport: log-domain Sinkhorn meets its marginals and nears the exact cost", "[continuous]") {

@@ -8,6 +8,7 @@
 #include "nfkit/core/checks.h"
 #include "nfkit/core/error.h"
 #include "nfkit/core/runtime.h"
+#include "nfkit/flows/optimal_transport.h"
 
 namespace nfkit {
 
@@ -116,87 +117,12 @@ double wasserstein2_1d(const torch::Tensor& a_in, const torch::Tensor& b_in) {
   return std::sqrt(acc);
 }
 
-namespace {
-
-// Minimum total cost of a perfect matching of a square cost matrix [n, n] (Hungarian algorithm
-// with potentials, Kuhn 1955 / Munkres 1957, O(n^3)).
-double min_assignment_cost(const torch::Tensor& cost_in) {
-  const int64_t n = cost_in.size(0);
-  const auto cost = cost_in.to(torch::kFloat64).contiguous();
-  const double* C = cost.data_ptr<double>();
-  // Hungarian algorithm with potentials (1-based arrays).
-  const double inf = std::numeric_limits<double>::infinity();
-  std::vector<double> u(n + 1, 0.0), v(n + 1, 0.0), minv(n + 1);
-  std::vector<int64_t> p(n + 1, 0), way(n + 1, 0);
-  std::vector<char> used(n + 1);
-  for (int64_t i = 1; i <= n; ++i) {
-    p[0] = i;
-    int64_t j0 = 0;
-    std::fill(minv.begin(), minv.end(), inf);
-    std::fill(used.begin(), used.end(), 0);
-    do {
-      used[j0] = 1;
-      const int64_t i0 = p[j0];
-      double delta = inf;
-      int64_t j1 = 0;
-      const double* row = C + (i0 - 1) * n;
-      for (int64_t j = 1; j <= n; ++j)
-        if (!used[j]) {
-          const double cur = row[j - 1] - u[i0] - v[j];
-          if (cur < minv[j]) {
-            minv[j] = cur;
-            way[j] = j0;
-          }
-          if (minv[j] < delta) {
-            delta = minv[j];
-            j1 = j;
-          }
-        }
-      for (int64_t j = 0; j <= n; ++j) {
-        if (used[j]) {
-          u[p[j]] += delta;
-          v[j] -= delta;
-        } else {
-          minv[j] -= delta;
-        }
-      }
-      j0 = j1;
-    } while (p[j0] != 0);
-    do {
-      const int64_t j1 = way[j0];
-      p[j0] = p[j1];
-      j0 = j1;
-    } while (j0 != 0);
-  }
-  double total = 0.0;
-  for (int64_t j = 1; j <= n; ++j) total += C[(p[j] - 1) * n + (j - 1)];
-  return total;
-}
-
-}  // namespace
-
-double torus_wasserstein2(const torch::Tensor& a_in, const torch::Tensor& b_in) {
-  check_dim("torus_wasserstein2", "a", a_in, 2);
-  check_dim("torus_wasserstein2", "b", b_in, 2);
-  const int64_t n = a_in.size(0);
-  check_size("torus_wasserstein2", "b", b_in, 0, n);
-  const auto a = a_in.to(torch::kFloat64).contiguous();
-  const auto b = b_in.to(torch::kFloat64).contiguous();
-  // Cost matrix of wrapped squared distances.
-  auto diff = (a.unsqueeze(1) - b.unsqueeze(0)).abs();  // [n, n, 2]
-  diff = torch::minimum(diff, 2.0 * M_PI - diff);
-  return std::sqrt(min_assignment_cost(diff.pow(2).sum(2)) / static_cast<double>(n));
-}
-
-double wasserstein2_exact(const torch::Tensor& a_in, const torch::Tensor& b_in) {
-  check_dim("wasserstein2_exact", "a", a_in, 2);
-  check_dim("wasserstein2_exact", "b", b_in, 2);
-  const int64_t n = a_in.size(0);
-  check_size("wasserstein2_exact", "b", b_in, 0, n);
-  check_size("wasserstein2_exact", "b", b_in, 1, a_in.size(1));
-  const auto a = a_in.to(torch::kFloat64), b = b_in.to(torch::kFloat64);
-  const auto cost = (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(2);
-  return std::sqrt(min_assignment_cost(cost) / static_cast<double>(n));
+double torus_wasserstein2(const torch::Tensor& a, const torch::Tensor& b) {
+  check_dim("torus_wasserstein2", "a", a, 2);
+  check_dim("torus_wasserstein2", "b", b, 2);
+  check_size("torus_wasserstein2", "a", a, 1, 2);
+  check_size("torus_wasserstein2", "b", b, 1, 2);
+  return wasserstein2(a, b, 2.0 * M_PI);
 }
 
 // ---- chirality ------------------------------------------------------------------------------

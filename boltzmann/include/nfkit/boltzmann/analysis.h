@@ -67,11 +67,10 @@ std::vector<BasinStats> basin_free_energies(const torch::Tensor& phi_psi,
 /// Exact 1-D W2 between the empirical distributions of a [n] and b [m].
 double wasserstein2_1d(const torch::Tensor& a, const torch::Tensor& b);
 
-/// Exact W2 on the torus between equal-size samples a, b [n, 2] (radians).
+/// Exact W2 on the torus between the samples a [n, 2] and b [m, 2] (radians, period 2 pi):
+/// nfkit::wasserstein2 (flows/optimal_transport.h) with period 2 pi, certified optimal.
+/// Euclidean W2 (TICA-W2) is nfkit::wasserstein2 itself.
 double torus_wasserstein2(const torch::Tensor& a, const torch::Tensor& b);
-
-/// Exact W2 between equal-size samples a, b [n, d] in R^d (Euclidean cost, optimal assignment).
-double wasserstein2_exact(const torch::Tensor& a, const torch::Tensor& b);
 
 /// A stereocentre: `centre` with three substituents a, b, c (CA: N, C, CB) and the sign of its
 /// volume (a - centre) . ((b - centre) x (c - centre)) in the reference structure.
