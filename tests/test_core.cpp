@@ -1,4 +1,5 @@
-// core/: checks and their messages, device/threads/seeding, progress, the HDF5 layer.
+// core/: checks and their messages, device/threads/seeding, progress, the HDF5 layer, the
+// file readers (npy, IDX).
 #include <catch2/catch.hpp>
 
 #include <fstream>
@@ -8,6 +9,8 @@
 #include "nfkit/core/checks.h"
 #include "nfkit/core/files.h"
 #include "nfkit/core/h5.h"
+#include "nfkit/core/idx.h"
+#include "nfkit/core/npy.h"
 #include "nfkit/core/progress.h"
 #include "nfkit/core/runtime.h"
 
@@ -198,4 +201,59 @@ TEST_CASE("find_data_file: the path itself, then $NFKIT_DATA, else unchanged", "
   const auto here = dir + "/pta/x.txt";
   CHECK(nfkit::find_data_file(here) == here);  // an existing path is used as given
   ::unsetenv("NFKIT_DATA");
+}
+
+TEST_CASE("npy: round trip, the shipped data, and corrupt files", "[core][io]") {
+  auto t = torch::randn({3, 4}, torch::kFloat64);
+  auto p = test::temp_path("x.npy");
+  write_npy(p, t);
+  CHECK(torch::equal(read_npy(p), t));
+  auto d = read_npy(std::string(NFKIT_SOURCE_DIR) + "/data/pta/ng15_30f_fs_hd_ceffyl/density.npy");
+  CHECK(d.sizes() == torch::IntArrayRef({1, 30, 10000}));
+  write_file_atomic(p, "not numpy at all");
+  CHECK_THROWS_WITH(read_npy(p), Catch::Contains("x.npy") && Catch::Contains("bad magic"));
+  // A valid header whose data is cut short.
+  write_npy(p, t);
+  std::string bytes;
+  {
+    std::ifstream in(p, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  write_file_atomic(p, bytes.substr(0, bytes.size() - 9));
+  CHECK_THROWS_WITH(read_npy(p), Catch::Contains("truncated"));
+}
+
+TEST_CASE("idx: round trip, and missing, truncated or corrupt files give clear errors", "[core][io]") {
+  torch::manual_seed(1);
+  const auto imgs = torch::randint(0, 256, {7, 5, 3}, torch::kUInt8);
+  for (const std::string name : {"images.idx", "images.idx.gz"}) {
+    const auto p = temp_path(name);
+    write_idx(p, imgs);
+    CHECK(torch::equal(read_idx(p), imgs));
+  }
+  CHECK_THROWS_WITH(read_idx(temp_path("absent-idx.gz")), Catch::Contains("absent-idx.gz") && Catch::Contains("missing"));
+  // Truncated data (plain), a corrupt gzip stream, and a file that is not IDX at all.
+  const auto plain = temp_path("plain.idx");
+  write_idx(plain, imgs);
+  std::string bytes;
+  {
+    std::ifstream f(plain, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  const auto trunc = temp_path("trunc.idx");
+  std::ofstream(trunc, std::ios::binary) << bytes.substr(0, bytes.size() - 10);
+  CHECK_THROWS_WITH(read_idx(trunc), Catch::Contains("trunc.idx") && Catch::Contains("truncated"));
+  const auto gz = temp_path("images2.idx.gz");
+  write_idx(gz, imgs);
+  std::string gbytes;
+  {
+    std::ifstream f(gz, std::ios::binary);
+    gbytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  const auto bad = temp_path("corrupt.idx.gz");
+  std::ofstream(bad, std::ios::binary) << gbytes.substr(0, gbytes.size() / 2);
+  CHECK_THROWS_WITH(read_idx(bad), Catch::Contains("corrupt.idx.gz"));
+  const auto text = temp_path("text.idx");
+  std::ofstream(text) << "hello, world";
+  CHECK_THROWS_WITH(read_idx(text), Catch::Contains("not an IDX file"));
 }

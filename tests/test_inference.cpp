@@ -407,26 +407,6 @@ double quadrature_ln_z(const Model& m, double a0, double a1, double b0, double b
 
 }  // namespace
 
-TEST_CASE("npy: round trip, the shipped data, and corrupt files", "[inference][pta]") {
-  auto t = torch::randn({3, 4}, torch::kFloat64);
-  auto p = test::temp_path("x.npy");
-  write_npy(p, t);
-  CHECK(torch::equal(read_npy(p), t));
-  auto d = read_npy(kNG15 + "/density.npy");
-  CHECK(d.sizes() == torch::IntArrayRef({1, 30, 10000}));
-  write_file_atomic(p, "not numpy at all");
-  CHECK_THROWS_WITH(read_npy(p), Contains("x.npy") && Contains("bad magic"));
-  // A valid header whose data is cut short.
-  write_npy(p, t);
-  std::string bytes;
-  {
-    std::ifstream in(p, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  write_file_atomic(p, bytes.substr(0, bytes.size() - 9));
-  CHECK_THROWS_WITH(read_npy(p), Contains("truncated"));
-}
-
 TEST_CASE("pta: free-spectrum loading, refit conventions and spectra", "[inference][pta]") {
   auto fs = FreeSpectrum::load(kNG15);
   CHECK(fs.bins() == 30);

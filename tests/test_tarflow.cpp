@@ -362,41 +362,6 @@ TEST_CASE("tarflow: options are validated with clear errors", "[tarflow]") {
   CHECK_THROWS_WITH(t->sample_inverse(torch::randn({2, 16}), {}, so), Catch::Contains("class-conditional"));
 }
 
-TEST_CASE("idx: round trip, and missing, truncated or corrupt files give clear errors", "[tarflow][io]") {
-  torch::manual_seed(1);
-  const auto imgs = torch::randint(0, 256, {7, 5, 3}, torch::kUInt8);
-  for (const std::string name : {"images.idx", "images.idx.gz"}) {
-    const auto p = temp_path(name);
-    write_idx(p, imgs);
-    CHECK(torch::equal(read_idx(p), imgs));
-  }
-  CHECK_THROWS_WITH(read_idx(temp_path("absent-idx.gz")), Catch::Contains("absent-idx.gz") && Catch::Contains("missing"));
-  // Truncated data (plain), a corrupt gzip stream, and a file that is not IDX at all.
-  const auto plain = temp_path("plain.idx");
-  write_idx(plain, imgs);
-  std::string bytes;
-  {
-    std::ifstream f(plain, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(f), {});
-  }
-  const auto trunc = temp_path("trunc.idx");
-  std::ofstream(trunc, std::ios::binary) << bytes.substr(0, bytes.size() - 10);
-  CHECK_THROWS_WITH(read_idx(trunc), Catch::Contains("trunc.idx") && Catch::Contains("truncated"));
-  const auto gz = temp_path("images2.idx.gz");
-  write_idx(gz, imgs);
-  std::string gbytes;
-  {
-    std::ifstream f(gz, std::ios::binary);
-    gbytes.assign(std::istreambuf_iterator<char>(f), {});
-  }
-  const auto bad = temp_path("corrupt.idx.gz");
-  std::ofstream(bad, std::ios::binary) << gbytes.substr(0, gbytes.size() / 2);
-  CHECK_THROWS_WITH(read_idx(bad), Catch::Contains("corrupt.idx.gz"));
-  const auto text = temp_path("text.idx");
-  std::ofstream(text) << "hello, world";
-  CHECK_THROWS_WITH(read_idx(text), Catch::Contains("not an IDX file"));
-}
-
 // ---------------------------------------------------------------------------------------
 // The command line on a small synthetic IDX image set (8x8, 3 classes).
 
