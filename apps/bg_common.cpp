@@ -68,7 +68,8 @@ po::options_description md_options(int64_t default_frames, int64_t default_walke
       ("equilibration", po::value<int64_t>()->default_value(20), "frames discarded per walker at the start")
       ("timestep", po::value<double>()->default_value(0.001, "0.001"), "time step in ps")
       ("friction", po::value<double>()->default_value(1.0), "Langevin friction in 1/ps")
-      ("platform", po::value<std::string>()->default_value("Reference"), "OpenMM platform (Reference, CPU)");
+      ("platform", po::value<std::string>()->default_value("Reference"), "OpenMM platform (Reference, CPU)")
+      ("checkpoint-seconds", po::value<double>()->default_value(30.0), "seconds between MD checkpoints (OUT.part; a killed run resumes from the last one)");
   return o;
 }
 
@@ -82,6 +83,7 @@ MDOptions md_from(const po::variables_map& vm, const Context& ctx) {
   o.timestep = vm["timestep"].as<double>();
   o.friction = vm["friction"].as<double>();
   o.platform = vm["platform"].as<std::string>();
+  o.checkpoint_seconds = vm["checkpoint-seconds"].as<double>();
   o.threads = ctx.globals.threads;
   o.seed = ctx.globals.seed;
   o.quiet = ctx.globals.quiet;
@@ -91,6 +93,7 @@ MDOptions md_from(const po::variables_map& vm, const Context& ctx) {
   check_nonnegative("--equilibration", "value", static_cast<double>(o.equilibration_frames));
   check_positive("--timestep", "value", o.timestep);
   check_positive("--friction", "value", o.friction);
+  check_positive("--checkpoint-seconds", "value", o.checkpoint_seconds);
   return o;
 }
 

@@ -4,6 +4,12 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <unistd.h>
+#include <sys/wait.h>
+#include <thread>
+#include <filesystem>
+#include <chrono>
+#include <csignal>
 #include <sstream>
 
 #include "cli.h"
@@ -140,6 +146,74 @@ TEST_CASE("md: an interrupted run resumes to the full trajectory", "[boltzmann][
   const auto out3 = temp_path("md3.h5");
   run_md(kSystem, mol.positions(), o, out3);
   CHECK(!torch::equal(r.read("/positions"), H5Reader(out3).read("/positions")));
+}
+
+TEST_CASE("md: a run killed with SIGKILL resumes from its last checkpoint to the same trajectory", "[boltzmann][md]") {
+  // The binary, killed without warning (no signal handler runs) once it has written a few
+  // checkpoints, then started again with the same command: the .part file is intact (written
+  // under a temporary name and renamed), the run resumes, and its trajectory equals an
+  // uninterrupted run's bit for bit.
+  const auto out = temp_path("md-kill.h5");
+  std::filesystem::remove(out);
+  std::filesystem::remove(out + ".part");
+  const std::vector<std::string> args = {NFKIT_BINARY, "md", "--out", out, "--pdb", kPdb, "--system", kSystem,
+                                         "--walkers", "2", "--frames", "400", "--steps-per-frame", "50",
+                                         "--equilibration", "2", "--seed", "5", "--threads", "2",
+                                         "--checkpoint-seconds", "0.05", "--quiet"};
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  // Wait for the second checkpoint (the .part file replaced once), then kill.
+  std::filesystem::file_time_type first{};
+  bool killed = false;
+  for (int t = 0; t < 2000 && !killed; ++t) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::error_code ec;
+    const auto when = std::filesystem::last_write_time(out + ".part", ec);
+    if (ec) continue;
+    if (first == std::filesystem::file_time_type{})
+      first = when;
+    else if (when != first) {
+      kill(pid, SIGKILL);
+      killed = true;
+    }
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  REQUIRE(killed);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+  CHECK(!file_exists(out));
+  {
+    H5Reader part(out + ".part");
+    part.expect_format("md-state", 2);
+    const auto done = part.attr_int("/", "frames_done");
+    CHECK(done > 0);
+    CHECK(done < 402);
+  }
+  std::string cmd;
+  for (const auto& a : args) cmd += "'" + a + "' ";
+  CHECK(std::system(cmd.c_str()) == 0);
+  CHECK(!file_exists(out + ".part"));
+  // The same run without interruption, in process.
+  MDOptions o;
+  o.walkers = 2;
+  o.frames = 400;
+  o.steps_per_frame = 50;
+  o.equilibration_frames = 2;
+  o.seed = 5;
+  o.quiet = true;
+  const auto whole = temp_path("md-whole.h5");
+  run_md(kSystem, read_pdb(kPdb).positions(), o, whole);
+  H5Reader a(out), b(whole);
+  CHECK(torch::equal(a.read("/positions"), b.read("/positions")));
+  CHECK(torch::equal(a.read("/kinetic_energy"), b.read("/kinetic_energy")));
 }
 
 TEST_CASE("md: the walkers hold the thermostat's temperature", "[boltzmann][md]") {
