@@ -257,3 +257,15 @@ TEST_CASE("idx: round trip, and missing, truncated or corrupt files give clear e
   std::ofstream(text) << "hello, world";
   CHECK_THROWS_WITH(read_idx(text), Catch::Contains("not an IDX file"));
 }
+
+TEST_CASE("test suite: every test name is one ctest entry and every test has a tag", "[core]") {
+  // catch_discover_tests splits names at ';' (a name with one silently became two entries
+  // that matched nothing, and 19 tests never ran); Catch itself refuses duplicate names.
+  const auto& all = Catch::getRegistryHub().getTestCaseRegistry().getAllTests();
+  CHECK(all.size() > 100);
+  for (const auto& t : all) {
+    INFO(t.name);
+    CHECK(t.name.find(';') == std::string::npos);
+    CHECK(!t.tags.empty());
+  }
+}
