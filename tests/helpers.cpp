@@ -11,9 +11,14 @@
 #include "cli.h"
 
 #include <ftw.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <thread>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -82,6 +87,44 @@ torch::Tensor brute_force_logabsdet(Transform& t, const torch::Tensor& x0, const
 std::string python_interpreter() {
   const char* env = std::getenv("NFKIT_TEST_PYTHON");
   return env != nullptr && *env != '\0' ? std::string(env) : std::string("/usr/bin/python3");
+}
+
+bool run_and_sigkill(const std::vector<std::string>& args, const std::string& watched, int writes) {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  std::filesystem::file_time_type last{};
+  int seen = 0;
+  bool killed = false;
+  for (int t = 0; t < 2000 && !killed; ++t) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) return false;  // it ended on its own
+    std::error_code ec;
+    const auto when = std::filesystem::last_write_time(watched, ec);
+    if (ec || (seen > 0 && when == last)) continue;
+    last = when;
+    if (++seen >= writes) {
+      kill(pid, SIGKILL);
+      killed = true;
+    }
+  }
+  if (!killed) kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return killed && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+}
+
+std::string shell_command(const std::vector<std::string>& args) {
+  std::string cmd;
+  for (const auto& a : args) cmd += "'" + a + "' ";
+  return cmd;
 }
 
 int run_python(const std::string& code) {

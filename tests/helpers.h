@@ -51,6 +51,14 @@ struct CliRun {
 };
 CliRun run_nfkit(std::vector<std::string> args);
 
+/// Runs the program args[0] with args, waits until `watched` has been written `writes` times
+/// (its modification time changed writes - 1 times after it appeared; polled every 10 ms, for
+/// at most 20 s), then kills it with SIGKILL: true when it was killed that way (false when it
+/// ended or the file never changed often enough).
+bool run_and_sigkill(const std::vector<std::string>& args, const std::string& watched, int writes);
+/// args as one shell command line (each argument single-quoted).
+std::string shell_command(const std::vector<std::string>& args);
+
 /// The Python used for cross-checks: $NFKIT_TEST_PYTHON, else /usr/bin/python3 (Debian's, with
 /// python3-torch, h5py, scipy and OpenMM).
 std::string python_interpreter();

@@ -4,12 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
-#include <unistd.h>
-#include <sys/wait.h>
-#include <thread>
 #include <filesystem>
-#include <chrono>
-#include <csignal>
 #include <sstream>
 
 #include "cli.h"
@@ -160,35 +155,7 @@ TEST_CASE("md: a run killed with SIGKILL resumes from its last checkpoint to the
                                          "--walkers", "2", "--frames", "400", "--steps-per-frame", "50",
                                          "--equilibration", "2", "--seed", "5", "--threads", "2",
                                          "--checkpoint-seconds", "0.05", "--quiet"};
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  // Wait for the second checkpoint (the .part file replaced once), then kill.
-  std::filesystem::file_time_type first{};
-  bool killed = false;
-  for (int t = 0; t < 2000 && !killed; ++t) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    std::error_code ec;
-    const auto when = std::filesystem::last_write_time(out + ".part", ec);
-    if (ec) continue;
-    if (first == std::filesystem::file_time_type{})
-      first = when;
-    else if (when != first) {
-      kill(pid, SIGKILL);
-      killed = true;
-    }
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  REQUIRE(killed);
-  CHECK(WIFSIGNALED(status));
-  CHECK(WTERMSIG(status) == SIGKILL);
+  REQUIRE(run_and_sigkill(args, out + ".part", 2));  // after its second checkpoint
   CHECK(!file_exists(out));
   {
     H5Reader part(out + ".part");
@@ -197,9 +164,7 @@ TEST_CASE("md: a run killed with SIGKILL resumes from its last checkpoint to the
     CHECK(done > 0);
     CHECK(done < 402);
   }
-  std::string cmd;
-  for (const auto& a : args) cmd += "'" + a + "' ";
-  CHECK(std::system(cmd.c_str()) == 0);
+  CHECK(std::system(shell_command(args).c_str()) == 0);
   CHECK(!file_exists(out + ".part"));
   // The same run without interruption, in process.
   MDOptions o;

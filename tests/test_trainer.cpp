@@ -2,8 +2,14 @@
 // early stopping, reverse KL on an energy with a known answer.
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+
 #include "helpers.h"
+#include "nfkit/core/files.h"
 #include "nfkit/flows/builder.h"
+#include "nfkit/flows/checkpoint.h"
 #include "nfkit/flows/fit_settings.h"
 #include "nfkit/flows/toy_densities.h"
 #include "nfkit/flows/trainer.h"
@@ -188,4 +194,33 @@ TEST_CASE("fit settings: defaults chosen from the rows, the dimension and the st
   CHECK(default_fit_settings(torch::randn({1000000, 2})).trainer.steps() == 20000);
   CHECK(steps_for_epochs(2.5, 1000, 100) == 25);
   CHECK_THROWS_AS(default_fit_settings(torch::randn({5})), UsageError);
+}
+
+TEST_CASE("resume: flow train killed with SIGKILL resumes from its checkpoint to the same model", "[trainer][cli]") {
+  // The binary, killed without warning after its third checkpoint, then the same command
+  // again: it resumes from the checkpoint (written under a temporary name and renamed, so
+  // intact) and ends with the model an uninterrupted run gives, bit for bit.
+  auto args = [](const std::string& out, bool quiet = true) {
+    std::vector<std::string> a{NFKIT_BINARY, "flow", "train", "--data", "gmm", "--n-samples", "400",
+                               "--layers", "1", "--hidden", "8", "--steps", "1500",
+                               "--checkpoint-every", "20", "--seed", "3", "--threads", "1", "--out", out};
+    if (quiet) a.push_back("--quiet");
+    return a;
+  };
+  const auto killed = test::temp_path("killed.h5"), whole = test::temp_path("whole.h5");
+  REQUIRE(test::run_and_sigkill(args(killed), killed + ".ckpt", 3));
+  CHECK(!file_exists(killed));
+  CHECK(file_exists(killed + ".ckpt"));
+  const auto err = test::temp_path("resume-stderr.txt");
+  CHECK(std::system((test::shell_command(args(killed, false)) + " > /dev/null 2> '" + err + "'").c_str()) == 0);
+  CHECK(!file_exists(killed + ".ckpt"));
+  std::ifstream in(err);
+  const std::string said((std::istreambuf_iterator<char>(in)), {});
+  CHECK(said.find("resuming from " + killed + ".ckpt at step ") != std::string::npos);  // not from scratch
+  CHECK(std::system(test::shell_command(args(whole)).c_str()) == 0);
+  auto a = load_flow(killed), b = load_flow(whole);
+  CHECK(a.metadata["trainer"]["steps"] == 1500);
+  torch::NoGradGuard ng;
+  const auto x = torch::randn({200, 2});  // flow train's models are float32
+  CHECK(torch::equal(a.flow->log_prob(x), b.flow->log_prob(x)));
 }
