@@ -660,6 +660,8 @@ TEST_CASE("nfkit opf train / eval: command line", "[opf][cli]") {
   CHECK(read_text(fig + ".pdf").compare(0, 5, "%PDF-") == 0);
   CHECK_THAT(r.out, Catch::Contains("gap GNN%"));
   CHECK_THAT(r.out, Catch::Contains("100.0%"));  // feasible after projection
+  CHECK_THAT(r.out, Catch::Contains("(2 timed): "));  // the speed line whole (a 256-byte buffer cut it)
+  CHECK(r.out.find("x\n", r.out.find("(2 timed): ")) != std::string::npos);
   const auto j = nlohmann::json::parse(read_text(rep));
   CHECK(j["nfkit_format"] == "opf_eval");
   CHECK(j["all"]["feasible"] == j["all"]["optimal"]);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <iomanip>
 #include <map>
 #include <sstream>
@@ -50,6 +51,69 @@ double cosine_lr(double lr, int64_t step, int64_t total) {
 
 void set_lr(torch::optim::Adam& opt, double lr) {
   for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
+}
+
+// One training stage: epochs of shuffled minibatches (the epoch's order seeded by
+// (seed, 13, seed_offset + epoch)), Adam with cosine decay and gradient clipping at 10, the
+// validation score after every epoch, the best weights restored at the end; progress about ten
+// times; stops early when asked.
+struct Stage {
+  std::string name;  // "gnn", "cfm"
+  int64_t epochs = 1;
+  double lr = 1e-3;
+  uint64_t seed_offset = 0;
+  std::function<torch::Tensor(const torch::Tensor& batch)> loss;  // rows of the training set
+  std::function<double()> validate;                                // lower is better
+  std::function<std::string()> note;                               // appended to progress lines
+};
+struct StageResult {
+  int64_t best_epoch = 0;
+  double best = 0.0;
+  std::vector<std::pair<int64_t, double>> curve;
+  bool interrupted = false;
+};
+StageResult run_stage(torch::nn::Module& module, const Stage& st, int64_t rows, int64_t batch, uint64_t seed,
+                      const std::function<void(const std::string&)>& progress,
+                      const std::function<bool()>& stop, Clock::time_point t0) {
+  torch::optim::Adam opt(module.parameters(), torch::optim::AdamOptions(st.lr));
+  const int64_t steps_per_epoch = (rows + batch - 1) / batch;
+  StageResult r;
+  r.best = st.validate();
+  auto best_w = snapshot(module);
+  const int64_t total = st.epochs * steps_per_epoch;
+  int64_t step = 0;
+  const int64_t every = std::max<int64_t>(1, st.epochs / 10);
+  for (int64_t ep = 1; ep <= st.epochs; ++ep) {
+    torch::manual_seed(derive_seed(seed, 13, st.seed_offset + static_cast<uint64_t>(ep)));
+    const torch::Tensor order = torch::randperm(rows, torch::kInt64);
+    double sum = 0.0;
+    for (int64_t s = 0; s < steps_per_epoch; ++s, ++step) {
+      const torch::Tensor loss = st.loss(order.slice(0, s * batch, std::min(rows, (s + 1) * batch)));
+      set_lr(opt, cosine_lr(st.lr, step, total));
+      opt.zero_grad();
+      loss.backward();
+      torch::nn::utils::clip_grad_norm_(module.parameters(), 10.0);
+      opt.step();
+      sum += loss.item<double>();
+    }
+    const double v = st.validate();
+    r.curve.emplace_back(ep, v);
+    if (v < r.best) {
+      r.best = v;
+      best_w = snapshot(module);
+      r.best_epoch = ep;
+    }
+    if (ep % every == 0 || ep == st.epochs)
+      progress(st.name + " epoch " + std::to_string(ep) + "/" + std::to_string(st.epochs) + "  loss " +
+               fmt(sum / steps_per_epoch) + "  val rmse " + fmt(v) + " (best " + fmt(r.best) +
+               (st.note ? st.note() : std::string()) + ")  " + fmt(since(t0), 3) + " s");
+    if (stop()) {
+      r.interrupted = true;
+      break;
+    }
+  }
+  restore(module, best_w);
+  return r;
 }
 
 void check_dataset(const OpfDataset& data, const DcNetwork& net, const std::string& what) {
@@ -273,7 +337,6 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
   const torch::Tensor pmin = model.graph().pmin.to(torch::kFloat32), range = model.graph().range.to(torch::kFloat32);
   const float ps = static_cast<float>(model.graph().p_scale), cs = static_cast<float>(model.graph().c_scale);
   const int64_t ntr = rep.train, bs = std::min(opts.batch_size, ntr);
-  const int64_t steps_per_epoch = (ntr + bs - 1) / bs;
   auto progress = [&](const std::string& s) {
     if (!opts.quiet) std::fprintf(stderr, "%s\n", s.c_str());
   };
@@ -325,57 +388,31 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
     }
   }
   if (!resumed) {
-    torch::optim::Adam opt(gnn->parameters(), torch::optim::AdamOptions(opts.lr));
-    double best = val_gnn();
-    auto best_w = snapshot(*gnn);
-    rep.gnn_best_epoch = 0;
-    const int64_t total = opts.epochs * steps_per_epoch;
-    int64_t step = 0;
-    const int64_t every = std::max<int64_t>(1, opts.epochs / 10);
-    for (int64_t ep = 1; ep <= opts.epochs; ++ep) {
-      torch::manual_seed(derive_seed(opts.seed, 13, 1000000 + static_cast<uint64_t>(ep)));
-      const torch::Tensor order = torch::randperm(ntr, torch::kInt64);
-      double sum = 0.0;
-      for (int64_t s = 0; s < steps_per_epoch; ++s, ++step) {
-        const torch::Tensor b = order.slice(0, s * bs, std::min(ntr, (s + 1) * bs));
-        const torch::Tensor pd = tr_data.pd.index_select(0, b), y = tr_data.y.index_select(0, b);
-        const GnnOutput o = gnn->forward(pd, tr_data.mask.index_select(0, b));
-        const torch::Tensor u = o.u, uc = u.clamp(0.0, 1.0);
-        const torch::Tensor err =
-            torch::where(y <= 1e-6, torch::relu(u), torch::where(y >= 1.0 - 1e-6, torch::relu(1.0 - u), u - y));
-        torch::Tensor loss = opts.w_pg * err.pow(2).mean();
-        const torch::Tensor pg = pmin + range * uc;
-        // Huber: near infeasibility (130% of case30) LMPs reach ~1000 times
-        // their usual size
-        if (opts.w_lmp > 0)
-          loss = loss + opts.w_lmp * torch::smooth_l1_loss(o.lmp / cs, tr_data.lmp.index_select(0, b) / cs);
-        const auto terms = phys.terms(pd, pg, uc, o.lmp, tr_data.slot.index_select(0, b), ps, cs);
-        loss = loss + opts.w_balance * terms.balance + opts.w_line * terms.line + opts.w_kkt * terms.kkt;
-        set_lr(opt, cosine_lr(opts.lr, step, total));
-        opt.zero_grad();
-        loss.backward();
-        torch::nn::utils::clip_grad_norm_(gnn->parameters(), 10.0);
-        opt.step();
-        sum += loss.item<double>();
-      }
-      const double v = val_gnn();
-      rep.gnn_curve.emplace_back(ep, v);
-      if (v < best) {
-        best = v;
-        best_w = snapshot(*gnn);
-        rep.gnn_best_epoch = ep;
-      }
-      if (ep % every == 0 || ep == opts.epochs)
-        progress("gnn epoch " + std::to_string(ep) + "/" + std::to_string(opts.epochs) + "  loss " +
-                 fmt(sum / steps_per_epoch) + "  val rmse " + fmt(v) + " (best " + fmt(best) + ")  " +
-                 fmt(since(t0), 3) + " s");
-      if (stop()) {
-        rep.interrupted = true;
-        break;
-      }
-    }
-    restore(*gnn, best_w);
-    rep.gnn_val_rmse = best;
+    Stage st;
+    st.name = "gnn";
+    st.epochs = opts.epochs;
+    st.lr = opts.lr;
+    st.seed_offset = 1000000;
+    st.validate = val_gnn;
+    st.loss = [&](const torch::Tensor& b) {
+      const torch::Tensor pd = tr_data.pd.index_select(0, b), y = tr_data.y.index_select(0, b);
+      const GnnOutput o = gnn->forward(pd, tr_data.mask.index_select(0, b));
+      const torch::Tensor u = o.u, uc = u.clamp(0.0, 1.0);
+      const torch::Tensor err =
+          torch::where(y <= 1e-6, torch::relu(u), torch::where(y >= 1.0 - 1e-6, torch::relu(1.0 - u), u - y));
+      torch::Tensor loss = opts.w_pg * err.pow(2).mean();
+      const torch::Tensor pg = pmin + range * uc;
+      // Huber: near infeasibility (130% of case30) LMPs reach ~1000 times their usual size
+      if (opts.w_lmp > 0)
+        loss = loss + opts.w_lmp * torch::smooth_l1_loss(o.lmp / cs, tr_data.lmp.index_select(0, b) / cs);
+      const auto terms = phys.terms(pd, pg, uc, o.lmp, tr_data.slot.index_select(0, b), ps, cs);
+      return loss + opts.w_balance * terms.balance + opts.w_line * terms.line + opts.w_kkt * terms.kkt;
+    };
+    const auto r = run_stage(*gnn, st, ntr, bs, opts.seed, progress, stop, t0);
+    rep.gnn_best_epoch = r.best_epoch;
+    rep.gnn_curve = r.curve;
+    rep.interrupted = r.interrupted;
+    rep.gnn_val_rmse = r.best;
     if (!rep.interrupted && !opts.gnn_checkpoint.empty())
       model.save(opts.gnn_checkpoint, {{"stage1", stage1},
                                        {"gnn_best_epoch", rep.gnn_best_epoch},
@@ -402,46 +439,21 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
       return std::sqrt((u1.clamp(0.0, 1.0) - va_data.y).pow(2).mean().item<double>());
     };
     const CfmOptions co = CfmOptions().method(CfmMethod::kICFM).sigma(opts.cfm_sigma);
-    torch::optim::Adam opt(vel->parameters(), torch::optim::AdamOptions(opts.cfm_lr));
-    double best = val_cfm();
-    auto best_w = snapshot(*vel);
-    rep.cfm_best_epoch = 0;
-    const int64_t total = opts.cfm_epochs * steps_per_epoch;
-    int64_t step = 0;
-    const int64_t every = std::max<int64_t>(1, opts.cfm_epochs / 10);
-    for (int64_t ep = 1; ep <= opts.cfm_epochs; ++ep) {
-      torch::manual_seed(derive_seed(opts.seed, 13, 2000000 + static_cast<uint64_t>(ep)));
-      const torch::Tensor order = torch::randperm(ntr, torch::kInt64);
-      double sum = 0.0;
-      for (int64_t s = 0; s < steps_per_epoch; ++s, ++step) {
-        const torch::Tensor b = order.slice(0, s * bs, std::min(ntr, (s + 1) * bs));
-        const torch::Tensor loss =
-            cfm_loss(*vel, co, x0_tr.index_select(0, b), tr_data.y.index_select(0, b), c_tr.index_select(0, b));
-        set_lr(opt, cosine_lr(opts.cfm_lr, step, total));
-        opt.zero_grad();
-        loss.backward();
-        torch::nn::utils::clip_grad_norm_(vel->parameters(), 10.0);
-        opt.step();
-        sum += loss.item<double>();
-      }
-      const double v = val_cfm();
-      rep.cfm_curve.emplace_back(ep, v);
-      if (v < best) {
-        best = v;
-        best_w = snapshot(*vel);
-        rep.cfm_best_epoch = ep;
-      }
-      if (ep % every == 0 || ep == opts.cfm_epochs)
-        progress("cfm epoch " + std::to_string(ep) + "/" + std::to_string(opts.cfm_epochs) + "  loss " +
-                 fmt(sum / steps_per_epoch) + "  val rmse " + fmt(v) + " (best " + fmt(best) + ", GNN alone " +
-                 fmt(rep.gnn_val_rmse) + ")  " + fmt(since(t0), 3) + " s");
-      if (stop()) {
-        rep.interrupted = true;
-        break;
-      }
-    }
-    restore(*vel, best_w);
-    rep.cfm_val_rmse = best;
+    Stage st;
+    st.name = "cfm";
+    st.epochs = opts.cfm_epochs;
+    st.lr = opts.cfm_lr;
+    st.seed_offset = 2000000;
+    st.validate = val_cfm;
+    st.loss = [&](const torch::Tensor& b) {
+      return cfm_loss(*vel, co, x0_tr.index_select(0, b), tr_data.y.index_select(0, b), c_tr.index_select(0, b));
+    };
+    st.note = [&] { return ", GNN alone " + fmt(rep.gnn_val_rmse); };
+    const auto r = run_stage(*vel, st, ntr, bs, opts.seed, progress, stop, t0);
+    rep.cfm_best_epoch = r.best_epoch;
+    rep.cfm_curve = r.curve;
+    rep.interrupted = r.interrupted;
+    rep.cfm_val_rmse = r.best;
   }
   gnn->eval();
   model.velocity()->eval();
@@ -506,7 +518,8 @@ std::string OpfEvalReport::table() const {
   };
   for (const auto& l : levels) line(l, fmt(100.0 * l.level, 4) + "%");
   line(all, "all");
-  std::snprintf(buf, sizeof buf,
+  char foot[640];  // the footer is longer than a table line: 256 bytes cut its speed line off
+  std::snprintf(foot, sizeof foot,
                 "gaps: mean |cost - Ipopt's| / Ipopt's over solved scenarios (+proj: GNN+CFM projected; "
                 "GNN+proj: the GNN projected without refinement); viol: worst MW violation before projection (max)\n"
                 "pipeline %.3f ms per instance (batched, projection %.3f ms of "
@@ -516,7 +529,7 @@ std::string OpfEvalReport::table() const {
                 all.scenarios ? 1e3 * projection_seconds / static_cast<double>(all.scenarios) : 0.0,
                 1e3 * ipopt_projection_seconds_per_instance, 1e3 * ipopt_seconds_per_instance,
                 static_cast<long long>(ipopt_timed), speedup);
-  s << buf;
+  s << foot;
   return s.str();
 }
 
