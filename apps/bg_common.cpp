@@ -293,6 +293,12 @@ json bg_eval(const po::variables_map& vm, const MoleculeSpec& m, const std::stri
     log_weight_figure(weights, fmt, rep.log_w, rep.ess_fraction,
                       o.clip > 0 ? "log-weights clipped at the " + std::to_string(o.clip) + " quantile" : "unclipped");
     res["figures"] = {{"ramachandran", rama}, {"energy", energy}, {"log_weights", weights}};
+    if (rep.tica_reference.defined()) {
+      const std::string tica = figure_path(fig_prefix + "tica", fmt);
+      tica_figure(tica, fmt, rep.tica_reference, rep.tica_samples, rep.tica_resampled, rep.tica_lag,
+                  rep.tica_eigenvalues);
+      res["figures"]["tica"] = tica;
+    }
   }
   return res;
 }
@@ -375,7 +381,9 @@ void print_report(const json& r, std::ostream& os) {
     os << "figures: " << r["figures"]["ramachandran"].get<std::string>()
        << " (MD / BG raw / BG reweighted, ln density), " << r["figures"]["energy"].get<std::string>()
        << " (reduced-energy histograms), " << r["figures"]["log_weights"].get<std::string>()
-       << " (log-weight histogram)\n";
+       << " (log-weight histogram)"
+       << (r["figures"].contains("tica") ? ", " + r["figures"]["tica"].get<std::string>() + " (TICA components)" : std::string())
+       << "\n";
 }
 
 }  // namespace nfkit::cli

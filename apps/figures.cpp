@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
@@ -107,6 +108,48 @@ void ramachandran_figure(const std::string& path, viz::Format fmt, const torch::
     p.labels.push_back({-90, -150, "C7eq/β"});
     p.labels.push_back({-90, -35, "αR"});
     p.labels.push_back({90, 20, "αL/C7ax"});
+  }
+  viz::save(f, path, fmt);
+}
+
+void tica_figure(const std::string& path, viz::Format fmt, const torch::Tensor& md, const torch::Tensor& raw,
+                 const torch::Tensor& resampled, int64_t lag, const std::vector<double>& autocorrelations) {
+  constexpr int kBins = 80;
+  const auto ref = md.to(torch::kFloat64);
+  std::array<double, 2> lo{}, hi{};
+  for (int64_t c = 0; c < 2; ++c) {
+    const double a = torch::quantile(ref.select(1, c), 0.005).item<double>();
+    const double b = torch::quantile(ref.select(1, c), 0.995).item<double>();
+    lo[c] = a - 0.25 * (b - a);
+    hi[c] = b + 0.25 * (b - a);
+  }
+  viz::Figure f;
+  f.title = "Alanine dipeptide in the two slowest TICA components of the reference";
+  f.cols = 3;
+  f.width_px = 1560;
+  f.height_px = 600;
+  f.colour_bar_label = "ln density / its maximum";
+  f.colour_range = {-8.0, 0.0};
+  std::string ac;
+  for (size_t k = 0; k < autocorrelations.size(); ++k) ac += (k ? ", " : "") + fixed(autocorrelations[k], 2);
+  f.caption = "lag " + std::to_string(lag) + " frames, TIC autocorrelations " + ac + "; " + std::to_string(kBins) +
+              " x " + std::to_string(kBins) + " bins; white: no sample (< e^-8 of the maximum)";
+  const std::vector<std::pair<std::string, const torch::Tensor*>> panels = {
+      {"MD (" + std::to_string(md.size(0)) + " frames)", &md},
+      {"BG raw (" + std::to_string(raw.size(0)) + " samples)", &raw},
+      {"BG reweighted (resampled)", &resampled}};
+  for (size_t k = 0; k < panels.size(); ++k) {
+    const auto x = panels[k].second->to(torch::kFloat64).contiguous();
+    auto m = viz::histogram2d(to_vector(x.select(1, 0).contiguous()), to_vector(x.select(1, 1).contiguous()), kBins,
+                              lo[0], hi[0], lo[1], hi[1]);
+    for (auto& v : m.values) v = std::isfinite(v) && std::log(v) >= -8.0 ? std::log(v) : NAN;
+    viz::Panel& p = f.panel();
+    p.title = panels[k].first;
+    p.x_label = "TIC 1";
+    p.y_label = k == 0 ? "TIC 2" : "";
+    p.y_numbers = k == 0;
+    p.legend = viz::Panel::Legend::kNone;
+    p.heat = std::move(m);
   }
   viz::save(f, path, fmt);
 }

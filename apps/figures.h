@@ -25,6 +25,13 @@ std::string figure_path(const std::string& stem, viz::Format fmt);
 void ramachandran_figure(const std::string& path, viz::Format fmt, const torch::Tensor& md, const torch::Tensor& bg,
                          const torch::Tensor& log_w);
 
+/// The reference, the raw samples and the resampled samples in the two slowest TICA
+/// components [*, 2] of the reference (MD, BG raw, BG reweighted panels), ln density over its
+/// maximum (floor -8) on the reference's 0.5-99.5% range widened by a quarter each way; lag and
+/// the components' autocorrelations in the caption.
+void tica_figure(const std::string& path, viz::Format fmt, const torch::Tensor& md, const torch::Tensor& raw,
+                 const torch::Tensor& resampled, int64_t lag, const std::vector<double>& autocorrelations);
+
 /// Reduced-energy histograms (MD, BG raw, BG reweighted) on [lo, hi]; the caption states how
 /// many raw samples lie above hi (the raw tail's cut).
 void energy_figure(const std::string& path, viz::Format fmt, const torch::Tensor& u_md, const torch::Tensor& u_raw,

@@ -235,6 +235,7 @@ TEST_CASE("figures: every kind the commands draw renders to PNG and PDF", "[viz]
     const auto u = torch::randn({800}, torch::kFloat64) * 5 - 40;
     energy_figure(path("energy"), fmt, u, torch::cat({u + 1, torch::full({3}, 1e9, torch::kFloat64)}), u, -60, -10);
     log_weight_figure(path("logw"), fmt, log_w, 0.8, "unclipped");
+    tica_figure(path("tica"), fmt, md, bg, bg.flip(0), 100, {0.63, 0.04});
     density_figure(path("density"), fmt,
                    {torch::rand({32, 32}, torch::kFloat64), torch::rand({32, 32}, torch::kFloat64)}, {"truth", "flow"},
                    4.0);

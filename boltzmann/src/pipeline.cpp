@@ -512,6 +512,9 @@ BGEvalReport evaluate_generator(const Molecule& mol, const SampleSet& s, const T
     const auto tic_bg = tica.project(tica_features(x, mol, dih));
     const auto tic_raw = tic_bg.index_select(0, raw_rows);
     for (int64_t c = 0; c < tica.eigenvalues.size(0); ++c) r.tica_eigenvalues.push_back(tica.eigenvalues[c].item<double>());
+    r.tica_reference = tic_md;
+    r.tica_samples = tic_raw;
+    r.tica_resampled = tic_bg.index_select(0, idx_rw);
     r.tica_w2_raw = wasserstein2(tic_md.index_select(0, md_even), tic_raw.index_select(0, raw_even));
     r.tica_w2_reweighted = wasserstein2(tic_md.index_select(0, md_even), tic_bg.index_select(0, rw_first));
     r.tica_w2_raw_repeats = spread(o.w2_repeats, [&](int64_t rep) {

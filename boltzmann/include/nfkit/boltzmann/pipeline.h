@@ -189,6 +189,9 @@ struct BGEvalReport {
   /// For figures: (phi, psi) of the reference and the samples, reduced energies of the
   /// reference, samples and resampled samples, the (clipped) log-weights.
   torch::Tensor rama_reference, rama_samples, u_reference, u_samples, u_resampled, log_w;
+  /// The two slowest TICA components [*, 2] of the reference, the samples and the resampled
+  /// samples (undefined when TICA failed).
+  torch::Tensor tica_reference, tica_samples, tica_resampled;
   nlohmann::json to_json() const;
 };
 
