@@ -3,7 +3,11 @@
 #include <torch/nn/functional/activation.h>
 #include <torch/torch.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "nfkit/core/error.h"
 #include "nfkit/core/h5.h"
@@ -293,18 +297,45 @@ OpfPrediction OpfModel::predict(const torch::Tensor& pd, const torch::Tensor& ou
   if (pd.dim() != 2 || pd.size(1) != graph_.nb)
     usage_error("OpfModel::predict", "pd must be [B, " + std::to_string(graph_.nb) + "] (MW per bus)");
   if (!torch::isfinite(pd).all().item<bool>()) usage_error("OpfModel::predict", "pd must be finite");
-  c10::InferenceMode guard;
-  const torch::Tensor mask = outage.defined() ? in_service(outage) : torch::Tensor();
-  const GnnOutput out = gnn_->forward(pd, mask);
-  OpfPrediction p;
-  p.pg_gnn = from_unit(out.u.clamp(0.0, 1.0));
-  p.lmp = out.lmp.to(torch::kFloat64);
-  const torch::Tensor ctx = vel_->context(out, pd);
-  const torch::Tensor u1 =
-      odeint([&](double t, const torch::Tensor& y) { return vel_->forward(torch::tensor(t, y.options()), y, ctx); },
-             out.u, 0.0, 1.0, ode);
-  p.pg_cfm = from_unit(u1.clamp(0.0, 1.0));
-  return p;
+  // On the CPU the batch goes in fixed chunks of kChunk instances, one chunk per thread at a
+  // time: the GNN's and the velocity field's operations are too small to gain from threads
+  // inside each (case30, 1000 instances, 2 threads: 0.20-0.22 ms per instance as one batch,
+  // 0.14-0.17 in chunks of 128 or 256), and fixed chunks give the same numbers on any number of
+  // threads.
+  constexpr int64_t kChunk = 128;
+  const int64_t B = pd.size(0);
+  const int64_t chunks = pd.is_cuda() ? 1 : std::max<int64_t>(1, (B + kChunk - 1) / kChunk);
+  const int64_t size = pd.is_cuda() ? B : kChunk;
+  std::vector<OpfPrediction> parts(static_cast<size_t>(chunks));
+  auto run = [&](int64_t c) {
+    c10::InferenceMode guard;
+    const int64_t lo = c * size, len = std::min(size, B - lo);
+    const torch::Tensor p = pd.narrow(0, lo, len);
+    const torch::Tensor mask = outage.defined() ? in_service(outage.narrow(0, lo, len)) : torch::Tensor();
+    const GnnOutput out = gnn_->forward(p, mask);
+    OpfPrediction& r = parts[static_cast<size_t>(c)];
+    r.pg_gnn = from_unit(out.u.clamp(0.0, 1.0));
+    r.lmp = out.lmp.to(torch::kFloat64);
+    const torch::Tensor ctx = vel_->context(out, p);
+    const torch::Tensor u1 =
+        odeint([&](double t, const torch::Tensor& y) { return vel_->forward(torch::tensor(t, y.options()), y, ctx); },
+               out.u, 0.0, 1.0, ode);
+    r.pg_cfm = from_unit(u1.clamp(0.0, 1.0));
+  };
+  if (chunks == 1)
+    run(0);
+  else
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) run(c);
+    });
+  if (chunks == 1) return parts[0];
+  OpfPrediction all;
+  std::vector<torch::Tensor> g, f, l;
+  for (const auto& r : parts) g.push_back(r.pg_gnn), f.push_back(r.pg_cfm), l.push_back(r.lmp);
+  all.pg_gnn = torch::cat(g);
+  all.pg_cfm = torch::cat(f);
+  all.lmp = torch::cat(l);
+  return all;
 }
 
 void OpfModel::save(const std::string& path, const nlohmann::json& metadata) const {
