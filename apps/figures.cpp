@@ -66,17 +66,30 @@ viz::Series polyline(std::vector<double> x, std::vector<double> y) {
 
 }  // namespace
 
-void ramachandran_figure(const std::string& path, viz::Format fmt, const torch::Tensor& md, const torch::Tensor& bg,
-                         const torch::Tensor& log_w) {
-  constexpr int kBins = 90;
+namespace {
+
+// Three side-by-side ln-density heat maps (reference, raw, reweighted) with one colour bar of
+// ln density over its maximum, floor -8.
+viz::Figure log_density_panels(const std::string& title, const std::string& caption) {
   viz::Figure f;
-  f.title = "Ramachandran plots of alanine dipeptide";
+  f.title = title;
   f.cols = 3;
   f.width_px = 1560;
   f.height_px = 600;
   f.colour_bar_label = "ln density / its maximum";
   f.colour_range = {-8.0, 0.0};
-  f.caption = "90 x 90 bins of 4 degrees; white: no sample (or below e^-8 of the maximum); dashed: basin boundaries";
+  f.caption = caption;
+  return f;
+}
+
+}  // namespace
+
+void ramachandran_figure(const std::string& path, viz::Format fmt, const torch::Tensor& md, const torch::Tensor& bg,
+                         const torch::Tensor& log_w) {
+  constexpr int kBins = 90;
+  viz::Figure f = log_density_panels(
+      "Ramachandran plots of alanine dipeptide",
+      "90 x 90 bins of 4 degrees; white: no sample (or below e^-8 of the maximum); dashed: basin boundaries");
   const std::vector<std::pair<std::string, torch::Tensor>> panels = {
       {"MD (" + std::to_string(md.size(0)) + " frames)", torch::Tensor()},
       {"BG raw (" + std::to_string(bg.size(0)) + " samples)", torch::Tensor()},
@@ -123,17 +136,12 @@ void tica_figure(const std::string& path, viz::Format fmt, const torch::Tensor& 
     lo[c] = a - 0.25 * (b - a);
     hi[c] = b + 0.25 * (b - a);
   }
-  viz::Figure f;
-  f.title = "Alanine dipeptide in the two slowest TICA components of the reference";
-  f.cols = 3;
-  f.width_px = 1560;
-  f.height_px = 600;
-  f.colour_bar_label = "ln density / its maximum";
-  f.colour_range = {-8.0, 0.0};
   std::string ac;
   for (size_t k = 0; k < autocorrelations.size(); ++k) ac += (k ? ", " : "") + fixed(autocorrelations[k], 2);
-  f.caption = "lag " + std::to_string(lag) + " frames, TIC autocorrelations " + ac + "; " + std::to_string(kBins) +
-              " x " + std::to_string(kBins) + " bins; white: no sample (< e^-8 of the maximum)";
+  viz::Figure f = log_density_panels(
+      "Alanine dipeptide in the two slowest TICA components of the reference",
+      "lag " + std::to_string(lag) + " frames, TIC autocorrelations " + ac + "; " + std::to_string(kBins) + " x " +
+          std::to_string(kBins) + " bins; white: no sample (< e^-8 of the maximum)");
   const std::vector<std::pair<std::string, const torch::Tensor*>> panels = {
       {"MD (" + std::to_string(md.size(0)) + " frames)", &md},
       {"BG raw (" + std::to_string(raw.size(0)) + " samples)", &raw},

@@ -388,12 +388,7 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
     }
   }
   if (!resumed) {
-    Stage st;
-    st.name = "gnn";
-    st.epochs = opts.epochs;
-    st.lr = opts.lr;
-    st.seed_offset = 1000000;
-    st.validate = val_gnn;
+    Stage st{"gnn", opts.epochs, opts.lr, 1000000, {}, val_gnn, {}};
     st.loss = [&](const torch::Tensor& b) {
       const torch::Tensor pd = tr_data.pd.index_select(0, b), y = tr_data.y.index_select(0, b);
       const GnnOutput o = gnn->forward(pd, tr_data.mask.index_select(0, b));
@@ -439,12 +434,7 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
       return std::sqrt((u1.clamp(0.0, 1.0) - va_data.y).pow(2).mean().item<double>());
     };
     const CfmOptions co = CfmOptions().method(CfmMethod::kICFM).sigma(opts.cfm_sigma);
-    Stage st;
-    st.name = "cfm";
-    st.epochs = opts.cfm_epochs;
-    st.lr = opts.cfm_lr;
-    st.seed_offset = 2000000;
-    st.validate = val_cfm;
+    Stage st{"cfm", opts.cfm_epochs, opts.cfm_lr, 2000000, {}, val_cfm, {}};
     st.loss = [&](const torch::Tensor& b) {
       return cfm_loss(*vel, co, x0_tr.index_select(0, b), tr_data.y.index_select(0, b), c_tr.index_select(0, b));
     };
