@@ -551,6 +551,8 @@ TEST_CASE("coordinate maps: registry, one log-density correction both ways, a us
   register_coordinate_map("internal-x2", [](const ZMatrix& zz) { return std::make_shared<Doubled>(zz); });
   const auto names = coordinate_map_names();
   CHECK(std::find(names.begin(), names.end(), "internal-x2") != names.end());
+  CHECK_THROWS_WITH(register_coordinate_map("", [](const ZMatrix& zz) { return std::make_shared<Doubled>(zz); }),
+                    Catch::Contains("register_coordinate_map: needs a name and a factory"));
   BGTrainOptions o;
   o.coordinates = "internal-x2";
   CHECK_NOTHROW(o.check());

@@ -219,8 +219,7 @@ Registry<CoordinateMapFactory>& coordinate_registry() {
 }  // namespace
 
 void register_coordinate_map(const std::string& name, CoordinateMapFactory factory) {
-  if (name.empty() || !factory) usage_error("register_coordinate_map", "needs a name and a factory");
-  coordinate_registry().add(name, std::move(factory));
+  coordinate_registry().add("register_coordinate_map", name, std::move(factory));
 }
 
 std::vector<std::string> coordinate_map_names() { return coordinate_registry().names(); }

@@ -59,8 +59,7 @@ Registry<TransformFactory>& transform_registry() {
 }  // namespace
 
 void register_transform(const std::string& type, TransformFactory factory) {
-  if (type.empty() || !factory) usage_error("register_transform", "needs a type and a factory");
-  transform_registry().add(type, std::move(factory));
+  transform_registry().add("register_transform", type, std::move(factory));
 }
 
 std::vector<std::string> transform_types() { return transform_registry().names(); }

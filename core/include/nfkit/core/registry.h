@@ -4,7 +4,7 @@
 // the constructor; add() registers more (or replaces one).
 //
 //   static nfkit::Registry<Factory> r({{"internal", make_internal}});
-//   r.add("mine", make_mine);
+//   r.add("register_mine", "mine", make_mine);   // who registers: for the error message
 //   if (auto f = r.find(name)) return f(args);
 #include <map>
 #include <mutex>
@@ -12,13 +12,17 @@
 #include <utility>
 #include <vector>
 
+#include "nfkit/core/error.h"
+
 namespace nfkit {
 
 template <class Factory>
 class Registry {
  public:
   explicit Registry(std::map<std::string, Factory> builtins = {}) : table_(std::move(builtins)) {}
-  void add(const std::string& name, Factory f) {
+  /// Registers f under name; `who` names the caller in the error for an empty name or factory.
+  void add(const char* who, const std::string& name, Factory f) {
+    if (name.empty() || !f) usage_error(who, "needs a name and a factory");
     std::lock_guard<std::mutex> lock(mutex_);
     table_[name] = std::move(f);
   }
