@@ -179,7 +179,7 @@ TEST_CASE("tarflow: the denoising step is x + s^2 grad log q(x)", "[tarflow]") {
   const auto x = torch::randn({3, 16});
   CHECK(max_abs(denoise_step(*id, x, {}, 0.25), 0.75 * x) < 1e-6);
   // A trained-looking conditional model: the step against central differences of log q.
-  const auto& o = tiny_configs()[1].opts;
+  const auto o = tiny_configs()[1].opts;  // a copy: tiny_configs() returns a temporary
   auto t = make_perturbed(o, 31);
   auto flow = std::make_shared<Flow>(std::make_shared<StandardNormal>(t->dim()), t);
   flow->eval();
