@@ -89,6 +89,40 @@ std::string python_interpreter() {
   return env != nullptr && *env != '\0' ? std::string(env) : std::string("/usr/bin/python3");
 }
 
+namespace {
+bool same_group(const H5Reader& a, const H5Reader& b, const std::string& group, std::string* what) {
+  const auto names = a.list(group);
+  if (names != b.list(group)) {
+    if (what) *what = "the members of " + group + " differ";
+    return false;
+  }
+  for (const auto& n : names) {
+    const std::string child = (group == "/" ? "/" : group + "/") + n;
+    bool is_group = true;
+    try {
+      (void)a.list(child);
+    } catch (const Error&) {
+      is_group = false;
+    }
+    if (is_group) {
+      if (!same_group(a, b, child, what)) return false;
+      continue;
+    }
+    const auto x = a.read(child), y = b.read(child);
+    if (x.scalar_type() != y.scalar_type() || x.sizes() != y.sizes() || !torch::equal(x, y)) {
+      if (what) *what = "dataset " + child + " differs";
+      return false;
+    }
+  }
+  return true;
+}
+}  // namespace
+
+bool same_datasets(const std::string& a, const std::string& b, std::string* what) {
+  H5Reader ra(a), rb(b);
+  return same_group(ra, rb, "/", what);
+}
+
 bool run_and_sigkill(const std::vector<std::string>& args, const std::string& watched, int writes) {
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));

@@ -56,6 +56,10 @@ CliRun run_nfkit(std::vector<std::string> args);
 /// at most 20 s), then kills it with SIGKILL: true when it was killed that way (false when it
 /// ended or the file never changed often enough).
 bool run_and_sigkill(const std::vector<std::string>& args, const std::string& watched, int writes);
+/// Whether two HDF5 files hold the same datasets (names, dtypes, shapes, values bit for bit),
+/// walking every group; attributes (timings, paths) are not compared. On a difference, *what
+/// says where.
+bool same_datasets(const std::string& a, const std::string& b, std::string* what = nullptr);
 /// args as one shell command line (each argument single-quoted).
 std::string shell_command(const std::vector<std::string>& args);
 

@@ -46,6 +46,12 @@ TEST_CASE("reweighting: Kish ESS, clipping and resampling on hand-made weights",
   CHECK(ess_fraction(torch::log(torch::tensor({1.0, 2.0, 3.0}, torch::kFloat64))) == Approx(36.0 / 14.0 / 3.0));
   CHECK_THROWS_WITH(ess_fraction(torch::tensor({0.0, double(NAN)}, torch::kFloat64)), Catch::Contains("log_w[1] is nan"));
   CHECK_THROWS_AS(ess_fraction(torch::full({3}, -INFINITY, torch::kFloat64)), RuntimeError);
+  // Energies that are infinite or NaN (a clash, a failed evaluation) give weight zero, never a
+  // NaN ESS: u = (1, +inf, nan, 2) with log q = 0 leaves w proportional to (e^-1, 0, 0, e^-2).
+  const auto lw = log_importance_weights(torch::tensor({1.0, double(INFINITY), double(NAN), 2.0}, torch::kFloat64),
+                                         torch::zeros({4}, torch::kFloat64));
+  const double e1 = std::exp(-1.0), e2 = std::exp(-2.0);
+  CHECK(ess_fraction(lw) == Approx((e1 + e2) * (e1 + e2) / (e1 * e1 + e2 * e2) / 4.0));
   const auto clipped = clip_log_weights(torch::arange(100, torch::kFloat64), 0.9);
   CHECK(clipped.max().item<double>() == Approx(89.1));
   const auto idx = resample(torch::log(torch::tensor({0.0, 1.0, 3.0}, torch::kFloat64)), 40000, 5);
@@ -568,4 +574,35 @@ TEST_CASE("internal-coordinate transform: the generic property test, restored th
   auto t = std::make_shared<InternalCoordinateTransform>(z);
   t->to(torch::kFloat64);
   check_transform_properties(t, ala2_batch(6, 0.01, 3), {}, 1e-9, 1e-6);
+}
+
+TEST_CASE("resume: bg train killed with SIGKILL resumes from its checkpoint to the same generator", "[boltzmann][cli]") {
+  // As for flow train (test_trainer.cpp): the binary killed without warning after its third
+  // checkpoint, then the same command again, ends with the weights of an uninterrupted run,
+  // bit for bit (one thread, same seed).
+  const auto md = temp_path("kill-md.h5");
+  MDOptions o;
+  o.walkers = 2;
+  o.frames = 100;
+  o.steps_per_frame = 20;
+  o.quiet = true;
+  run_md(kSystem, read_pdb(kPdb).positions(), o, md);
+  auto args = [&](const std::string& out) {
+    return std::vector<std::string>{NFKIT_BINARY, "bg", "train", "--pdb", kPdb, "--system", kSystem, "--md", md,
+                                    "--out", out, "--layers", "1", "--hidden", "8", "--steps", "400",
+                                    "--checkpoint-every", "10", "--eval-every", "100", "--batch-size", "32",
+                                    "--seed", "3", "--threads", "1", "--quiet"};
+  };
+  const auto killed = temp_path("bg-killed.h5"), whole = temp_path("bg-whole.h5");
+  REQUIRE(run_and_sigkill(args(killed), killed + ".ckpt", 3));
+  CHECK(!file_exists(killed));
+  REQUIRE(file_exists(killed + ".ckpt"));
+  CHECK(nlohmann::json::parse(H5Reader(killed + ".ckpt").attr_string("/trainer", "state")).at("step").get<int64_t>() < 400);
+  CHECK(std::system(shell_command(args(killed)).c_str()) == 0);
+  CHECK(!file_exists(killed + ".ckpt"));
+  CHECK(std::system(shell_command(args(whole)).c_str()) == 0);
+  std::string what;
+  const bool same = same_datasets(killed, whole, &what);
+  INFO(what);
+  CHECK(same);
 }

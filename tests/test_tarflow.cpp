@@ -568,3 +568,29 @@ TEST_CASE("tarflow: a TarFlow block through the generic property test (gradients
   ctx[0].zero_();
   nfkit::test::check_transform_properties(t, x, ctx, 1e-8, 1e-8);
 }
+
+TEST_CASE("resume: image train killed with SIGKILL resumes from its checkpoint to the same model", "[tarflow][cli]") {
+  // As for flow train (test_trainer.cpp): the binary killed without warning after its third
+  // checkpoint, then the same command again, ends with the weights of an uninterrupted run,
+  // bit for bit (one thread, same seed).
+  const auto dir = synthetic_idx_dir();
+  auto args = [&](const std::string& out) {
+    return std::vector<std::string>{NFKIT_BINARY, "image", "train", "--data", dir, "--out", out, "--patch", "2",
+                                    "--blocks", "1", "--layers", "1", "--hidden", "8", "--head-dim", "8",
+                                    "--steps", "400", "--checkpoint-every", "10", "--eval-every", "100",
+                                    "--val-size", "40", "--batch-size", "16", "--seed", "3", "--threads", "1",
+                                    "--quiet"};
+  };
+  const auto killed = temp_path("img-killed.h5"), whole = temp_path("img-whole.h5");
+  REQUIRE(nfkit::test::run_and_sigkill(args(killed), killed + ".ckpt", 3));
+  CHECK(!file_exists(killed));
+  REQUIRE(file_exists(killed + ".ckpt"));
+  CHECK(json::parse(H5Reader(killed + ".ckpt").attr_string("/trainer", "state")).at("step").get<int64_t>() < 400);
+  CHECK(std::system(nfkit::test::shell_command(args(killed)).c_str()) == 0);
+  CHECK(!file_exists(killed + ".ckpt"));
+  CHECK(std::system(nfkit::test::shell_command(args(whole)).c_str()) == 0);
+  std::string what;
+  const bool same = nfkit::test::same_datasets(killed, whole, &what);
+  INFO(what);
+  CHECK(same);
+}

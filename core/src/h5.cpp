@@ -115,6 +115,7 @@ std::vector<std::string> H5Reader::list(const std::string& group) const {
   for (hsize_t i = 0; i < info.nlinks; ++i) {
     const ssize_t n = H5Lget_name_by_idx(g.id, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0,
                                          H5P_DEFAULT);
+    if (n < 0) fail(path_, "cannot list the members of '" + group + "' (corrupt file?)");
     std::string s(static_cast<size_t>(n), '\0');
     H5Lget_name_by_idx(g.id, ".", H5_INDEX_NAME, H5_ITER_INC, i, s.data(), n + 1, H5P_DEFAULT);
     names.push_back(s);
