@@ -3,7 +3,10 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "helpers.h"
 #include "nfkit/core/checks.h"
@@ -139,7 +142,7 @@ TEST_CASE("HDF5 layer: tensors and attributes round trip, formats are checked", 
   if (rc >= 0) CHECK(rc == 0);
 }
 
-TEST_CASE("HDF5 writes are atomic: no file under the final name until commit", "[core]") {
+TEST_CASE("HDF5 writes are atomic: no file under the final name until commit, a killed writer leaves the last good file", "[core]") {
   const auto path = test::temp_path("atomic.h5");
   {
     H5Writer w(path, "samples", 1);
@@ -169,6 +172,29 @@ TEST_CASE("HDF5 writes are atomic: no file under the final name until commit", "
     w.commit();
   }
   CHECK_THROWS_WITH(H5Reader(plain).expect_format("checkpoint", 1), Catch::Contains("'samples'"));
+  // A writer killed (SIGKILL: no destructor runs) before its commit: the last good file is
+  // intact, the temporary it leaves is removed by the next write of that path.
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    H5Writer w(path, "samples", 1);
+    w.write("/x", torch::zeros({1000}));
+    w.set_attr("/", "partial", int64_t{1});
+    raise(SIGKILL);
+    _exit(0);  // not reached
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  REQUIRE((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL));
+  const std::string stale = path + ".tmp-" + std::to_string(child);
+  CHECK(file_exists(stale));
+  CHECK_FALSE(H5Reader(path).has_attr("/", "partial"));
+  CHECK_FALSE(H5Reader(path).exists("/x"));
+  {
+    H5Writer w(path, "samples", 1);
+    w.commit();
+  }
+  CHECK_FALSE(file_exists(stale));
   // Text files too.
   const auto txt = test::temp_path("a.csv");
   write_file_atomic(txt, "1,2\n");

@@ -1,5 +1,7 @@
 #include "nfkit/core/files.h"
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "nfkit/core/error.h"
@@ -22,7 +25,36 @@ void check_writable(const std::string& path) {
   std::remove(probe.c_str());
 }
 
+void remove_stale_temporaries(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path p(path);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  const std::string prefix = p.filename().string() + ".tmp-";
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string digits = name.substr(prefix.size());
+    if (digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(digits));
+    if (pid == ::getpid() || pid <= 0) continue;
+    if (::kill(pid, 0) == -1 && errno == ESRCH) {
+      std::error_code rm;
+      fs::remove(it->path(), rm);  // best effort: another writer may have removed it first
+    }
+  }
+}
+
+void sync_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) runtime_error(path, "cannot be opened to flush it to disk");
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) runtime_error(path, "cannot be flushed to disk (disk full?)");
+}
+
 void write_file_atomic(const std::string& path, const std::string& content) {
+  remove_stale_temporaries(path);
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   {
     std::ofstream out(tmp, std::ios::binary);
@@ -33,6 +65,12 @@ void write_file_atomic(const std::string& path, const std::string& content) {
       std::remove(tmp.c_str());
       runtime_error(path, "write failed (disk full?)");
     }
+  }
+  try {
+    sync_file(tmp);
+  } catch (const Error&) {
+    std::remove(tmp.c_str());
+    throw;
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "nfkit/core/error.h"
+#include "nfkit/core/files.h"
 
 namespace nfkit {
 namespace {
@@ -226,6 +227,7 @@ double H5Reader::attr_double(const std::string& object, const std::string& name)
 H5Writer::H5Writer(const std::string& path, const std::string& kind, int64_t version)
     : path_(path), tmp_(path + ".tmp-" + std::to_string(::getpid())) {
   silence_hdf5();
+  remove_stale_temporaries(path);
   file_ = H5Fcreate(tmp_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (file_ < 0) fail(path, "cannot be written (directory missing or not writable?)");
   set_attr("/", "nfkit_format", kind);
@@ -330,6 +332,12 @@ void H5Writer::commit() {
     fail(path_, "cannot be closed (disk full?)");
   }
   file_ = -1;
+  try {
+    sync_file(tmp_);
+  } catch (const Error&) {
+    std::remove(tmp_.c_str());
+    throw;
+  }
   if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
     std::remove(tmp_.c_str());
     fail(path_, "cannot be renamed into place from " + tmp_);

@@ -11,9 +11,18 @@ namespace nfkit {
 /// missing or not writable). Leaves nothing behind.
 void check_writable(const std::string& path);
 
-/// Writes content to "<path>.tmp-<pid>" and renames it onto path. RuntimeError on failure;
-/// the temporary file is removed.
+/// Writes content to "<path>.tmp-<pid>", flushes it to disk and renames it onto path.
+/// RuntimeError on failure; the temporary file is removed.
 void write_file_atomic(const std::string& path, const std::string& content);
+
+/// Removes "<path>.tmp-<pid>" files whose process no longer runs: what an atomic write of path
+/// leaves behind when its process is killed (SIGKILL, a crash) between writing and renaming.
+/// Writers call it before they start; files of running processes are left alone.
+void remove_stale_temporaries(const std::string& path);
+
+/// fsync: the file's data reach the disk, so that renaming it over an older file never leaves
+/// an empty or partial file under the final name after a power loss. RuntimeError on failure.
+void sync_file(const std::string& path);
 
 /// Lower-case extension without the dot ("h5" for "a/b.h5"), or "".
 std::string file_extension(const std::string& path);
