@@ -457,7 +457,8 @@ std::vector<BlockMetrics> TarFlow::block_metrics(const torch::Tensor& x, const t
   for (int64_t b = 0; b < opts_.blocks(); ++b) {
     const auto cemb = K > 0 ? nets_[b]->class_embedding(c) : torch::Tensor();
     const auto xs = reorder(b, tokens);  // the block's input = the inverse's solution x*
-    auto [z, ld] = block_forward(b, xs, cemb);
+    // A named tensor, not a structured binding: C++17 lambdas cannot capture bindings (clang).
+    const torch::Tensor z = std::get<0>(block_forward(b, xs, cemb));
     // One Jacobi update g(x) = mu(x) + sigma(x) z, from a full causal pass.
     auto g = [&](const torch::Tensor& xg) {
       auto [mu, ls] = block_params(b, block_inputs(b, xg), 0, nullptr, cemb, 1.0);

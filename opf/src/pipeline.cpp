@@ -9,6 +9,7 @@
 #include <iomanip>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "nfkit/core/error.h"
 #include "nfkit/core/files.h"
@@ -424,8 +425,10 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
       const GnnOutput o = gnn->forward(d.pd, d.mask);
       return std::make_pair(o.u, vel->context(o, d.pd));
     };
-    const auto [x0_tr, c_tr] = inputs(tr_data);
-    const auto [x0_va, c_va] = inputs(va_data);
+    // Named tensors, not structured bindings: C++17 lambdas cannot capture bindings (clang).
+    torch::Tensor x0_tr, c_tr, x0_va, c_va;
+    std::tie(x0_tr, c_tr) = inputs(tr_data);
+    std::tie(x0_va, c_va) = inputs(va_data);
     auto val_cfm = [&]() {
       torch::NoGradGuard g;
       const torch::Tensor u1 =
