@@ -53,6 +53,10 @@ const std::vector<Command>& commands();
 /// The whole command line, in-process. args excludes the program name. Returns the exit
 /// code; never throws.
 int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+/// run_cli up to the point where the command would start its work: parses the command line
+/// and any --config file and checks the global options; returns the exit code (0 when the
+/// command would run). The config-file fuzzer drives this (fuzz/fuzz_config.cpp).
+int check_cli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 
 /// Set (e.g. by a SIGINT handler) to ask long work to stop at the next safe point.
 void request_stop();

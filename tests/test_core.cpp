@@ -282,6 +282,31 @@ TEST_CASE("idx: round trip, and missing, truncated or corrupt files give clear e
   const auto text = temp_path("text.idx");
   std::ofstream(text) << "hello, world";
   CHECK_THROWS_WITH(read_idx(text), Catch::Contains("not an IDX file"));
+  // Dimensions whose product overflows (found by fuzz/fuzz_idx): 2^16 x 2^16 x 2^16 x 2^16 wraps
+  // to 0 bytes, which an empty data section used to match.
+  const auto wrap = temp_path("wrap.idx");
+  std::ofstream(wrap, std::ios::binary) << std::string("\0\0\x08\x04", 4) << std::string("\0\x01\0\0", 4)
+                                        << std::string("\0\x01\0\0", 4) << std::string("\0\x01\0\0", 4)
+                                        << std::string("\0\x01\0\0", 4);
+  CHECK_THROWS_WITH(read_idx(wrap), Catch::Contains("wrap.idx: holds 0 data bytes, but its IDX header promises more"));
+}
+
+TEST_CASE("errors are one line: text quoted back from a file cannot break the message", "[core]") {
+  CHECK_THROWS_WITH(runtime_error("a\nb", "c\rd\x01" "e\tf"), "a\\nb: c\\rd\\x01e\tf");
+  // Found by fuzz/fuzz_h5: a format name with a line break was quoted into the message.
+  const auto path = temp_path("newline-kind.h5");
+  {
+    H5Writer w(path, "sam\nples", 1);
+    w.commit();
+  }
+  try {
+    H5Reader(path).expect_format("samples", 1);
+    FAIL("expect_format accepted another kind");
+  } catch (const RuntimeError& e) {
+    const std::string m = e.what();
+    CHECK(m.find('\n') == std::string::npos);
+    CHECK(m.find("sam\\nples") != std::string::npos);
+  }
 }
 
 TEST_CASE("test suite: every test name is one ctest entry and every test has a tag", "[core]") {

@@ -147,6 +147,14 @@ TEST_CASE("chains: HDF5 and CSV round trips, and clear errors on bad files", "[i
   CHECK_THROWS_WITH(read_chains(csv), Contains("ragged.csv:2: field 'ln_posterior' is 'oops'"));
   write_file_atomic(csv, "a,b\n1,2\n");
   CHECK_THROWS_WITH(read_chains(csv), Contains("header must be"));
+  // Chain ids that skip (found by fuzz/fuzz_chains: an id of 1.1e22 was cast to int64, undefined
+  // behaviour, and a large valid one would have sized a count per id up to it).
+  write_file_atomic(csv, "chain,a,ln_posterior\n0,1,2\n11111111111111111111111,0,0\n");
+  CHECK_THROWS_WITH(read_chains(csv), Contains("ragged.csv:3: chain id 11111111111111111111111 skips ids"));
+  write_file_atomic(csv, "chain,a,ln_posterior\n0,1,2\n2,1,2\n");
+  CHECK_THROWS_WITH(read_chains(csv), Contains("expected 1 at most"));
+  write_file_atomic(csv, "chain,a,ln_posterior\ninf,1,2\n");
+  CHECK_THROWS_WITH(read_chains(csv), Contains("ragged.csv:2: chain id inf skips ids"));
   CHECK_THROWS_WITH(read_chains("chains.txt"), Contains("must end in .h5 or .csv"));
 }
 

@@ -94,8 +94,12 @@ BoltzmannGenerator load_generator(const std::string& path, json* metadata) {
     runtime_error(path, "is not a Boltzmann-generator model (no zmatrix in its metadata)");
   if (metadata) *metadata = loaded.metadata;
   loaded.flow->to(torch::kCPU, torch::kFloat64);
-  return BoltzmannGenerator(ZMatrix::from_json(loaded.metadata.at("zmatrix")), loaded.flow,
-                            loaded.metadata.value("coordinates", std::string("internal")));
+  try {
+    return BoltzmannGenerator(ZMatrix::from_json(loaded.metadata.at("zmatrix")), loaded.flow,
+                              loaded.metadata.value("coordinates", std::string("internal")));
+  } catch (const json::exception& e) {
+    runtime_error(path, std::string("metadata zmatrix or coordinates is malformed (") + e.what() + ")");
+  }
 }
 
 // ---- training -------------------------------------------------------------------------------

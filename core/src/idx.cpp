@@ -50,10 +50,16 @@ torch::Tensor read_idx(const std::string& path) {
   const size_t header = 4 + 4 * static_cast<size_t>(nd);
   if (bytes.size() < header) runtime_error(path, "is truncated inside the IDX header");
   std::vector<int64_t> dims;
+  const size_t data_bytes = bytes.size() - header;
   size_t total = 1;
   for (int i = 0; i < nd; ++i) {
     const uint32_t d = be32(p + 4 + 4 * i);
     if (d == 0) runtime_error(path, "has a zero-length dimension in its IDX header");
+    // The product is checked against the data as it grows, so that it cannot overflow (found by
+    // fuzz/fuzz_idx: dimensions whose product wrapped around to the file's size).
+    if (d > data_bytes / total)
+      runtime_error(path, "holds " + std::to_string(data_bytes) + " data bytes, but its IDX header promises more "
+                          "(truncated or corrupt)");
     dims.push_back(d);
     total *= d;
   }

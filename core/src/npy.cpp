@@ -51,6 +51,7 @@ torch::Tensor read_npy(const std::string& path) {
   static const std::regex descr_re(R"(^\s*'([<>|=])([fi])(\d+)')");
   if (!std::regex_search(descr_part, m, descr_re)) runtime_error(path, "npy descr is not a plain number type");
   const std::string endian = m[1], kind = m[2];
+  if (m[3].length() > 2) runtime_error(path, "npy dtype width '" + m[3].str() + "' is not supported (f8, f4, i8, i4)");
   const int width = std::stoi(m[3]);
   if (endian == ">") runtime_error(path, "big-endian npy data is not supported");
   torch::Dtype dtype;
@@ -66,22 +67,37 @@ torch::Tensor read_npy(const std::string& path) {
   auto open = shape_part.find('('), close = shape_part.find(')');
   if (open == std::string::npos || close == std::string::npos || close < open)
     runtime_error(path, "npy shape is malformed");
+  // The data that follow the header bound the shape: checked entry by entry, so that a crafted
+  // shape can neither overflow the element count nor ask for a huge allocation (found by
+  // fuzz/fuzz_npy, with a dtype width too long for an int).
+  const std::streamoff data_start = in.tellg();
+  in.seekg(0, std::ios::end);
+  const int64_t available = static_cast<int64_t>(in.tellg() - data_start);
+  in.seekg(data_start);
   std::vector<int64_t> shape;
   std::stringstream dims(shape_part.substr(open + 1, close - open - 1));
   std::string item;
   int64_t count = 1;
   while (std::getline(dims, item, ',')) {
     if (item.find_first_not_of(" ") == std::string::npos) continue;
+    size_t used = 0;
     try {
-      shape.push_back(std::stoll(item));
+      shape.push_back(std::stoll(item, &used));
     } catch (const std::exception&) {
       runtime_error(path, "npy shape entry '" + item + "' is not an integer");
     }
+    if (item.find_first_not_of(" L", used) != std::string::npos)
+      runtime_error(path, "npy shape entry '" + item + "' is not an integer");
     if (shape.back() < 0) runtime_error(path, "npy shape has a negative entry");
+    if (shape.back() > 0 && count > available / width / shape.back())
+      runtime_error(path, "npy data is truncated (the shape promises more than the file's " +
+                              std::to_string(available) + " data bytes)");
     count *= shape.back();
   }
-  auto t = torch::empty(shape, dtype);
   const std::streamsize bytes = static_cast<std::streamsize>(count) * width;
+  if (bytes > available)
+    runtime_error(path, "npy data is truncated (expected " + std::to_string(bytes) + " bytes)");
+  auto t = torch::empty(shape, dtype);
   if (bytes > 0 && !in.read(static_cast<char*>(t.data_ptr()), bytes))
     runtime_error(path, "npy data is truncated (expected " + std::to_string(bytes) + " bytes)");
   if (dtype == torch::kInt32) t = t.to(torch::kInt64);

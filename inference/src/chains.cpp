@@ -90,6 +90,12 @@ Chains read_csv(const std::string& path) {
       if (i == 0) {
         if (v != std::floor(v) || v < 0)
           runtime_error(path + ":" + std::to_string(lineno), "chain id must be a non-negative integer");
+        // Ids run 0, 1, 2, ... in order: checked before the cast, so that a huge id is an
+        // error here rather than an out-of-range conversion or a huge allocation.
+        const double next = chain_of_row.empty() ? 0.0 : static_cast<double>(chain_of_row.back()) + 1.0;
+        if (v > next)
+          runtime_error(path + ":" + std::to_string(lineno), "chain id " + cells[0] + " skips ids: expected " +
+                        std::to_string(static_cast<int64_t>(next)) + " at most (ids run 0..C-1, rows ordered by chain)");
         chain_of_row.push_back(static_cast<int64_t>(v));
       } else {
         values.push_back(v);

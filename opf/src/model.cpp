@@ -357,26 +357,37 @@ OpfModel OpfModel::load(const std::string& path, const DcNetwork& net, nlohmann:
   } catch (const nlohmann::json::exception&) {
     runtime_error("OpfModel::load", path + ": attribute config is not valid JSON");
   }
-  OpfModel m(net, OpfModelOptions::from_json(cfg.at("options")));
-  const auto& want = cfg.at("fingerprint");
-  const auto& have = m.graph_.fingerprint;
-  auto close = [](double a, double b) { return std::abs(a - b) <= 1e-9 * std::max(1.0, std::abs(a)); };
-  if (want.at("buses") != have.at("buses") || want.at("generators") != have.at("generators") ||
-      want.at("branches") != have.at("branches") || want.at("dc_model") != have.at("dc_model") ||
-      !close(want.at("sum_b"), have.at("sum_b")) || !close(want.at("sum_pmax"), have.at("sum_pmax")))
-    runtime_error("OpfModel::load", path + " was trained on " + want.at("case").get<std::string>() + " (" +
-                                        std::to_string(want.at("buses").get<int64_t>()) + " buses, " +
-                                        std::to_string(want.at("generators").get<int64_t>()) + " generators, " +
-                                        want.at("dc_model").get<std::string>() + " DC model), not on " + net.source() +
-                                        " (" + std::to_string(net.num_buses()) + " buses, " +
-                                        std::to_string(net.num_generators()) + " generators, " +
-                                        to_string(net.convention()) + ")");
-  read_state(r, "gnn", *m.gnn_);
-  read_state(r, "velocity", *m.vel_);
-  if (metadata)
-    *metadata =
-        r.has_attr("/", "metadata") ? nlohmann::json::parse(r.attr_string("/", "metadata")) : nlohmann::json::object();
-  return m;
+  // The model, as the file's config describes it (a member's lambda: it may set private parts).
+  auto build = [&]() {
+    OpfModel m(net, OpfModelOptions::from_json(cfg.at("options")));
+    const auto& want = cfg.at("fingerprint");
+    const auto& have = m.graph_.fingerprint;
+    auto close = [](double a, double b) { return std::abs(a - b) <= 1e-9 * std::max(1.0, std::abs(a)); };
+    if (want.at("buses") != have.at("buses") || want.at("generators") != have.at("generators") ||
+        want.at("branches") != have.at("branches") || want.at("dc_model") != have.at("dc_model") ||
+        !close(want.at("sum_b"), have.at("sum_b")) || !close(want.at("sum_pmax"), have.at("sum_pmax")))
+      runtime_error("OpfModel::load", path + " was trained on " + want.at("case").get<std::string>() + " (" +
+                                          std::to_string(want.at("buses").get<int64_t>()) + " buses, " +
+                                          std::to_string(want.at("generators").get<int64_t>()) + " generators, " +
+                                          want.at("dc_model").get<std::string>() + " DC model), not on " + net.source() +
+                                          " (" + std::to_string(net.num_buses()) + " buses, " +
+                                          std::to_string(net.num_generators()) + " generators, " +
+                                          to_string(net.convention()) + ")");
+    read_state(r, "gnn", *m.gnn_);
+    read_state(r, "velocity", *m.vel_);
+    if (metadata)
+      *metadata =
+          r.has_attr("/", "metadata") ? nlohmann::json::parse(r.attr_string("/", "metadata")) : nlohmann::json::object();
+    return m;
+  };
+  // A config with a missing or mistyped field is a runtime error naming the file (found by
+  // fuzz/fuzz_h5: nlohmann's out_of_range escaped).
+  try {
+    return build();
+  } catch (const nlohmann::json::exception& e) {
+    runtime_error("OpfModel::load", path + ": attribute config or metadata does not hold what an OPF model needs (" +
+                                        e.what() + ")");
+  }
 }
 
 }  // namespace nfkit
