@@ -291,6 +291,19 @@ TEST_CASE("idx: round trip, and missing, truncated or corrupt files give clear e
   CHECK_THROWS_WITH(read_idx(wrap), Catch::Contains("wrap.idx: holds 0 data bytes, but its IDX header promises more"));
 }
 
+TEST_CASE("HDF5: a dataset whose shape its stored data cannot back is refused before allocating", "[core][io]") {
+  // Found by fuzz/fuzz_h5: an unwritten chunked dataset of 10^12 values (a tiny file) made the
+  // reader ask for 8 TB. Written by h5py, as another tool would.
+  const auto path = temp_path("huge-unwritten.h5");
+  REQUIRE(test::run_python("import h5py\nwith h5py.File('" + path + "', 'w') as f:\n"
+                           "    f.create_dataset('x', shape=(10**6, 10**6), chunks=(1, 1), dtype='f8')\n"
+                           "    f['y'] = [1.0, 2.0]\n") == 0);
+  H5Reader r(path);
+  CHECK_THROWS_WITH(r.read("/x"), Catch::Contains("huge-unwritten.h5: dataset '/x' stores 0 bytes, less than its "
+                                                  "shape [1000000, 1000000] needs"));
+  CHECK(torch::equal(r.read("/y"), torch::tensor({1.0, 2.0}, torch::kFloat64)));
+}
+
 TEST_CASE("errors are one line: text quoted back from a file cannot break the message", "[core]") {
   CHECK_THROWS_WITH(runtime_error("a\nb", "c\rd\x01" "e\tf"), "a\\nb: c\\rd\\x01e\tf");
   // Found by fuzz/fuzz_h5: a format name with a line break was quoted into the message.
