@@ -88,6 +88,7 @@ po::options_description train_options(const std::string& default_data, bool requ
       ("hidden", po::value<int64_t>(), "hidden units per conditioner layer (default: 128, 64 below 4000 rows)")
       ("hidden-layers", po::value<int64_t>(), "hidden layers per conditioner (default: 2)")
       ("bins", po::value<int64_t>(), "spline bins, nsf and nsf-ar (default: 8)")
+      ("affine-layers", po::value<int64_t>(), "affine blocks before the spline blocks, nsf and nsf-ar (default: 2 when the standardised data reach beyond 4, else 0)")
       ("bound", po::value<double>(), "spline half-width in standardised units (default: 5 when the standardised data lie within 4, else 8)")
       ("epochs", po::value<double>(), "passes over the training rows (default: 40, within 1000..20000 steps)")
       ("steps", po::value<int64_t>(), "optimizer steps (overrides --epochs)")
@@ -130,6 +131,10 @@ FitSettings fit_settings_from(const po::variables_map& vm, const Context& ctx,
   if (vm.count("bins")) {
     r.bins = vm["bins"].as<int64_t>();
     if (r.bins < 2) usage_error("--bins", "must be >= 2");
+  }
+  if (vm.count("affine-layers")) {
+    r.affine_layers = vm["affine-layers"].as<int64_t>();
+    if (r.affine_layers < 0) usage_error("--affine-layers", "must be >= 0");
   }
   if (vm.count("bound")) {
     r.bound = vm["bound"].as<double>();
@@ -222,7 +227,7 @@ TrainOutcome train_flow(const po::variables_map& vm, Context& ctx, const std::st
 
   json metadata = {{"data", res.data.description}, {"recipe", {{"kind", recipe.kind},
       {"layers", recipe.layers}, {"hidden", recipe.hidden}, {"hidden_layers", recipe.hidden_layers},
-      {"bins", recipe.bins}, {"bound", recipe.bound}}}, {"settings", settings.to_json()},
+      {"bins", recipe.bins}, {"bound", recipe.bound}, {"affine_layers", recipe.affine_layers}}}, {"settings", settings.to_json()},
       {"trainer", run.trainer.to_json()}, {"n_train", train.size(0)}, {"n_val", val.size(0)},
       {"refit", refit}, {"nfkit_version", version_string()}};
 

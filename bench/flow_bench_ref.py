@@ -8,7 +8,10 @@ nfkit's recipes (flows/builder.h): a fixed standardisation, then 4 blocks of
 with MLP/MADE conditioners of 2 hidden layers of 64 ReLU units, a standard normal base, and
 a training step of: seeded minibatch draw, NLL, backward, gradient-norm clipping (10), AdamW.
 
-    /usr/bin/python3 bench/flow_bench_ref.py --threads 2 [--steps 200]
+    /usr/bin/python3 bench/flow_bench_ref.py --threads 2 [--steps 200] [--profile PREFIX]
+
+--profile writes PREFIX-KIND-D.trace.json, a Chrome trace of one log_prob call (the same as
+flow_bench --profile writes for nfkit).
 """
 import argparse
 import json
@@ -166,7 +169,7 @@ class Flow(nn.Module):
         return -0.5 * (z * z).sum(1) - 0.5 * self.dim * math.log(2 * math.pi) + total
 
 
-def bench(kind, dim, steps, evals, batch=512):
+def bench(kind, dim, steps, evals, batch=512, profile=None):
     torch.manual_seed(0)
     data = torch.randn(4096, dim)
     flow = Flow(kind, dim, data)
@@ -175,10 +178,16 @@ def bench(kind, dim, steps, evals, batch=512):
         flow.eval()
         for _ in range(10):
             flow.log_prob(x)
-        t0 = time.perf_counter()
-        for _ in range(evals):
-            flow.log_prob(x)
-        lp = evals * batch / (time.perf_counter() - t0)
+        per_round, lp = max(1, evals // 5), 0.0
+        for _ in range(5):  # the best of 5 rounds, as flow_bench.cpp
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                flow.log_prob(x)
+            lp = max(lp, per_round * batch / (time.perf_counter() - t0))
+        if profile:
+            with torch.autograd.profiler.profile() as prof:
+                flow.log_prob(x)
+            prof.export_chrome_trace(f"{profile}-{kind}-{dim}.trace.json")
     flow.train()
     opt = torch.optim.AdamW(flow.parameters(), lr=1e-3, weight_decay=0.0)
 
@@ -216,6 +225,7 @@ def main():
     ap.add_argument("--evals", type=int, default=200)
     ap.add_argument("--kinds", default="realnvp,maf,nsf")
     ap.add_argument("--dims", default="2,16,64")
+    ap.add_argument("--profile")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -224,7 +234,7 @@ def main():
         torch.set_num_threads(os.cpu_count())
     for kind in a.kinds.split(","):
         for dim in map(int, a.dims.split(",")):
-            print(json.dumps(bench(kind, dim, a.steps, a.evals)), flush=True)
+            print(json.dumps(bench(kind, dim, a.steps, a.evals, profile=a.profile)), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ docs/benchmarks.md.
 
 The machines drift in speed by tens of percent over minutes, so each configuration is
 measured as adjacent pairs (nfkit then PyTorch, the order swapped on every repeat); the table
-reports the median throughput of each and the median of the paired ratios.
+reports the median throughput of each and the median of the paired ratios. log_prob is timed
+inside each process as the best of 5 rounds (both peers alike).
+
+    --kinds maf --dims 64 measures one cell.
 """
 import argparse
 import json
@@ -20,6 +23,14 @@ here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.dirname(here)
 
 
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def run(cmd):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -30,10 +41,12 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kinds", default="realnvp,maf,nsf")
+    ap.add_argument("--dims", default="2,16,64")
     ap.add_argument("--binary", default=os.path.join(root, "build", "bench", "flow_bench"))
     a = ap.parse_args()
     common = ["--threads", str(a.threads), "--steps", str(a.steps)]
-    configs = [(k, d) for k in ("realnvp", "maf", "nsf") for d in (2, 16, 64)]
+    configs = [(k, int(d)) for k in a.kinds.split(",") for d in a.dims.split(",")]
     results, ratios = {}, {}
     for rep in range(a.repeats):
         for kind, dim in configs:
@@ -48,6 +61,7 @@ def main():
                 ratios.setdefault((kind, dim, f), []).append(pair["nfkit"][f] / pair["pytorch"][f])
     import torch
     print(f"threads {a.threads}, batch 512, float32, {a.steps} timed steps, median of {a.repeats} adjacent pairs; "
+          f"log_prob best of 5 rounds; {cpu_model()}; "
           f"PyTorch {torch.__version__} (Python), LibTorch same BLAS\n")
     print("| flow | D | train nfkit (samples/s) | train PyTorch | ratio | log_prob nfkit | log_prob PyTorch | ratio |")
     print("|---|---|---|---|---|---|---|---|")

@@ -172,6 +172,7 @@ TEST_CASE("fit settings: defaults chosen from the rows, the dimension and the st
   CHECK(s.recipe.hidden == 128);
   CHECK(s.recipe.bins == 8);
   CHECK(s.recipe.bound == 8.0);
+  CHECK(s.recipe.affine_layers == 2);
   CHECK(s.recipe.identity_at_zero);
   CHECK(s.trainer.batch_size() == 512);
   CHECK(s.trainer.steps() == 1407);  // ceil(40 * 18000 / 512)
@@ -180,12 +181,14 @@ TEST_CASE("fit settings: defaults chosen from the rows, the dimension and the st
   CHECK(s.trainer.warmup_steps() == 100);
   CHECK(s.dtype == torch::kFloat32);
   CHECK(s.to_json()["steps"] == 1407);
-  CHECK(s.summary().find("nsf-ar, 5 blocks x [128, 128], 8 bins on [-8, 8], batch 512, 1407 steps") == 0);
+  CHECK(s.summary().find("nsf-ar, 5 blocks x [128, 128], 8 bins on [-8, 8] after 2 affine blocks, "
+                         "batch 512, 1407 steps") == 0);
   // Few rows inside [-4, 4]: a tighter spline interval, smaller nets and batches, at least
   // 1000 steps (here 40 epochs are more).
   const auto box = torch::rand({1000, 3}, torch::kFloat64);
   s = default_fit_settings(box);
   CHECK(s.recipe.bound == 5.0);
+  CHECK(s.recipe.affine_layers == 0);
   CHECK(s.recipe.hidden == 64);
   CHECK(s.trainer.batch_size() == 32);
   CHECK(s.trainer.steps() == 1250);  // 40 epochs of 1000 rows at 32

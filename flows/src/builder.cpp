@@ -122,6 +122,25 @@ std::shared_ptr<Flow> build_flow(const FlowRecipe& r, const torch::Tensor& train
     check_size(fn, "train_x", train_x, 1, r.dim);
     ts.push_back(ElementwiseAffine::standardize(train_x));
   }
+  if (r.affine_layers < 0)
+    usage_error("--affine-layers", "is " + std::to_string(r.affine_layers) + ", but must be >= 0");
+  const bool spline = r.kind == "nsf" || r.kind == "nsf-ar";
+  for (int64_t l = 0; spline && l < r.affine_layers; ++l) {
+    // Parities and permutation seeds of their own, so that the spline blocks after them are
+    // the same as without affine blocks.
+    if (coupling) {
+      ts.push_back(std::make_shared<AffineCoupling>(
+          CouplingOptions(r.dim).parity(l % 2).hidden(r.hidden).hidden_layers(r.hidden_layers)
+              .context_dim(r.context_dim)));
+      if (r.dim > 2)
+        ts.push_back(Permutation::random(r.dim, derive_seed(r.seed, 11, static_cast<uint64_t>(l))));
+    } else {
+      ts.push_back(std::make_shared<MaskedAffineAutoregressive>(
+          AutoregressiveOptions(r.dim).hidden(r.hidden).hidden_layers(r.hidden_layers)
+              .context_dim(r.context_dim)));
+      if (r.dim > 1) ts.push_back(Permutation::reverse(r.dim));
+    }
+  }
   for (int64_t l = 0; l < r.layers; ++l) {
     if (coupling) {
       auto o = CouplingOptions(r.dim).parity(l % 2).hidden(r.hidden).hidden_layers(r.hidden_layers)

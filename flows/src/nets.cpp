@@ -25,7 +25,8 @@ MLPImpl::MLPImpl(int64_t in, int64_t out, NetOptions opts) {
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = x;
-  for (size_t l = 0; l + 1 < layers_.size(); ++l) h = torch::relu(layers_[l]->forward(h));
+  // relu_ in place on the fresh addmm output (addmm's backward does not need its result).
+  for (size_t l = 0; l + 1 < layers_.size(); ++l) h = layers_[l]->forward(h).relu_();
   return layers_.back()->forward(h);
 }
 
@@ -39,6 +40,8 @@ MaskedLinearImpl::MaskedLinearImpl(const torch::Tensor& m) {
 }
 
 torch::Tensor MaskedLinearImpl::forward(const torch::Tensor& x) {
+  // weight * mask on every call: a cached product keyed on the weight's version counter would
+  // miss the updates of LibTorch's optimizers, which write through .data() (a new counter).
   return torch::addmm(bias, x, (weight * mask).t());
 }
 
@@ -77,7 +80,7 @@ MADEImpl::MADEImpl(int64_t dim, std::vector<int64_t> in_deg, int64_t params, int
 
 torch::Tensor MADEImpl::forward(const torch::Tensor& features, const torch::Tensor& context) {
   torch::Tensor h = context_dim_ > 0 ? torch::cat({features, context}, 1) : features;
-  for (size_t l = 0; l + 1 < layers_.size(); ++l) h = torch::relu(layers_[l]->forward(h));
+  for (size_t l = 0; l + 1 < layers_.size(); ++l) h = layers_[l]->forward(h).relu_();
   return layers_.back()->forward(h).view({-1, dim_, params_});
 }
 

@@ -7,7 +7,9 @@
 //   maf     : L x [MaskedAffineAutoregressive, reverse permutation]
 //   nsf     : L x [SplineCoupling(parity l % 2)], random permutations between blocks if dim > 2
 //   nsf-ar  : L x [SplineAutoregressive, reverse permutation]
-// preceded by a fixed standardisation of the training data (so that spline intervals and
+// with, for the spline kinds, affine_layers affine blocks of the same family first (MAF for
+// nsf-ar, affine couplings for nsf; each followed by a permutation), preceded by a fixed
+// standardisation of the training data (so that spline intervals and
 // initial scales fit the data) and over a standard normal base.
 //
 //   nfkit::FlowRecipe r; r.kind = "nsf"; r.dim = 2;
@@ -42,6 +44,9 @@ struct FlowRecipe {
   double bound = 4.0;
   /// Spline kinds: zero-initialised conditioners start at the identity (see SplineMap).
   bool identity_at_zero = false;
+  /// Spline kinds: affine blocks before the spline blocks. A spline on [-bound, bound] cannot
+  /// rescale by orders of magnitude (a funnel's neck); an affine autoregressive block can.
+  int64_t affine_layers = 0;
   int64_t context_dim = 0;
   uint64_t seed = 1;  ///< seeds the random permutations
 };
