@@ -78,7 +78,7 @@ def pytorch_fit(data, settings, threads, seed):
     sys.path.insert(0, here)
     import torch
     import torch.nn as nn
-    from flow_bench_ref import MAF, MLP, MaskedLinear, rq_spline
+    from flow_bench_ref import MADE, MAF, MLP, rq_spline
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     s = settings
@@ -86,30 +86,10 @@ def pytorch_fit(data, settings, threads, seed):
     P = 3 * K - 1
     shift = math.log(math.expm1(1.0 - 1e-3)) if s["identity_at_zero"] else 0.0
 
-    class MADE(nn.Module):
-        def __init__(self):
-            super().__init__()
-            prev = torch.arange(1, D + 1)
-            mods = []
-            for _ in range(s["hidden_layers"]):
-                deg = torch.arange(H) % max(D - 1, 1) + 1 if D > 1 else torch.zeros(H, dtype=torch.long)
-                mods.append(MaskedLinear(deg[:, None] >= prev[None, :]))
-                prev = deg
-            last = MaskedLinear(torch.arange(1, D + 1).repeat_interleave(P)[:, None] > prev[None, :])
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
-            self.layers = nn.ModuleList(mods + [last])
-
-        def forward(self, x):
-            h = x
-            for layer in self.layers[:-1]:
-                h = torch.relu(layer(h))
-            return self.layers[-1](h).view(-1, D, P)
-
     class SplineAR(nn.Module):
         def __init__(self):
             super().__init__()
-            self.made = MADE()
+            self.made = MADE(D, P, H, s["hidden_layers"])
 
         def forward(self, x):
             p = self.made(x)

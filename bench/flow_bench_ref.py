@@ -105,10 +105,12 @@ class MaskedLinear(nn.Module):
         return torch.addmm(self.bias, x, (self.weight * self.mask).t())
 
 
-class MAF(nn.Module):
-    def __init__(self, dim, hidden=64, layers=2, clamp=3.0):
+class MADE(nn.Module):
+    """Masked MLP (Germain et al. 2015): the n_params outputs of variable i see inputs < i."""
+
+    def __init__(self, dim, n_params, hidden=64, layers=2):
         super().__init__()
-        self.dim, self.clamp = dim, clamp
+        self.dim, self.n_params = dim, n_params
         prev = torch.arange(1, dim + 1)
         mods = []
         for _ in range(layers):
@@ -117,7 +119,7 @@ class MAF(nn.Module):
                 deg = torch.zeros_like(deg)
             mods.append(MaskedLinear(deg[:, None] >= prev[None, :]))
             prev = deg
-        out_deg = torch.arange(1, dim + 1).repeat_interleave(2)
+        out_deg = torch.arange(1, dim + 1).repeat_interleave(n_params)
         last = MaskedLinear(out_deg[:, None] > prev[None, :])
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -127,7 +129,17 @@ class MAF(nn.Module):
         h = x
         for layer in self.layers[:-1]:
             h = torch.relu(layer(h))
-        p = self.layers[-1](h).view(-1, self.dim, 2)
+        return self.layers[-1](h).view(-1, self.dim, self.n_params)
+
+
+class MAF(nn.Module):
+    def __init__(self, dim, hidden=64, layers=2, clamp=3.0):
+        super().__init__()
+        self.clamp = clamp
+        self.made = MADE(dim, 2, hidden, layers)
+
+    def forward(self, x):
+        p = self.made(x)
         s = self.clamp * torch.tanh(p[..., 0] / self.clamp)
         return x * torch.exp(s) + p[..., 1], s.sum(1)
 
