@@ -126,8 +126,8 @@ std::shared_ptr<Flow> build_flow(const FlowRecipe& r, const torch::Tensor& train
     usage_error("--affine-layers", "is " + std::to_string(r.affine_layers) + ", but must be >= 0");
   const bool spline = r.kind == "nsf" || r.kind == "nsf-ar";
   for (int64_t l = 0; spline && l < r.affine_layers; ++l) {
-    // Parities and permutation seeds of their own, so that the spline blocks after them are
-    // the same as without affine blocks.
+    // Parities and permutation seeds of their own: the spline blocks after them keep the
+    // parities and permutations they have without affine blocks.
     if (coupling) {
       ts.push_back(std::make_shared<AffineCoupling>(
           CouplingOptions(r.dim).parity(l % 2).hidden(r.hidden).hidden_layers(r.hidden_layers)
