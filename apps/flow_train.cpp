@@ -87,7 +87,7 @@ po::options_description train_options(const std::string& default_data, bool requ
       ("layers", po::value<int64_t>(), "flow blocks (default: 5)")
       ("hidden", po::value<int64_t>(), "hidden units per conditioner layer (default: 128, 64 below 4000 rows)")
       ("hidden-layers", po::value<int64_t>(), "hidden layers per conditioner (default: 2)")
-      ("bins", po::value<int64_t>(), "spline bins, nsf and nsf-ar (default: 8)")
+      ("bins", po::value<int64_t>(), "spline bins, nsf and nsf-ar (default: 16 for 1-2 dimensions, else 8)")
       ("affine-layers", po::value<int64_t>(), "affine blocks before the spline blocks, nsf and nsf-ar (default: 2 when the standardised data reach beyond 4, else 0)")
       ("bound", po::value<double>(), "spline half-width in standardised units (default: 5 when the standardised data lie within 4, else 8)")
       ("epochs", po::value<double>(), "passes over the training rows (default: 40, within 1000..20000 steps)")

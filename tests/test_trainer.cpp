@@ -195,6 +195,10 @@ TEST_CASE("fit settings: defaults chosen from the rows, the dimension and the st
   // Many dimensions: coupling (one pass to sample); many rows: at most 20000 steps.
   CHECK(default_fit_settings(torch::randn({100, 40})).recipe.kind == "nsf");
   CHECK(default_fit_settings(torch::randn({1000000, 2})).trainer.steps() == 20000);
+  // One or two dimensions: 16 bins.
+  CHECK(default_fit_settings(torch::randn({1000, 2})).recipe.bins == 16);
+  CHECK(default_fit_settings(torch::randn({1000, 1})).recipe.bins == 16);
+  CHECK(default_fit_settings(torch::randn({1000, 3})).recipe.bins == 8);
   CHECK(steps_for_epochs(2.5, 1000, 100) == 25);
   CHECK_THROWS_AS(default_fit_settings(torch::randn({5})), UsageError);
 }
