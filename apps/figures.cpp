@@ -283,7 +283,6 @@ void opf_gap_figure(const std::string& path, viz::Format fmt, const OpfEvalRepor
   viz::Figure f = single_panel(title, "load level (% of the case's loads)", "mean |cost gap| against Ipopt (%)");
   viz::Panel& p = f.panels[0];
   p.y_log = true;
-  p.legend = viz::Panel::Legend::kBottomRight;
   struct Col {
     const char* label;
     double OpfLevelResult::*gap;
@@ -318,6 +317,17 @@ void opf_gap_figure(const std::string& path, viz::Format fmt, const OpfEvalRepor
   target.width = 1.0;
   p.series.push_back(std::move(target));
   p.x_range = {lo - 5, hi + 5};
+  // Headroom above the data for the legend (five entries, ~35% of the height), so that it
+  // never hides a curve: on the log axis, 0.6 of the data's decades above the largest value.
+  {
+    double ymin = 0.1, ymax = 0.1;
+    for (const auto& s : p.series)
+      for (double y : s.y)
+        if (y > 0 && std::isfinite(y)) ymin = std::min(ymin, y), ymax = std::max(ymax, y);
+    const double decades = std::log10(ymax / ymin) + 0.3;
+    p.y_range = {ymin / 1.5, ymax * std::pow(10.0, 0.6 * decades + 0.1)};
+  }
+  p.legend = viz::Panel::Legend::kTopRight;
   std::ostringstream cap;
   cap << "feasible after projection: " << rep.all.feasible << " of " << rep.all.returned
       << " returned (worst violation " << std::scientific << std::setprecision(1) << rep.all.worst_after

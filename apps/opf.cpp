@@ -155,7 +155,7 @@ Command opf_dataset_command() {
                 ("load-levels", po::value<std::string>()->default_value("0.7,0.85,1,1.15,1.3"),
                  "comma-separated load levels (multiples of the file's Pd)")
                 ("per-level", po::value<int64_t>()->default_value(200), "scenarios per load level")
-                ("sigma", po::value<double>()->default_value(0.05), "relative per-bus load perturbation (Gaussian)")
+                ("sigma", po::value<double>()->default_value(0.05, "0.05"), "relative per-bus load perturbation (Gaussian)")
                 ("outages", po::bool_switch(), "one random N-1 branch outage (keeping the grid connected) per scenario")
                 ("workers", po::value<int>()->default_value(0), "Ipopt worker processes (0 = --threads)")
                 ("out", po::value<std::string>(), "HDF5 dataset to write (finished chunks are kept in OUT.partial; "
@@ -213,12 +213,12 @@ Command opf_train_command() {
                 ("velocity-hidden", po::value<int64_t>()->default_value(128), "velocity MLP width")
                 ("velocity-layers", po::value<int64_t>()->default_value(3), "velocity MLP hidden layers")
                 ("w-pg", po::value<double>()->default_value(1.0), "weight of the supervised dispatch loss")
-                ("w-lmp", po::value<double>()->default_value(0.1), "weight of the LMP (multiplier) loss")
+                ("w-lmp", po::value<double>()->default_value(0.1, "0.1"), "weight of the LMP (multiplier) loss")
                 ("w-balance", po::value<double>()->default_value(1.0), "weight of the power-balance loss")
                 ("w-line", po::value<double>()->default_value(1.0), "weight of the line-limit (Kirchhoff/PTDF) loss")
-                ("w-kkt", po::value<double>()->default_value(0.1), "weight of the KKT stationarity/complementarity loss")
-                ("cfm-sigma", po::value<double>()->default_value(0.01), "path noise of the refinement")
-                ("val-fraction", po::value<double>()->default_value(0.1), "optimal scenarios held out for model selection")
+                ("w-kkt", po::value<double>()->default_value(0.1, "0.1"), "weight of the KKT stationarity/complementarity loss")
+                ("cfm-sigma", po::value<double>()->default_value(0.01, "0.01"), "path noise of the refinement")
+                ("val-fraction", po::value<double>()->default_value(0.1, "0.1"), "optimal scenarios held out for model selection")
                 ("solver", po::value<std::string>()->default_value("euler"), "refinement ODE solver for validation")
                 ("steps", po::value<int64_t>()->default_value(4), "refinement ODE steps");
             return o;

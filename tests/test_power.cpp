@@ -552,6 +552,16 @@ TEST_CASE("OPF pipeline: loss physics, model round trip, a short training and th
     CHECK(terms.balance.item<double>() < 1e-10);
     CHECK(terms.line.item<double>() < 1e-10);
     CHECK(terms.kkt.item<double>() < 1e-6);
+    // the balance term is the mismatch over s_b = |P_max - P_min| (MW), squared
+    const double sb = (net.pmax() - net.pmin()).norm();
+    CHECK(phys.balance_scale == Approx(sb));
+    {
+      torch::Tensor pg2 = pg.clone();
+      pg2.select(1, 0).add_(10.0);
+      CHECK(phys.terms(pd, pg2, u, train.lmp.index_select(0, ok).to(torch::kFloat32),
+                       torch::zeros({ok.numel()}, torch::kInt64), m.graph().p_scale, m.graph().c_scale)
+                .balance.item<double>() == Approx(std::pow(10.0 / sb, 2)).epsilon(1e-3));
+    }
     // and do not at a wrong dispatch or wrong prices
     CHECK(phys.terms(pd, 1.1 * pg, u, train.lmp.index_select(0, ok).to(torch::kFloat32), torch::zeros({ok.numel()}, torch::kInt64),
                      m.graph().p_scale, m.graph().c_scale)

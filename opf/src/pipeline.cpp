@@ -175,6 +175,10 @@ OpfLossPhysics::OpfLossPhysics(const PowerCase& pc, DcConvention conv, const DcN
   for (const auto& c : base.costs())
     if (c.model == GenCost::Model::kPolynomial) order = std::max(order, c.order());
   const int64_t ng = base.num_generators();
+  {
+    const Eigen::VectorXd r = base.pmax() - base.pmin();
+    balance_scale = std::max(1e-3, r.norm());
+  }
   dcoef = torch::zeros({ng, order});
   for (int64_t g = 0; g < ng; ++g) {
     const auto& c = base.costs()[static_cast<size_t>(g)];
@@ -212,7 +216,7 @@ OpfLossTerms OpfLossPhysics::terms(const torch::Tensor& pd, const torch::Tensor&
                                    double c_scale) const {
   OpfLossTerms t;
   const double ps = p_scale, cs = c_scale;
-  t.balance = ((pg.sum(1) - pd.sum(1) - gs.sum()) / ps).pow(2).mean();
+  t.balance = ((pg.sum(1) - pd.sum(1) - gs.sum()) / balance_scale).pow(2).mean();
   t.line = (torch::relu(flows(pd, pg, sl).abs() - rate) * limited / ps).pow(2).mean();
   const torch::Tensor r = (marginal(pg) - lmp.index_select(1, gen_bus)) / cs;
   t.kkt = (torch::relu(r) * u + torch::relu(-r) * (1.0 - u)).mean();
@@ -343,6 +347,11 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
   };
   auto stop = [&]() { return opts.should_stop && opts.should_stop(); };
 
+  // Validation RMSE over the dispatchable units (P_max > P_min): fixed ones (pglib case118 has
+  // 35 synchronous condensers at P = 0) would only dilute it.
+  const torch::Tensor free = (model.graph().range > 1e-9).nonzero().squeeze(1);
+  if (free.numel() == 0) runtime_error("opf train", "the grid has no dispatchable unit (every P_max = P_min)");
+
   // ---- stage 1: the physics-informed GNN
   auto gnn = model.gnn();
   auto val_gnn = [&]() {
@@ -350,7 +359,7 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
     gnn->eval();
     const GnnOutput o = gnn->forward(va_data.pd, va_data.mask);
     gnn->train();
-    return std::sqrt((o.u.clamp(0.0, 1.0) - va_data.y).pow(2).mean().item<double>());
+    return std::sqrt((o.u.clamp(0.0, 1.0) - va_data.y).index_select(1, free).pow(2).mean().item<double>());
   };
   // what stage 1 depends on: a stage-1 checkpoint is reused only for the same
   const nlohmann::json stage1 = {{"model", opts.model.to_json()},
@@ -363,6 +372,7 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
                                  {"w_balance", opts.w_balance},
                                  {"w_line", opts.w_line},
                                  {"w_kkt", opts.w_kkt},
+                                 {"balance_scale", "range_norm"},  // since 2026-12-07; was p_scale
                                  {"seed", opts.seed},
                                  {"scenarios", data.size()},
                                  {"pd_sum", data.pd.sum().item<double>()}};
@@ -434,7 +444,7 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
       const torch::Tensor u1 =
           odeint([&](double t, const torch::Tensor& y) { return vel->forward(torch::tensor(t, y.options()), y, c_va); },
                  x0_va, 0.0, 1.0, opts.ode);
-      return std::sqrt((u1.clamp(0.0, 1.0) - va_data.y).pow(2).mean().item<double>());
+      return std::sqrt((u1.clamp(0.0, 1.0) - va_data.y).index_select(1, free).pow(2).mean().item<double>());
     };
     const CfmOptions co = CfmOptions().method(CfmMethod::kICFM).sigma(opts.cfm_sigma);
     Stage st{"cfm", opts.cfm_epochs, opts.cfm_lr, 2000000, {}, val_cfm, {}};
