@@ -10,6 +10,7 @@
 #include "nfkit/core/checks.h"
 #include "nfkit/core/files.h"
 #include "nfkit/core/runtime.h"
+#include "nfkit/inference/chains.h"
 #include "nfkit/inference/model_comparison.h"
 #include "nfkit/inference/pta_models.h"
 #include "figures.h"
@@ -119,6 +120,15 @@ Command pta_compare_command() {
               json j = restart ? json() : read_cached(cache, config);
               if (!j.is_null()) {
                 if (!ctx.globals.quiet) ctx.err << "pta compare: " << m.name << ": reusing " << cache << "\n";
+                // the corner plot again from its chains, so a rerun (another --figure-format,
+                // a newer build) redraws every figure it lists
+                const std::string chains_file = out + "/chains_" + m.name + ".h5";
+                if (file_exists(chains_file)) {
+                  const Chains ch = read_chains(chains_file);
+                  pta_corner_figure(figure_path(out + "/corner_" + m.name, ctx.globals.figure_format),
+                                    ctx.globals.figure_format, m.name + ": " + m.description,
+                                    ch.samples.reshape({-1, m.model.dim()}), m.model.names(), m.model.support());
+                }
                 results.push_back(j);
                 continue;
               }

@@ -175,6 +175,12 @@ TEST_CASE("viz: heat maps share one viridis colour bar, bars, categories and a c
   const auto corner = temp_path("corner.png");
   viz::save(c, corner, viz::Format::kPng);
   CHECK(read_png(corner).w == c.width_px);
+  // a long title widens the figure instead of running off its edges
+  const std::string long_title = "sigw: scalar-induced GWs, delta-peaked curvature spectrum";
+  std::vector<std::vector<double>> two(cols.begin(), cols.begin() + 2);
+  const auto w = viz::corner(two, {{"a (m)", -4, 4}, {"b (s)", -4, 4}}, long_title);
+  CHECK(w.width_px >= static_cast<int>(12 * long_title.size()));
+  CHECK(viz::corner(two, {{"a (m)", -4, 4}, {"b (s)", -4, 4}}, "pl").width_px == 640);
 }
 
 TEST_CASE("viz: histograms are normalised densities, 2-D histograms peak at 1", "[viz]") {

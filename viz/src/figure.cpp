@@ -497,6 +497,10 @@ Figure corner(const std::vector<std::vector<double>>& columns, const std::vector
   f.colour_bar_label = "density / its maximum";
   f.colour_range = {0.0, 1.0};
   f.text_scale = d >= 3 ? 0.8 : 1.0;
+  // Wide enough for the title (~12 px per character at text scale 1, measured on the PNGs):
+  // "sigw: scalar-induced GWs, delta-peaked curvature spectrum" was cut off at 640 px.
+  const int title_px = static_cast<int>(12.0 * f.text_scale * static_cast<double>(title.size())) + 100;
+  f.width_px = std::min(2400, std::max(f.width_px, title_px));
   for (int r = 0; r < d; ++r) {
     for (int c = 0; c < d; ++c) {
       Panel& p = f.panel();
