@@ -183,6 +183,30 @@ TEST_CASE("viz: heat maps share one viridis colour bar, bars, categories and a c
   CHECK(viz::corner(two, {{"a (m)", -4, 4}, {"b (s)", -4, 4}}, "pl").width_px == 640);
 }
 
+TEST_CASE("viz: every log axis carries at least two labelled powers of ten", "[viz]") {
+  const double nan = std::nan("");
+  // a training curve from 0.011 to 0.1: widened to [10^-2, 10^-1] (was [0.0105, 0.104], one label)
+  auto l = viz::axis_limits({nan, nan}, 0.011, 0.1, true);
+  CHECK(l[0] == Approx(-2.0));
+  CHECK(l[1] >= -1.0);
+  // inside one decade: widened to both neighbouring powers of ten
+  l = viz::axis_limits({nan, nan}, 0.3, 0.6, true);
+  CHECK(l[0] == Approx(-1.0));
+  CHECK(l[1] == Approx(0.0));
+  // several decades: only the 4% padding
+  l = viz::axis_limits({nan, nan}, 1e-4, 1.0, true);
+  CHECK(l[0] == Approx(-4.16));
+  CHECK(l[1] == Approx(0.16));
+  // a given end is kept; the other is widened
+  l = viz::axis_limits({0.2, nan}, 0.3, 0.6, true);
+  CHECK(l[0] == Approx(std::log10(0.2)));
+  CHECK(l[1] == Approx(0.0));
+  // linear axes are only padded
+  l = viz::axis_limits({nan, nan}, 0.0, 1.0, false);
+  CHECK(l[0] == Approx(-0.04));
+  CHECK(l[1] == Approx(1.04));
+}
+
 TEST_CASE("viz: histograms are normalised densities, 2-D histograms peak at 1", "[viz]") {
   std::vector<double> v;
   for (int i = 0; i < 1000; ++i) v.push_back((i + 0.5) / 1000.0 * 2.0 - 1.0);  // uniform on [-1, 1)

@@ -93,6 +93,15 @@ std::array<double, 2> limits(const std::array<double, 2>& given, Range data, boo
   }
   if (std::isfinite(given[0])) lo = tr(given[0], log);
   if (std::isfinite(given[1])) hi = tr(given[1], log);
+  // A log axis labels only powers of ten: widen the ends taken from the data to whole decades
+  // until two of them are on the axis, so that every log axis has readable tick values (a
+  // training curve from 0.011 to 0.1 showed a single "10^-1").
+  if (log) {
+    auto labelled = [&] { return std::floor(hi + 1e-9) - std::ceil(lo - 1e-9) + 1; };
+    if (labelled() < 2 && !std::isfinite(given[0])) lo = std::floor(lo + 1e-9);
+    if (labelled() < 2 && !std::isfinite(given[1])) hi = std::ceil(hi - 1e-9);
+    if (labelled() < 2 && !std::isfinite(given[0])) lo -= 1;
+  }
   if (!(hi > lo)) usage_error("viz::save", "an axis range is empty or reversed");
   return {lo, hi};
 }
@@ -421,6 +430,13 @@ const char* extension(Format f) {
     default:
       return "png";
   }
+}
+
+std::array<double, 2> axis_limits(const std::array<double, 2>& given, double data_lo, double data_hi, bool log) {
+  Range r;
+  r.add(data_lo, log);
+  r.add(data_hi, log);
+  return limits(given, r, log, false, true);
 }
 
 std::string with_extension(const std::string& stem, Format fmt) { return stem + "." + extension(fmt); }

@@ -147,4 +147,10 @@ void save(const Figure& fig, const std::string& path, Format fmt);
 /// `stem` + "." + extension(fmt).
 std::string with_extension(const std::string& stem, Format fmt);
 
+/// The drawn range of an axis (in plotted coordinates: log10 of the values on a log axis) for
+/// data from `data_lo` to `data_hi` and the panel's `given` ends (NaN: from the data, padded by
+/// 4%). A log axis is widened to whole decades until two powers of ten, which carry its tick
+/// values, lie on it.
+std::array<double, 2> axis_limits(const std::array<double, 2>& given, double data_lo, double data_hi, bool log);
+
 }  // namespace nfkit::viz
