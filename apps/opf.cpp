@@ -288,6 +288,8 @@ Command opf_eval_command() {
                 ("steps", po::value<int64_t>()->default_value(4), "refinement ODE steps")
                 ("ipopt-sample", po::value<int64_t>()->default_value(200),
                  "scenarios Ipopt re-solves one by one in this run for the speed ratio (0 = all)")
+                ("repeats", po::value<int64_t>()->default_value(3),
+                 "timed passes of the batched pipeline and of Ipopt; the best pass of each counts")
                 ("out", po::value<std::string>()->default_value(""), "write the report to this JSON file")
                 ("figure", po::value<std::string>()->default_value(""),
                  "write the gap per load level figure to STEM.<ext> (--figure-format)");
@@ -302,6 +304,8 @@ Command opf_eval_command() {
             eo.ode = refinement_ode(vm);
             eo.ipopt_sample = vm["ipopt-sample"].as<int64_t>();
             if (eo.ipopt_sample < 0) usage_error("--ipopt-sample", "must be >= 0");
+            eo.repeats = vm["repeats"].as<int64_t>();
+            if (eo.repeats < 1) usage_error("--repeats", "must be >= 1");
             if (!out.empty()) check_writable(out);
             const std::string fig_stem = vm["figure"].as<std::string>();
             const std::string fig = fig_stem.empty() ? "" : figure_path(fig_stem, ctx.globals.figure_format);

@@ -665,15 +665,16 @@ TEST_CASE("nfkit opf train / eval: command line", "[opf][cli]") {
   CHECK_THAT(r.out, Catch::Contains("wrote " + model));
   const std::string fig = temp_path("opf-gap");
   r = run_nfkit({"opf", "eval", "--model", model, "--data", data, "--ipopt-sample", "2", "--out", rep, "--quiet",
-                 "--figure", fig, "--figure-format", "pdf"});
+                 "--figure", fig, "--figure-format", "pdf", "--repeats", "2"});
   REQUIRE(r.code == 0);
   CHECK(read_text(fig + ".pdf").compare(0, 5, "%PDF-") == 0);
   CHECK_THAT(r.out, Catch::Contains("gap GNN%"));
   CHECK_THAT(r.out, Catch::Contains("100.0%"));  // feasible after projection
   CHECK_THAT(r.out, Catch::Contains("(2 timed): "));  // the speed line whole (a 256-byte buffer cut it)
-  CHECK(r.out.find("x\n", r.out.find("(2 timed): ")) != std::string::npos);
+  CHECK(r.out.find("x (best of 2 passes each)\n", r.out.find("(2 timed): ")) != std::string::npos);
   const auto j = nlohmann::json::parse(read_text(rep));
   CHECK(j["nfkit_format"] == "opf_eval");
+  CHECK(j["repeats"] == 2);
   CHECK(j["all"]["feasible"] == j["all"]["optimal"]);
   // bad input: one line, exit 2 (usage) or 1 (runtime), nothing written
   r = run_nfkit({"opf", "train", "--data", data});
@@ -684,6 +685,9 @@ TEST_CASE("nfkit opf train / eval: command line", "[opf][cli]") {
   CHECK(r.code == 2);
   CHECK_THAT(r.err, Catch::Contains("--epochs"));
   CHECK(!file_exists(none));
+  r = run_nfkit({"opf", "eval", "--model", model, "--data", data, "--repeats", "0"});
+  CHECK(r.code == 2);
+  CHECK_THAT(r.err, Catch::Contains("--repeats"));
   r = run_nfkit({"opf", "eval", "--model", model, "--data", data, "--solver", "dopri5"});
   CHECK(r.code == 2);
   CHECK_THAT(r.err, Catch::Contains("--solver"));

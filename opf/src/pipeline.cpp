@@ -498,6 +498,7 @@ nlohmann::json OpfEvalReport::to_json() const {
       {"pipeline_ms_per_instance", all.scenarios ? 1e3 * pipeline_seconds / static_cast<double>(all.scenarios) : 0.0},
       {"ipopt_ms_per_instance", 1e3 * ipopt_seconds_per_instance},
       {"ipopt_timed", ipopt_timed},
+      {"repeats", repeats},
       {"ipopt_projection_ms_per_instance", 1e3 * ipopt_projection_seconds_per_instance},
       {"speedup", speedup},
       {"ode", ode}};
@@ -527,11 +528,11 @@ std::string OpfEvalReport::table() const {
                 "GNN+proj: the GNN projected without refinement); viol: worst MW violation before projection (max)\n"
                 "pipeline %.3f ms per instance (batched, projection %.3f ms of "
                 "it; Ipopt's projection %.3f ms), "
-                "Ipopt %.3f ms one by one (%lld timed): %.1fx\n",
+                "Ipopt %.3f ms one by one (%lld timed): %.1fx (best of %lld passes each)\n",
                 all.scenarios ? 1e3 * pipeline_seconds / static_cast<double>(all.scenarios) : 0.0,
                 all.scenarios ? 1e3 * projection_seconds / static_cast<double>(all.scenarios) : 0.0,
                 1e3 * ipopt_projection_seconds_per_instance, 1e3 * ipopt_seconds_per_instance,
-                static_cast<long long>(ipopt_timed), speedup);
+                static_cast<long long>(ipopt_timed), speedup, static_cast<long long>(repeats));
   s << foot;
   return s.str();
 }
@@ -540,6 +541,7 @@ OpfEvalReport evaluate_opf_model(const OpfModel& model, const OpfDataset& data, 
                                  const OpfEvalOptions& opts) {
   opts.ode.validate();
   if (opts.ipopt_sample < 0) usage_error("opf eval", "--ipopt-sample must be >= 0");
+  if (opts.repeats < 1) usage_error("opf eval", "--repeats must be >= 1");
   const DcNetwork base(pc, conv);
   check_dataset(data, base, "the evaluation dataset");
   const int64_t n = data.size();
@@ -556,24 +558,34 @@ OpfEvalReport evaluate_opf_model(const OpfModel& model, const OpfDataset& data, 
   }
   OpfEvalReport rep;
   rep.ode = opts.ode.summary();
-  // the batched pipeline, timed
+  // the batched pipeline, timed: best of `repeats` passes (each gives the same numbers; one
+  // pass over 1000 case30 instances takes ~150 ms, so single passes scatter by ±15%)
   const torch::Tensor pd = data.pd.to(torch::kFloat64);
-  const auto t0 = Clock::now();
-  const OpfPrediction pred = model.predict(pd, outage, opts.ode);
-  const auto t1 = Clock::now();
+  OpfPrediction pred;
   std::vector<Projection> proj(static_cast<size_t>(n));
-  for (const auto& [k, idx] : groups) {
-    const int64_t m = static_cast<int64_t>(idx.size());
-    Eigen::MatrixXd pds(m, base.num_buses()), p0s(m, base.num_generators());
-    for (int64_t j = 0; j < m; ++j) {
-      pds.row(j) = row(pd, idx[static_cast<size_t>(j)]).transpose();
-      p0s.row(j) = row(pred.pg_cfm, idx[static_cast<size_t>(j)]).transpose();
+  rep.pipeline_seconds = INFINITY;
+  for (int64_t pass = 0; pass < opts.repeats; ++pass) {
+    const auto t0 = Clock::now();
+    pred = model.predict(pd, outage, opts.ode);
+    const auto t1 = Clock::now();
+    for (const auto& [k, idx] : groups) {
+      const int64_t m = static_cast<int64_t>(idx.size());
+      Eigen::MatrixXd pds(m, base.num_buses()), p0s(m, base.num_generators());
+      for (int64_t j = 0; j < m; ++j) {
+        pds.row(j) = row(pd, idx[static_cast<size_t>(j)]).transpose();
+        p0s.row(j) = row(pred.pg_cfm, idx[static_cast<size_t>(j)]).transpose();
+      }
+      const auto r = projs[k]->project_batch(pds, p0s);
+      for (int64_t j = 0; j < m; ++j) proj[static_cast<size_t>(idx[static_cast<size_t>(j)])] = r[static_cast<size_t>(j)];
     }
-    const auto r = projs[k]->project_batch(pds, p0s);
-    for (int64_t j = 0; j < m; ++j) proj[static_cast<size_t>(idx[static_cast<size_t>(j)])] = r[static_cast<size_t>(j)];
+    const auto t2 = Clock::now();
+    const double total = std::chrono::duration<double>(t2 - t0).count();
+    if (total < rep.pipeline_seconds) {
+      rep.pipeline_seconds = total;
+      rep.projection_seconds = std::chrono::duration<double>(t2 - t1).count();
+    }
   }
-  rep.projection_seconds = since(t1);
-  rep.pipeline_seconds = since(t0);
+  rep.repeats = opts.repeats;
 
   // metrics per load level
   std::map<double, OpfLevelResult> lv;
@@ -628,11 +640,16 @@ OpfEvalReport evaluate_opf_model(const OpfModel& model, const OpfDataset& data, 
   finish(rep.all);
 
   // Ipopt one by one on the same scenarios, in this run
+  // (best of the same number of passes as the pipeline)
   const int64_t m = opts.ipopt_sample == 0 ? n : std::min(n, opts.ipopt_sample);
-  const auto t2 = Clock::now();
-  for (int64_t i = 0; i < m; ++i) (void)solve_dc_opf(*nets[outage[i].item<int64_t>()], row(pd, i));
+  double ipopt_best = INFINITY;
+  for (int64_t pass = 0; pass < opts.repeats && m > 0; ++pass) {
+    const auto t2 = Clock::now();
+    for (int64_t i = 0; i < m; ++i) (void)solve_dc_opf(*nets[outage[i].item<int64_t>()], row(pd, i));
+    ipopt_best = std::min(ipopt_best, since(t2));
+  }
   rep.ipopt_timed = m;
-  rep.ipopt_seconds_per_instance = m > 0 ? since(t2) / static_cast<double>(m) : 0.0;
+  rep.ipopt_seconds_per_instance = m > 0 ? ipopt_best / static_cast<double>(m) : 0.0;
   // the same projections by Ipopt, for comparison with the active-set method
   const auto t3 = Clock::now();
   for (int64_t i = 0; i < m; ++i)

@@ -124,6 +124,7 @@ OpfTrained train_opf_model(const OpfDataset& data, const PowerCase& pc, DcConven
 struct OpfEvalOptions {
   OdeOptions ode = OdeOptions().method(OdeMethod::kEuler).steps(4);
   int64_t ipopt_sample = 200;   ///< scenarios Ipopt re-solves one by one for the speed ratio (0: all)
+  int64_t repeats = 3;          ///< timed passes of the pipeline and of Ipopt; the best of each counts
   ProjectionOptions projection;
   bool quiet = false;
 };
@@ -152,6 +153,7 @@ struct OpfEvalReport {
   double projection_seconds = 0.0;      ///< of which the projection
   double ipopt_seconds_per_instance = 0.0;
   int64_t ipopt_timed = 0;
+  int64_t repeats = 1;                  ///< timed passes; the times are the best pass of each
   double ipopt_projection_seconds_per_instance = 0.0;  ///< Ipopt projecting the same dispatches
   double speedup = 0.0;                 ///< Ipopt per instance / pipeline per instance
   std::string ode;                      ///< solver summary
