@@ -581,6 +581,39 @@ TEST_CASE("cli: cfm train, sample and eval on 8gaussians, reflow, resume", "[cli
 
 }
 
+TEST_CASE("resume: cfm train killed with SIGKILL resumes from its checkpoint to the same model", "[cli][continuous]") {
+  // Killed without warning after its third checkpoint, then the same command again: it resumes
+  // (the checkpoint is written under a temporary name and renamed, so intact) and its samples
+  // equal those of an uninterrupted run, bit for bit.
+  auto args = [](const std::string& out, bool quiet = true) {
+    std::vector<std::string> a{NFKIT_BINARY, "cfm", "train", "--target", "8gaussians", "--n-samples", "600",
+                               "--hidden", "16", "--batch-size", "64", "--steps", "1000", "--checkpoint-every",
+                               "20", "--seed", "5", "--threads", "1", "--out", out};
+    if (quiet) a.push_back("--quiet");
+    return a;
+  };
+  const auto killed = test::temp_path("cfm-killed.h5"), whole = test::temp_path("cfm-whole.h5");
+  REQUIRE(test::run_and_sigkill(args(killed), killed + ".ckpt", 3));
+  CHECK_FALSE(file_exists(killed));
+  CHECK(file_exists(killed + ".ckpt"));
+  const auto err = test::temp_path("cfm-resume-stderr.txt");
+  CHECK(std::system((test::shell_command(args(killed, false)) + " > /dev/null 2> '" + err + "'").c_str()) == 0);
+  CHECK_FALSE(file_exists(killed + ".ckpt"));
+  std::ifstream in(err);
+  const std::string said((std::istreambuf_iterator<char>(in)), {});
+  CHECK(said.find("resuming from " + killed + ".ckpt at step ") != std::string::npos);  // not from scratch
+  CHECK(std::system(test::shell_command(args(whole)).c_str()) == 0);
+  auto sample = [](const std::string& model) {
+    const auto out = model + ".samples.h5";
+    REQUIRE(run_nfkit({"cfm", "sample", "--model", model, "-n", "64", "--out", out, "--seed", "9", "--solver",
+                       "rk4", "--steps", "8", "--threads", "1"}).code == 0);
+    return H5Reader(out).read("/x");
+  };
+  const auto a = sample(killed), b = sample(whole);
+  CHECK(a.sizes() == torch::IntArrayRef{64, 2});
+  CHECK(torch::equal(a, b));
+}
+
 TEST_CASE("cli: cfm bad input gets one line, the right exit code and no file", "[cli][continuous]") {
   const auto out = test::temp_path("cfm_bad.h5");
   auto check_fails = [&](std::vector<std::string> args, int code, const std::string& needle) {
