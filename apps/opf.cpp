@@ -158,6 +158,7 @@ Command opf_dataset_command() {
                 ("sigma", po::value<double>()->default_value(0.05, "0.05"), "relative per-bus load perturbation (Gaussian)")
                 ("outages", po::bool_switch(), "one random N-1 branch outage (keeping the grid connected) per scenario")
                 ("workers", po::value<int>()->default_value(0), "Ipopt worker processes (0 = --threads)")
+                ("chunk", po::value<int64_t>()->default_value(512), "scenarios between saves of OUT.partial")
                 ("out", po::value<std::string>(), "HDF5 dataset to write (finished chunks are kept in OUT.partial; "
                                                    "a rerun with the same options resumes)")
                 ("restart", po::bool_switch(), "discard OUT.partial");
@@ -176,6 +177,8 @@ Command opf_dataset_command() {
             const int w = vm["workers"].as<int>();
             if (w < 0) usage_error("--workers", "must be >= 0");
             o.workers = w > 0 ? w : (ctx.globals.threads > 0 ? ctx.globals.threads : hardware_threads());
+            o.chunk = vm["chunk"].as<int64_t>();
+            if (o.chunk < 1) usage_error("--chunk", "must be >= 1");
             o.seed = ctx.globals.seed;
             o.restart = vm["restart"].as<bool>();
             o.quiet = ctx.globals.quiet;
