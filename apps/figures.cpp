@@ -332,6 +332,10 @@ void opf_gap_figure(const std::string& path, viz::Format fmt, const OpfEvalRepor
   cap << "feasible after projection: " << rep.all.feasible << " of " << rep.all.returned
       << " returned (worst violation " << std::scientific << std::setprecision(1) << rep.all.worst_after
       << " MW); infeasible scenarios refused: " << rep.all.refused << "; GNN and GNN + CFM are before projection";
+  // coinciding curves hide each other: say so
+  const bool identity = std::all_of(rep.levels.begin(), rep.levels.end(),
+                                    [](const OpfLevelResult& l) { return l.gap_cfm == l.gap_gnn; });
+  if (identity && !rep.levels.empty()) cap << " (here GNN + CFM = GNN: the refinement kept the identity)";
   f.caption = cap.str();
   viz::save(f, path, fmt);
 }

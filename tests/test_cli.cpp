@@ -219,7 +219,7 @@ TEST_CASE("cli: flow train's data-dependent defaults, overrides, --epochs and --
                 "--layers", "1", "--hidden", "8"});
   INFO(r.err);
   REQUIRE(r.code == 0);
-  CHECK(r.err.find("settings: nsf-ar, 1 blocks x [8, 8], 8 bins on [-5, 5], batch 32") != std::string::npos);
+  CHECK(r.err.find("settings: nsf-ar, 1 blocks x [8, 8], 16 bins on [-5, 5], batch 32") != std::string::npos);
   auto j = nlohmann::json::parse(r.out);
   CHECK(j["settings"]["steps"] == 1000);       // 40 epochs of 360 rows is fewer: the floor
   CHECK(j["settings"]["batch_size"] == 32);    // 360 rows / 20 = 18, raised to the floor of 32
