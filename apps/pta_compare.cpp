@@ -116,19 +116,18 @@ Command pta_compare_command() {
               if (stop_requested())
                 throw Interrupted("interrupted; finished models are kept in " + out + "; rerun to continue");
               const auto& m = built[i];
-              const std::string cache = out + "/" + m.name + ".json";
+              const std::string cache = out + "/" + m.name + ".json", chains_file = out + "/chains_" + m.name + ".h5";
               json j = restart ? json() : read_cached(cache, config);
+              auto draw_corner = [&](const torch::Tensor& chain_samples) {
+                pta_corner_figure(figure_path(out + "/corner_" + m.name, ctx.globals.figure_format),
+                                  ctx.globals.figure_format, m.name + ": " + m.description,
+                                  chain_samples.reshape({-1, m.model.dim()}), m.model.names(), m.model.support());
+              };
               if (!j.is_null()) {
                 if (!ctx.globals.quiet) ctx.err << "pta compare: " << m.name << ": reusing " << cache << "\n";
                 // the corner plot again from its chains, so a rerun (another --figure-format,
                 // a newer build) redraws every figure it lists
-                const std::string chains_file = out + "/chains_" + m.name + ".h5";
-                if (file_exists(chains_file)) {
-                  const Chains ch = read_chains(chains_file);
-                  pta_corner_figure(figure_path(out + "/corner_" + m.name, ctx.globals.figure_format),
-                                    ctx.globals.figure_format, m.name + ": " + m.description,
-                                    ch.samples.reshape({-1, m.model.dim()}), m.model.names(), m.model.support());
-                }
+                if (file_exists(chains_file)) draw_corner(read_chains(chains_file).samples);
                 results.push_back(j);
                 continue;
               }
@@ -139,11 +138,8 @@ Command pta_compare_command() {
               mo.seed = derive_seed(ctx.globals.seed, 43, i);
               auto r = estimate_evidence(m.model, mo, m.name);
               print_warnings(ctx, m.name, r.warnings);
-              write_chains(out + "/chains_" + m.name + ".h5", r.sampling.chains);
-              pta_corner_figure(figure_path(out + "/corner_" + m.name, ctx.globals.figure_format),
-                                ctx.globals.figure_format, m.name + ": " + m.description,
-                                r.sampling.chains.samples.reshape({-1, m.model.dim()}), m.model.names(),
-                                m.model.support());
+              write_chains(chains_file, r.sampling.chains);
+              draw_corner(r.sampling.chains.samples);
               j = r.to_json();
               j["description"] = m.description;
               j["parameters"] = m.model.config();

@@ -574,10 +574,13 @@ TEST_CASE("cli: nfkit evidence and nfkit pta compare, results and bad input", "[
   for (const char* f : {"/results.json", "/table.csv", "/bayes_factors.png", "/corner_pl.png", "/corner_turnover.png",
                         "/chains_pl.h5", "/pl.json"})
     CHECK(file_exists(out + f));
-  // A rerun reuses finished models and gives the same numbers.
+  // A rerun reuses finished models and gives the same numbers; it redraws every figure,
+  // corner plots of reused models included (here in another format).
   auto again = run_nfkit({"pta", "compare", "--data", kSim, "--nbins", "10", "--models", "pl,turnover", "--steps", "400",
-                    "--burn-in", "400", "--train-steps", "200", "--is-samples", "2000", "--out", out, "--json"});
+                    "--burn-in", "400", "--train-steps", "200", "--is-samples", "2000", "--out", out, "--json",
+                    "--figure-format", "pdf"});
   CHECK_THAT(again.err, Contains("reusing"));
+  for (const char* f : {"/bayes_factors.pdf", "/corner_pl.pdf", "/corner_turnover.pdf"}) CHECK(file_exists(out + f));
   auto j2 = last_json(again.out);
   CHECK(j2["models"][1]["ln_z"] == j["models"][1]["ln_z"]);
   r = run_nfkit({"pta", "compare", "--data", kSim, "--models", "pl,strings"});
