@@ -497,25 +497,26 @@ TEST_CASE("resume: opf dataset killed with SIGKILL resumes from OUT.partial to t
   // Killed without warning (workers included: they die at their next write to the closed
   // pipe) after its second partial save, then the same command: it resumes after the saved
   // scenarios and writes the same scenarios as an uninterrupted run.
-  auto args = [](const std::string& out, bool quiet = true) {
-    std::vector<std::string> a{NFKIT_BINARY, "opf", "dataset", "--case", case_path("case30.m"), "--per-level", "40",
-                               "--chunk", "10", "--workers", "2", "--seed", "4", "--out", out};
-    if (quiet) a.push_back("--quiet");
+  auto args = [](const std::string& out) {
+    return std::vector<std::string>{"opf", "dataset", "--case", case_path("case30.m"), "--per-level", "40", "--chunk",
+                                    "10", "--workers", "2", "--seed", "4", "--out", out, "--quiet"};
+  };
+  auto with_binary = [](std::vector<std::string> a) {
+    a.insert(a.begin(), NFKIT_BINARY);
     return a;
   };
   const std::string killed = temp_path("ds-killed.h5"), whole = temp_path("ds-whole.h5");
-  REQUIRE(run_and_sigkill(args(killed), killed + ".partial", 2));
+  REQUIRE(run_and_sigkill(with_binary(args(killed)), killed + ".partial", 2));
   CHECK_FALSE(file_exists(killed));
   REQUIRE(file_exists(killed + ".partial"));
   const int64_t saved = OpfDataset::read(killed + ".partial").size();
   CHECK(saved >= 20);
   CHECK(saved < 200);
-  const auto res = run_nfkit({"opf", "dataset", "--case", case_path("case30.m"), "--per-level", "40", "--chunk", "10",
-                              "--workers", "2", "--seed", "4", "--out", killed, "--quiet"});
+  const auto res = run_nfkit(args(killed));
   REQUIRE(res.code == 0);
   CHECK_THAT(res.out, Catch::Contains("resumed after " + std::to_string(saved)));
   CHECK_FALSE(file_exists(killed + ".partial"));
-  REQUIRE(std::system(shell_command(args(whole)).c_str()) == 0);
+  REQUIRE(run_nfkit(args(whole)).code == 0);
   const auto a = OpfDataset::read(killed), b = OpfDataset::read(whole);
   REQUIRE(a.size() == 200);
   // bit for bit; infeasible scenarios (at 130%) hold NaN solutions in both
