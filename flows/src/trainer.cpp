@@ -75,9 +75,13 @@ Trainer::Trainer(std::shared_ptr<Distribution> flow, TrainerOptions opts, Object
   check_in_range(fn, "ema_decay", opts_.ema_decay(), 0.0, 1.0);
   check_in_range(fn, "reverse_weight", obj_.reverse_weight, 0.0, 1.0);
   check_positive_int(fn, "eval_every", opts_.eval_every());
+  if (obj_.step_loss && (obj_.loss || obj_.reverse_weight > 0.0 || obj_.train.defined()))
+    usage_error(fn, "a step loss replaces every other training term (no train, loss or reverse KL)");
+  if (obj_.step_loss && !obj_.validate && !obj_.val.defined())
+    usage_error(fn, "a step loss needs a validation (validate or val)");
   if (obj_.loss && obj_.reverse_weight > 0.0)
     usage_error(fn, "a custom loss replaces the forward-KL term and cannot be mixed with reverse KL");
-  if (obj_.reverse_weight < 1.0 && !obj_.train.defined())
+  if (!obj_.step_loss && obj_.reverse_weight < 1.0 && !obj_.train.defined())
     usage_error(fn, "forward KL needs training data (or set reverse_weight to 1 with an energy)");
   if (obj_.reverse_weight > 0.0 && !obj_.energy)
     usage_error(fn, "reverse KL needs an energy function");
@@ -197,7 +201,8 @@ TrainReport Trainer::train() {
   Progress progress("train", opts_.steps(), ProgressOptions{opts_.quiet()});
   progress.set_start(s.step);
   flow_->train();
-  const bool use_fwd = obj_.reverse_weight < 1.0, use_rev = obj_.reverse_weight > 0.0;
+  const bool custom = static_cast<bool>(obj_.step_loss);
+  const bool use_fwd = !custom && obj_.reverse_weight < 1.0, use_rev = obj_.reverse_weight > 0.0;
 
   while (s.step < opts_.steps()) {
     if (should_stop && should_stop(s.step)) {
@@ -218,6 +223,7 @@ TrainReport Trainer::train() {
       add(obj_.loss ? obj_.loss(bx, bc) : forward_kl(*flow_, bx, bc), 1.0 - obj_.reverse_weight);
     }
     if (use_rev) add(reverse_kl(*flow_, obj_.energy, obj_.energy_batch), obj_.reverse_weight);
+    if (custom) add(obj_.step_loss(s.step), 1.0);
 
     const double loss_v = loss.item<double>();
     bool bad = !std::isfinite(loss_v);
@@ -355,6 +361,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
                       {"train_count", s.train_count},
                       {"options", opts_.to_json()}};
   w.set_attr("/trainer", "state", state.dump());
+  if (obj_.save_state) obj_.save_state(w, "/objective");
   w.commit();
 }
 
@@ -406,6 +413,10 @@ void Trainer::load_checkpoint(const std::string& path) {
   s.good_state = clone_all(s.state);
   s.good_m = clone_all(s.m);
   s.good_v = clone_all(s.v);
+  if (obj_.load_state) {
+    if (!r.exists("/objective")) runtime_error(path, "has no objective state (/objective)");
+    obj_.load_state(r, "/objective");
+  }
 }
 
 TrainReport train_resuming(std::shared_ptr<Distribution> model, const TrainerOptions& options,

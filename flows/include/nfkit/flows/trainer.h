@@ -81,6 +81,15 @@ struct Objective {
   /// Replaces the validation NLL: a number to minimise, computed deterministically (seed the
   /// generator inside; the trainer reseeds every step, so this never shifts training).
   std::function<double()> validate;
+  /// Replaces every training term: the loss of step `step`, for objectives that draw their own
+  /// minibatches (FAB's replay buffer, boltzmann/fab.h). Called under the step's seed; needs
+  /// no `train`, `loss` or `energy`.
+  std::function<torch::Tensor(int64_t step)> step_loss;
+  /// State such an objective keeps across steps (a replay buffer, sampler step sizes): written
+  /// with every trainer checkpoint under the group it is given, and read back on resume, so a
+  /// resumed run continues the same run.
+  std::function<void(H5Writer& w, const std::string& group)> save_state;
+  std::function<void(const H5Reader& r, const std::string& group)> load_state;
 };
 
 struct TrainReport {
