@@ -122,7 +122,8 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> all{
       flow_train_command(), flow_eval_command(),  flow_sample_command(), flow_demo_command(),
       md_command(),         bg_train_command(),   bg_sample_command(),   bg_eval_command(),
-      bg_run_command(),     evidence_command(),   pta_compare_command(),
+      bg_run_command(),     fab_train_command(),  fab_eval_command(),
+      evidence_command(),   pta_compare_command(),
       image_train_command(), image_bpd_command(),  image_sample_command(),
       cfm_train_command(),  cfm_sample_command(),  cfm_eval_command(),
       opf_solve_command(),  opf_dataset_command(), opf_train_command(), opf_eval_command()};

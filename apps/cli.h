@@ -78,6 +78,8 @@ Command bg_train_command();
 Command bg_sample_command();
 Command bg_eval_command();
 Command bg_run_command();
+Command fab_train_command();
+Command fab_eval_command();
 Command evidence_command();
 Command pta_compare_command();
 Command image_train_command();

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -228,6 +229,16 @@ void check_transform_properties(const TransformPtr& t, const torch::Tensor& x, c
   auto [z2, ladj2] = t2->forward(x, ctx);
   CHECK(torch::equal(z2, z.detach()));
   CHECK(torch::equal(ladj2, ladj.detach()));
+}
+
+int line_count(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+nlohmann::json last_json(const std::string& out) {
+  const auto end = out.find_last_not_of('\n');
+  if (end == std::string::npos) return nlohmann::json::parse(out);  // empty: parse reports it
+  const auto nl = out.rfind('\n', end);
+  const size_t start = nl == std::string::npos ? 0 : nl + 1;
+  return nlohmann::json::parse(out.substr(start, end - start + 1));
 }
 
 }  // namespace nfkit::test

@@ -2,6 +2,8 @@
 // Shared test utilities: temporary paths, parameter perturbation, brute-force Jacobians.
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include <string>
 #include <vector>
 
@@ -68,5 +70,10 @@ std::string shell_command(const std::vector<std::string>& args);
 std::string python_interpreter();
 /// Runs code with python_interpreter() and returns its exit status (-1 if it is absent).
 int run_python(const std::string& code);
+
+/// Lines (newlines) in s: an error message is one.
+int line_count(const std::string& s);
+/// The last non-empty stdout line parsed as JSON (--json puts the results object there).
+nlohmann::json last_json(const std::string& out);
 
 }  // namespace nfkit::test

@@ -20,9 +20,6 @@ namespace {
 using Run = CliRun;
 Run run(std::vector<std::string> args) { return run_nfkit(std::move(args)); }
 
-int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
-
-
 // Small, fast training options.
 std::vector<std::string> quick(std::vector<std::string> args) {
   for (const char* a : {"--steps", "60", "--n-samples", "600", "--layers", "2", "--hidden", "16",
@@ -52,13 +49,13 @@ TEST_CASE("cli: help, version, unknown commands and options", "[cli]") {
   CHECK(r.code == 2);
   r = run({"bogus"});
   CHECK(r.code == 2);
-  CHECK(lines(r.err) == 1);
+  CHECK(line_count(r.err) == 1);
   r = run({"flow", "fly"});
   CHECK(r.code == 2);
   CHECK(r.err.find("unknown verb 'fly'") != std::string::npos);
   r = run({"flow", "train", "--data", "gmm", "--out", test::temp_path("m.h5"), "--frobnicate"});
   CHECK(r.code == 2);
-  CHECK(lines(r.err) == 1);
+  CHECK(line_count(r.err) == 1);
   r = run({"flow", "train", "--data", "gmm", "--out", test::temp_path("m.h5"), "--steps", "abc"});
   CHECK(r.code == 2);
   r = run({"flow", "train", "--data", "gmm"});
@@ -75,7 +72,7 @@ TEST_CASE("cli: bad data and outputs get one line, the right exit code and no fi
     auto r = run(args);
     INFO(r.err);
     CHECK(r.code == code);
-    CHECK(lines(r.err) == 1);
+    CHECK(line_count(r.err) == 1);
     CHECK(r.err.find(needle) != std::string::npos);
     CHECK(r.err.find("nfkit: ") == 0);
     CHECK_FALSE(file_exists(out));
@@ -117,7 +114,7 @@ TEST_CASE("cli: train, eval and sample with --json, CSV and HDF5 inputs and outp
   CHECK(j["dim"] == 2);
   CHECK(j["steps"] == 60);
   CHECK(std::isfinite(j["val_nll"].get<double>()));
-  CHECK(lines(r.out) == 1);  // --json: the JSON object is the only stdout line
+  CHECK(line_count(r.out) == 1);  // --json: the JSON object is the only stdout line
   CHECK(H5Reader(model).expect_format("checkpoint", 1) == 1);
   CHECK_FALSE(file_exists(model + ".ckpt"));  // finished: no checkpoint left behind
 
@@ -200,7 +197,7 @@ TEST_CASE("cli: the binary itself: exit codes and stderr", "[cli]") {
   CHECK(sh(bin + " flow train --bogus 2> " + err) == 2);
   std::ifstream in(err);
   std::string text((std::istreambuf_iterator<char>(in)), {});
-  CHECK(lines(text) == 1);
+  CHECK(line_count(text) == 1);
   CHECK(text.find("bogus") != std::string::npos);
   CHECK(sh(bin + " flow eval --model /nonexistent.h5 --data gmm 2> /dev/null") == 1);
   const auto model = test::temp_path("bin.h5");
@@ -241,7 +238,7 @@ TEST_CASE("cli: flow train's data-dependent defaults, overrides, --epochs and --
     const auto bad = test::temp_path("bad.h5");
     r = run({"flow", "train", "--data", "gmm", "--out", bad, opt, value});
     CHECK(r.code == 2);
-    CHECK(lines(r.err) == 1);
+    CHECK(line_count(r.err) == 1);
     CHECK(r.err.find(opt) != std::string::npos);
     CHECK_FALSE(file_exists(bad));
   }

@@ -500,16 +500,6 @@ TEST_CASE("flow matching through the trainer: I-CFM learns a Gaussian, resume is
   for (size_t i = 0; i < pa.size(); ++i) CHECK(torch::equal(pa[i], pc[i]));
 }
 
-namespace {
-int line_count(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
-// --json: the last stdout line is the results object.
-json last_json(std::string out) {
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  const auto nl = out.rfind('\n');
-  return json::parse(nl == std::string::npos ? out : out.substr(nl + 1));
-}
-}  // namespace
-
 TEST_CASE("cli: cfm train, sample and eval on 8gaussians, reflow, resume", "[cli][continuous]") {
   const auto model = test::temp_path("cfm_8g.h5");
   auto r = run_nfkit({"cfm", "train", "--target", "8gaussians", "--method", "otcfm", "--steps", "400",

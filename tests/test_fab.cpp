@@ -227,3 +227,95 @@ TEST_CASE("fab: options out of range are usage errors naming the option", "[bolt
   ManyWell wrong(4);
   CHECK_THROWS_WITH(train_fab(flow, wrong, small_fab(10, 1)), Catch::Contains("2 dimensions but the energy"));
 }
+
+// ---- the command line ------------------------------------------------------------------------
+
+namespace {
+
+std::vector<std::string> fab_args(const std::string& out, std::vector<std::string> extra = {},
+                                  const std::string& target = "double-well") {
+  std::vector<std::string> a{"fab",          "train",        "--target",      target,        "--out",
+                             out,            "--steps",      "300",           "--batch",     "256",
+                             "--buffer-min", "1024",         "--buffer-size", "8192",        "--ais-steps",
+                             "2",            "--leapfrog",   "3",             "--step-size", "0.3",
+                             "--layers",     "4",            "--hidden",      "32",          "--eval-samples",
+                             "20000",        "--threads",    "1",             "--seed",      "3"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("cli: fab train and eval on the double well, figures, log Z against quadrature", "[cli][fab]") {
+  const auto out = temp_path("fab_dw.h5"), fig = temp_path("fab_dw_samples");
+  auto r = run_nfkit(fab_args(out, {"--json", "--quiet", "--figure", fig}));
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto j = last_json(r.out);
+  CHECK(j["steps"] == 300);
+  CHECK(j["target"] == "double-well:2");
+  const double exact = DoubleWell(2).log_z();
+  CHECK(j["evaluation"]["log_z_exact"].get<double>() == Approx(exact));
+  CHECK(std::abs(j["evaluation"]["log_z_error"].get<double>()) < 0.02);
+  CHECK(j["evaluation"]["ess_fraction"].get<double>() > 0.8);
+  CHECK(file_exists(out));
+  CHECK_FALSE(file_exists(out + ".ckpt"));
+  CHECK(file_exists(fig + ".png"));
+  CHECK(file_exists(j["training_figure"].get<std::string>()));
+  // eval takes the target from the model and repeats train's estimate exactly (same seed).
+  auto e = run_nfkit({"fab", "eval", "--model", out, "--samples", "20000", "--seed", "3", "--json", "--threads", "1"});
+  INFO(e.err);
+  REQUIRE(e.code == 0);
+  const auto je = last_json(e.out);
+  CHECK(je["target"] == "double-well:2");
+  CHECK(je["evaluation"]["log_z"] == j["evaluation"]["log_z"]);
+  // gmm40's mode report on an untrained flow of the right dimension: few of 40 modes covered.
+  auto g = run_nfkit({"fab", "eval", "--model", out, "--target", "gmm40", "--samples", "2000", "--json"});
+  REQUIRE(g.code == 0);
+  const auto jg = last_json(g.out);
+  CHECK(jg["evaluation"]["modes"] == 40);
+  CHECK(jg["evaluation"]["modes_covered"].get<int64_t>() < 10);
+}
+
+TEST_CASE("resume: fab train killed with SIGKILL resumes from its checkpoint to the same model", "[cli][fab]") {
+  auto args = [](const std::string& out) {
+    std::vector<std::string> a{NFKIT_BINARY};
+    for (const auto& s : fab_args(out, {"--checkpoint-every", "20", "--quiet"})) a.push_back(s);
+    return a;
+  };
+  const auto killed = temp_path("fab-killed.h5"), whole = temp_path("fab-whole.h5");
+  REQUIRE(run_and_sigkill(args(killed), killed + ".ckpt", 3));
+  CHECK_FALSE(file_exists(killed));
+  CHECK(std::system((shell_command(args(killed)) + " > /dev/null").c_str()) == 0);
+  CHECK_FALSE(file_exists(killed + ".ckpt"));
+  CHECK(std::system((shell_command(args(whole)) + " > /dev/null").c_str()) == 0);
+  std::string what;
+  CHECK(same_datasets(killed, whole, &what));
+  INFO(what);
+}
+
+TEST_CASE("cli: fab bad input gets one line, the right exit code and no file", "[cli][fab]") {
+  const auto out = temp_path("fab_bad.h5");
+  auto check_fails = [&](std::vector<std::string> args, int code, const std::string& needle) {
+    auto r = run_nfkit(args);
+    INFO(r.err);
+    CHECK(r.code == code);
+    CHECK(line_count(r.err) == 1);
+    CHECK(r.err.find(needle) != std::string::npos);
+    CHECK_FALSE(file_exists(out));
+  };
+  check_fails(fab_args(out, {}, "nope"), 2, "--target");
+  check_fails({"fab", "train", "--target", "many-well:3", "--out", out}, 2, "even");
+  check_fails({"fab", "train", "--target", "gmm40:x", "--out", out}, 2, "integer");
+  check_fails(fab_args(out, {"--ais-spacing", "cubic"}), 2, "--ais-spacing");
+  check_fails(fab_args(out, {"--buffer-min", "100"}), 2, "--buffer-min");
+  check_fails(fab_args(out, {"--scale", "0"}), 2, "--scale");
+  check_fails(fab_args(out, {"--flow", "glow"}), 2, "--flow");
+  check_fails({"fab", "eval", "--model", temp_path("missing.h5")}, 1, "missing.h5");
+  // A model of another target's dimension, and one that does not name its target.
+  const auto flow = temp_path("fab_plain_flow.h5");
+  REQUIRE(run_nfkit({"flow", "train", "--data", "rings", "--steps", "5", "--n-samples", "300", "--layers", "1",
+                     "--hidden", "8", "--quiet", "--out", flow}).code == 0);
+  check_fails({"fab", "eval", "--model", flow}, 2, "--target");
+  check_fails({"fab", "eval", "--model", flow, "--target", "many-well:4"}, 1, "dimensions");
+}

@@ -18,6 +18,7 @@
 using namespace nfkit;
 using nfkit::test::CliRun;
 using nfkit::test::run_nfkit;
+using nfkit::test::last_json;
 using Catch::Matchers::Contains;
 
 namespace {
@@ -393,13 +394,6 @@ namespace {
 
 const std::string kNG15 = std::string(NFKIT_SOURCE_DIR) + "/data/pta/ng15_30f_fs_hd_ceffyl";
 const std::string kSim = std::string(NFKIT_SOURCE_DIR) + "/data/pta/ceffyl_sim51_freespec";
-
-/// The last stdout line (--json puts one JSON object there).
-nlohmann::json last_json(const std::string& out) {
-  auto end = out.find_last_not_of('\n');
-  auto start = out.rfind('\n', end);
-  return nlohmann::json::parse(out.substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1));
-}
 
 /// ln ∫ L π over the prior box by the trapezoid rule on an n x n grid (log space).
 double quadrature_ln_z(const Model& m, double a0, double a1, double b0, double b1, int64_t n) {

@@ -1,7 +1,11 @@
 #include "nfkit/physics/analytic.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
 #include <cmath>
 #include <random>
+#include <sstream>
 
 #include "nfkit/core/checks.h"
 #include "nfkit/core/error.h"
@@ -151,6 +155,90 @@ torch::Tensor GaussianMixture40::u(const torch::Tensor& x) const {
   const double k = static_cast<double>(mu.size(0));
   const auto log_p = torch::logsumexp(-0.5 * d2, 1) - std::log(k) - std::log(2.0 * M_PI);
   return -log_p;
+}
+
+torch::Tensor GaussianMixture40::sample(int64_t n, uint64_t seed) const {
+  check_positive_int("GaussianMixture40::sample", "n", n);
+  auto gen = at::detail::createCPUGenerator(seed);
+  const auto k = torch::randint(means_.size(0), {n}, gen, torch::kInt64);
+  return means_.index_select(0, k) + torch::randn({n, 2}, gen, torch::kFloat64);
+}
+
+// ---- targets by name ----------------------------------------------------------------------
+
+AnalyticTarget make_analytic_target(const std::string& spec) {
+  const auto colon = spec.find(':');
+  const std::string name = spec.substr(0, colon);
+  const bool has_arg = colon != std::string::npos;
+  const std::string arg = has_arg ? spec.substr(colon + 1) : "";
+  auto bad = [&](const std::string& why) -> void {
+    usage_error("--target", "'" + spec + "': " + why);
+  };
+  auto int_arg = [&](int64_t dflt) -> int64_t {
+    if (!has_arg) return dflt;
+    try {
+      size_t used = 0;
+      const long long v = std::stoll(arg, &used);
+      if (used != arg.size()) throw std::invalid_argument(arg);
+      return v;
+    } catch (const std::exception&) {
+      bad("expected an integer after ':', got '" + arg + "'");
+    }
+    return dflt;
+  };
+  AnalyticTarget t;
+  if (name == "many-well") {
+    const int64_t d = int_arg(32);
+    if (d < 2 || d % 2 != 0 || d > 4096) bad("the dimension must be even, 2..4096");
+    auto mw = std::make_shared<ManyWell>(d);
+    t.energy = mw;
+    t.spec = "many-well:" + std::to_string(d);
+    t.log_z = mw->log_z();
+    t.sample = [mw](int64_t n, uint64_t seed) { return mw->sample(n, seed); };
+  } else if (name == "double-well") {
+    const int64_t d = int_arg(2);
+    if (d < 1 || d > 4096) bad("the dimension must be in 1..4096");
+    auto dw = std::make_shared<DoubleWell>(d);
+    t.energy = dw;
+    t.spec = "double-well:" + std::to_string(d);
+    t.log_z = dw->log_z();
+  } else if (name == "gmm40") {
+    const int64_t seed = int_arg(0);
+    if (seed < 0) bad("the seed must be >= 0");
+    auto g = std::make_shared<GaussianMixture40>(static_cast<uint64_t>(seed));
+    t.energy = g;
+    t.spec = "gmm40:" + std::to_string(seed);
+    t.log_z = 0.0;
+    t.extent = 20.0;
+    t.sample = [g](int64_t n, uint64_t s) { return g->sample(n, s); };
+  } else if (name == "mueller-brown") {
+    double temp = 10.0;
+    if (has_arg) {
+      try {
+        size_t used = 0;
+        temp = std::stod(arg, &used);
+        if (used != arg.size()) throw std::invalid_argument(arg);
+      } catch (const std::exception&) {
+        bad("expected a temperature after ':', got '" + arg + "'");
+      }
+      if (!(temp > 0)) bad("the temperature must be > 0");
+    }
+    t.energy = std::make_shared<MuellerBrown>(temp);
+    std::ostringstream os;
+    os << "mueller-brown:" << temp;
+    t.spec = os.str();
+  } else if (name == "dw4" && !has_arg) {
+    t.energy = std::make_shared<PairDoubleWell>();
+    t.spec = "dw4";
+    t.extent = 2.0;
+  } else if (name == "lj13" && !has_arg) {
+    t.energy = std::make_shared<LennardJones>();
+    t.spec = "lj13";
+  } else {
+    usage_error("--target", "'" + spec + "' is not a target; expected many-well[:D], double-well[:D], "
+                            "gmm40[:SEED], mueller-brown[:T], dw4 or lj13");
+  }
+  return t;
 }
 
 // ---- particle systems ---------------------------------------------------------------------

@@ -27,6 +27,8 @@
 //   nfkit::ManyWell mw(32);
 //   double exact = mw.log_z();
 #include <functional>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "nfkit/physics/energy.h"
@@ -91,6 +93,8 @@ class GaussianMixture40 : public TorchEnergy {
   /// The normalised mixture has log Z = 0 (u = -log p).
   double log_z() const { return 0.0; }
   const torch::Tensor& means() const { return means_; }
+  /// Exact independent samples [n, 2]: a mode uniformly at random plus N(0, I).
+  torch::Tensor sample(int64_t n, uint64_t seed) const;
 
  protected:
   torch::Tensor u(const torch::Tensor& x) const override;
@@ -128,6 +132,23 @@ class LennardJones : public TorchEnergy {
   int64_t particles_, spatial_;
   double eps_, rm_, osc_, pair_factor_;
 };
+
+/// A target by name, as command lines give it (`nfkit fab train --target`):
+///   many-well[:D]      ManyWell, D even (default 32); exact log Z and samples
+///   double-well[:D]    DoubleWell (default D = 2); exact log Z
+///   gmm40[:SEED]       GaussianMixture40 with means from SEED (default 0); log Z = 0, samples
+///   mueller-brown[:T]  MuellerBrown at temperature T (default 10)
+///   dw4, lj13          PairDoubleWell, LennardJones with their defaults
+/// A usage error naming --target and the known names otherwise.
+struct AnalyticTarget {
+  std::shared_ptr<TorchEnergy> energy;
+  std::string spec;     ///< canonical form, e.g. "many-well:32"
+  double log_z = NAN;   ///< exact log Z of exp(-u) where known, else NaN
+  double extent = 1.0;  ///< typical spread of the coordinates (a flow's initial width)
+  /// Exact independent samples [n, D] where the target has them (empty otherwise).
+  std::function<torch::Tensor(int64_t n, uint64_t seed)> sample;
+};
+AnalyticTarget make_analytic_target(const std::string& spec);
 
 /// Distances [B, P(P-1)/2] of unique pairs i<j of x [B, P * spatial_dim].
 torch::Tensor pair_distances(const torch::Tensor& x, int64_t particles, int64_t spatial_dim);
