@@ -193,7 +193,15 @@ po::options_description bg_sample_options() {
   po::options_description o("sampling");
   o.add_options()
       ("n,n", po::value<int64_t>()->default_value(20000), "samples")
-      ("batch", po::value<int64_t>()->default_value(4096), "samples per pass");
+      ("batch", po::value<int64_t>()->default_value(4096), "samples per pass")
+      ("smc", po::value<int64_t>()->default_value(0), "sequential Monte Carlo from the generator to the Boltzmann distribution (Sequential Boltzmann Generators) with this many intermediate densities; 0 = plain importance sampling")
+      ("smc-kernel", po::value<std::string>()->default_value("mala"), "SMC moves: mala (Metropolis-adjusted Langevin), ula (unadjusted, as SBG) or hmc")
+      ("smc-step", po::value<double>()->default_value(1e-3, "0.001"), "initial SMC step size (nm), adapted towards 65% acceptance (mala, hmc)")
+      ("smc-leapfrog", po::value<int64_t>()->default_value(5), "leapfrog steps per HMC move (--smc-kernel hmc)")
+      ("smc-moves", po::value<int64_t>()->default_value(1), "MCMC moves per intermediate density")
+      ("smc-resample", po::value<double>()->default_value(0.5), "resample when the normalised ESS falls below this (0 = never: annealed importance sampling)")
+      ("smc-resampling", po::value<std::string>()->default_value("systematic"), "systematic or multinomial")
+      ("smc-energy-cut", po::value<double>(), "drop generator samples above this reduced energy before SMC (SBG's cut-off; default: none)");
   return o;
 }
 
@@ -205,6 +213,27 @@ BGSampleOptions bg_sample_from(const po::variables_map& vm, Context& ctx) {
   o.quiet = ctx.globals.quiet;
   check_positive_int("-n", "value", o.n);
   check_positive_int("--batch", "value", o.batch);
+  o.smc_steps = vm["smc"].as<int64_t>();
+  if (o.smc_steps < 0 || o.smc_steps > 10000) usage_error("--smc", "must be in 0..10000 (0 = off)");
+  if (o.smc_steps > 0) {
+    o.smc.intermediate = o.smc_steps;
+    o.smc.kernel = vm["smc-kernel"].as<std::string>();
+    if (o.smc.kernel != "mala" && o.smc.kernel != "ula" && o.smc.kernel != "hmc")
+      usage_error("--smc-kernel", "'" + o.smc.kernel + "', expected mala, ula or hmc");
+    o.smc.hmc.step_size = vm["smc-step"].as<double>();
+    check_positive("--smc-step", "value", o.smc.hmc.step_size);
+    o.smc.hmc.leapfrog = vm["smc-leapfrog"].as<int64_t>();
+    check_positive_int("--smc-leapfrog", "value", o.smc.hmc.leapfrog);
+    o.smc.moves = vm["smc-moves"].as<int64_t>();
+    check_positive_int("--smc-moves", "value", o.smc.moves);
+    o.smc.resample_threshold = vm["smc-resample"].as<double>();
+    check_in_range("--smc-resample", "value", o.smc.resample_threshold, 0.0, 1.0);
+    o.smc.resampling = vm["smc-resampling"].as<std::string>();
+    if (o.smc.resampling != "systematic" && o.smc.resampling != "multinomial")
+      usage_error("--smc-resampling", "'" + o.smc.resampling + "', expected systematic or multinomial");
+    if (vm.count("smc-energy-cut")) o.smc.energy_cut = vm["smc-energy-cut"].as<double>();
+    o.smc.check();
+  }
   return o;
 }
 

@@ -49,7 +49,8 @@ Command bg_run_command() {
             const json train_cfg = {{"md", md_cfg}, {"pdb", m.pdb}, {"temperature", m.temperature},
                                     {"train", bg_train_from(vm, model, ctx).to_json()}};
             const auto so = bg_sample_from(vm, ctx);
-            const json sample_cfg = {{"model", train_cfg}, {"n", so.n}, {"batch", so.batch}, {"seed", so.seed}};
+            json sample_cfg = {{"model", train_cfg}, {"n", so.n}, {"batch", so.batch}, {"seed", so.seed}};
+            if (so.smc_steps > 0) sample_cfg["smc"] = so.smc.to_json();
             json stages;
             auto stage = [&](const std::string& name, const std::string& file, const json& config,
                              const std::function<json()>& recorded, auto&& work) {

@@ -20,6 +20,15 @@ Command bg_sample_command() {
             ctx.out << "wrote " << ctx.results["n"].get<int64_t>() << " samples to "
                     << ctx.results["out"].get<std::string>() << "; Kish ESS "
                     << 100.0 * ctx.results["ess_fraction"].get<double>() << "% of samples\n";
+            if (ctx.results.contains("smc")) {
+              const auto& smc = ctx.results["smc"];
+              ctx.out << "SMC: " << smc["steps"].get<int64_t>() << " intermediate densities ("
+                      << smc["options"]["kernel"].get<std::string>() << "), "
+                      << smc["energy_evaluations"].get<int64_t>() << " energy evaluations, "
+                      << smc["resamplings"].get<int64_t>() << " resamplings, "
+                      << smc["dropped_infinite"].get<int64_t>() + smc["dropped_energy_cut"].get<int64_t>()
+                      << " samples dropped (infinite energy or above the cut)\n";
+            }
           }};
 }
 

@@ -133,15 +133,8 @@ void samples_figure(const std::string& path, viz::Format fmt, const Evaluation& 
     p.x_range = {lo, hi};
     p.y_range = {lo, hi};
     p.heat = viz::histogram2d(col(s, 0), col(s, 1), 80, lo, hi, lo, hi);
+    p.x_tick = p.y_tick = viz::nice_step(hi - lo, 4.0);
     p.legend = viz::Panel::Legend::kNone;
-    if (auto g = std::dynamic_pointer_cast<GaussianMixture40>(target.energy)) {
-      viz::Series modes;
-      modes.style = viz::Series::Style::kMarkers;
-      modes.colour = viz::Colour::kRed;
-      modes.x = col(g->means(), 0);
-      modes.y = col(g->means(), 1);
-      p.series.push_back(modes);
-    }
   }
   viz::save(fig, path, fmt);
 }
@@ -276,7 +269,7 @@ void fab_train(const po::variables_map& vm, Context& ctx) {
   if (!rep.train.training.empty()) {
     const auto curve = training_figure_path(out, ctx.globals.figure_format);
     training_curve_figure(curve, ctx.globals.figure_format,
-                          training_curve(rep.train, "fab train: " + target.spec, "FAB loss (weighted -log q)"));
+                          training_curve(rep.train, "fab train: " + target.spec, "FAB loss (weighted -log q); validation: log(1/ESS)"));
     ctx.results["training_figure"] = curve;
   }
   if (vm.count("figure")) {

@@ -404,6 +404,24 @@ TEST_CASE("pipeline: train, sample and evaluate by library calls, failed energie
   CHECK(torch::allclose(s.u.masked_select(ok), openmm.evaluate(s.x).masked_select(ok)));
   CHECK(torch::allclose(s.log_w.masked_select(ok), (-s.u - s.log_q).masked_select(ok)));
 
+  // SMC from the same generator (Sequential Boltzmann Generators): the flaky energy's failures
+  // are dropped and counted and the run goes on; every evaluated row is counted; the population
+  // comes back in the canonical frame with log q and u of the returned points.
+  BGSampleOptions smc_o = so;
+  smc_o.smc_steps = 5;
+  const auto rs = sample_generator(bg, flaky, smc_o);
+  REQUIRE(rs.smc.is_object());
+  const int64_t kept = rs.samples.x.size(0);
+  CHECK(rs.smc["dropped_infinite"].get<int64_t>() + kept == 600);
+  CHECK(rs.smc["dropped_infinite"].get<int64_t>() > 20);
+  CHECK(rs.smc["energy_evaluations"].get<int64_t>() == 600 + 5 * kept);
+  CHECK(rs.smc["accept"].size() == 5);
+  CHECK(torch::isfinite(rs.samples.log_w).all().item<bool>());
+  CHECK(torch::allclose(rs.samples.log_q, bg.log_prob(rs.samples.x).detach(), 1e-6, 1e-6));
+  CHECK(torch::allclose(rs.samples.u, openmm.evaluate(rs.samples.x), 1e-6, 1e-6));
+  const auto canon = bg.coordinate_map().from_flow(bg.coordinate_map().to_flow(rs.samples.x).value).value;
+  CHECK(torch::allclose(canon, rs.samples.x, 1e-9, 1e-9));
+
   // Samples file round trip; a file without /u is refused naming it.
   const auto sp = temp_path("lib-samples.h5");
   write_samples(sp, s);

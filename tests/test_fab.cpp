@@ -132,6 +132,79 @@ TEST_CASE("ais: particles with infinite energies are dropped and counted; the tr
   CHECK(std::abs(est - target.log_z()) < 5 * err + 2e-3);
 }
 
+TEST_CASE("smc: resampling with MALA moves keeps log Z and the mean; ULA and the energy cut", "[boltzmann][fab]") {
+  // Sequential Monte Carlo (SBG's refinement) from q = N(0, I_2) to N(1.5, 0.7^2 I): with
+  // resampling the log Z estimate is the product of the epochs' mean weights.
+  const double m = 1.5, s = 0.7;
+  GaussianEnergy target(2, m, s);
+  auto q = std::make_shared<StandardNormal>(2);
+  q->to(torch::kFloat64);
+  torch::manual_seed(7);
+  AisOptions o;
+  o.intermediate = 20;
+  o.kernel = "mala";
+  o.hmc.step_size = 0.5;
+  o.resample_threshold = 0.5;
+  AnnealedImportanceSampler smc(*q, target, o);
+  smc.run(512);  // adapt the step sizes
+  const auto r = smc.run(20000);
+  CHECK(r.resamplings >= 1);
+  CHECK(r.ess.size() == 20);
+  CHECK(r.energy_evaluations == 20000 * 21);
+  INFO("log Z " << r.log_z << " vs " << target.log_z());
+  CHECK(r.log_z == Approx(target.log_z()).margin(0.03));
+  const auto w = torch::softmax(r.log_w, 0);
+  CHECK((w.unsqueeze(1) * r.x).sum(0).sub(m).abs().max().item<double>() < 0.03);
+  // Variance of the reweighted population: s^2 per coordinate.
+  const auto mean = (w.unsqueeze(1) * r.x).sum(0);
+  const auto var = (w.unsqueeze(1) * (r.x - mean).pow(2)).sum(0);
+  CHECK(var.sub(s * s).abs().max().item<double>() < 0.03);
+
+  // ULA: every finite proposal is taken; small steps keep its bias small.
+  AisOptions u = o;
+  u.kernel = "ula";
+  u.hmc.step_size = 0.2;
+  AnnealedImportanceSampler ula(*q, target, u);
+  const auto ru = ula.run(20000);
+  for (double a : ru.accept) CHECK(a == 1.0);
+  CHECK(ru.log_z == Approx(target.log_z()).margin(0.1));
+
+  // The energy cut drops initial particles above it (counted, zero weight in log Z).
+  AisOptions c = o;
+  c.energy_cut = 2.0;
+  AnnealedImportanceSampler cut(*q, target, c);
+  const auto rc = cut.run(4000);
+  CHECK(rc.cut > 1000);
+  CHECK(rc.x.size(0) + rc.cut == 4000);
+}
+
+TEST_CASE("ais: an energy that throws for a batch is asked row by row; failures get zero weight", "[boltzmann][fab]") {
+  // Rows with x_0 > 2 cannot be evaluated: a batch containing one throws.
+  class Throwing : public TorchEnergy {
+   public:
+    int64_t dim() const override { return 2; }
+    std::string name() const override { return "throwing"; }
+    torch::Tensor evaluate(const torch::Tensor& x, torch::Tensor* forces = nullptr) override {
+      if ((x.select(1, 0) > 2.0).any().item<bool>()) throw std::runtime_error("cannot evaluate");
+      return TorchEnergy::evaluate(x, forces);
+    }
+
+   protected:
+    torch::Tensor u(const torch::Tensor& x) const override { return 0.5 * (x * x).sum(1); }
+  } energy;
+  auto q = std::make_shared<StandardNormal>(2);
+  q->to(torch::kFloat64);
+  torch::manual_seed(2);
+  AisOptions o;
+  o.intermediate = 3;
+  AnnealedImportanceSampler ais(*q, energy, o);
+  const auto r = ais.run(20000);
+  CHECK(static_cast<double>(r.failed) / 20000 == Approx(0.5 * std::erfc(2 / std::sqrt(2.0))).margin(0.004));
+  CHECK((r.x.select(1, 0) <= 2.0).all().item<bool>());
+  // The target is q itself truncated at x_0 <= 2: log Z = log(2 pi Phi(2)).
+  CHECK(r.log_z == Approx(std::log(2 * M_PI * (1 - 0.5 * std::erfc(2 / std::sqrt(2.0))))).margin(0.01));
+}
+
 namespace {
 
 FabOptions small_fab(int64_t steps, uint64_t seed) {
@@ -318,4 +391,39 @@ TEST_CASE("cli: fab bad input gets one line, the right exit code and no file", "
                      "--hidden", "8", "--quiet", "--out", flow}).code == 0);
   check_fails({"fab", "eval", "--model", flow}, 2, "--target");
   check_fails({"fab", "eval", "--model", flow, "--target", "many-well:4"}, 1, "dimensions");
+}
+
+// ---- science checks against FAB's published targets ([slow]) -------------------------------
+
+TEST_CASE("fab: many-well-32 from the energy alone, log Z within 0.05 of the exact value", "[slow][fab]") {
+  // FAB (Midgley et al. 2023, Table 2) reports |log Z error| 0.03 with 10^7-scale flow passes;
+  // the issue's bound is 0.05. The command's defaults (nsf 8 x [64 x 2], batch 1024, AIS with 4
+  // intermediate densities x 5 leapfrog steps, replay buffer), 2000 steps: about 6 minutes on
+  // one core. Measured 2026-12-07 at 3000 steps: error 0.0000 +- 0.0008, ESS 93.3%.
+  const auto out = temp_path("fab_mw32.h5");
+  auto r = run_nfkit({"fab", "train", "--target", "many-well:32", "--steps", "2000", "--out", out, "--threads", "1",
+                      "--seed", "1", "--quiet", "--json"});
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto ev = last_json(r.out)["evaluation"];
+  WARN("many-well-32 by FAB: log Z error " << ev["log_z_error"] << " +- " << ev["log_z_se"] << ", ESS "
+                                           << ev["ess_fraction"]);
+  CHECK(std::abs(ev["log_z_error"].get<double>()) <= 0.05);
+  CHECK(ev["ess_fraction"].get<double>() > 0.5);
+}
+
+TEST_CASE("fab: the 40-mode Gaussian mixture from the energy alone, every mode covered", "[slow][fab]") {
+  // FAB's GMM (40 unit-variance modes in [-40, 40]^2): every mode must carry its 1/40 of the
+  // reweighted mass, and the flow's own samples must reach each. About 2 minutes on one core.
+  const auto out = temp_path("fab_gmm40.h5");
+  auto r = run_nfkit({"fab", "train", "--target", "gmm40", "--bins", "16", "--bound", "3", "--steps", "3000",
+                      "--out", out, "--threads", "1", "--seed", "1", "--quiet", "--json"});
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto ev = last_json(r.out)["evaluation"];
+  WARN("gmm40 by FAB: modes covered " << ev["modes_covered"] << ", max mass error " << ev["max_mode_mass_error"]
+                                      << ", log Z error " << ev["log_z_error"] << ", ESS " << ev["ess_fraction"]);
+  CHECK(ev["modes_covered"] == 40);
+  CHECK(ev["max_mode_mass_error"].get<double>() < 0.005);
+  CHECK(std::abs(ev["log_z_error"].get<double>()) < 0.02);
 }

@@ -220,8 +220,10 @@ BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* en
 // ---- sampling -------------------------------------------------------------------------------
 
 json BGSampleReport::to_json() const {
-  return {{"n", samples.x.defined() ? samples.x.size(0) : 0}, {"ess_fraction", ess_fraction},
-          {"infinite_energies", infinite_energies}, {"failed_energies", failed_energies}};
+  json j = {{"n", samples.x.defined() ? samples.x.size(0) : 0}, {"ess_fraction", ess_fraction},
+            {"infinite_energies", infinite_energies}, {"failed_energies", failed_energies}};
+  if (!smc.is_null()) j["smc"] = smc;
+  return j;
 }
 
 namespace {
@@ -246,6 +248,52 @@ torch::Tensor energies_or_nan(Energy& energy, const torch::Tensor& x) {
 
 }  // namespace
 
+namespace {
+
+// SMC from the generator (Sequential Boltzmann Generators): the population moves in Cartesian
+// coordinates under E_t = (1 - t) (-log q) + t u, both invariant under rigid motions, and
+// returns to the canonical frame at the end.
+BGSampleReport sample_generator_smc(BoltzmannGenerator& bg, Energy& energy, const BGSampleOptions& o,
+                                    const std::function<bool()>& stop) {
+  AisOptions so = o.smc;
+  so.intermediate = o.smc_steps;
+  so.alpha = 1.0;
+  const auto& map = bg.coordinate_map();
+  AnnealedImportanceSampler smc(
+      energy.dim(), [&](int64_t n) { return bg.sample(n, o.batch).first; },
+      [&](const torch::Tensor& x) { return bg.log_prob(x); }, energy, so);
+  auto r = smc.run(o.n, stop, !o.quiet);
+  BGSampleReport rep;
+  if (r.interrupted) {
+    rep.interrupted = true;
+    return rep;
+  }
+  auto& s = rep.samples;
+  {
+    torch::NoGradGuard ng;
+    s.x = r.x.size(0) > 0 ? map.from_flow(map.to_flow(r.x).value).value : r.x;
+  }
+  s.log_q = r.log_q;
+  s.u = r.u;
+  s.log_w = r.log_w;
+  s.system = energy.name();
+  rep.infinite_energies = r.failed;
+  rep.ess_fraction = r.log_w.numel() > 0 && torch::isfinite(r.log_w).any().item<bool>() ? ess_fraction(r.log_w) : 0.0;
+  rep.smc = {{"steps", o.smc_steps},
+             {"options", so.to_json()},
+             {"energy_evaluations", r.energy_evaluations},
+             {"resamplings", r.resamplings},
+             {"log_z", r.log_z},
+             {"dropped_infinite", r.failed},
+             {"dropped_energy_cut", r.cut},
+             {"accept", r.accept},
+             {"ess", r.ess},
+             {"final_step_sizes", smc.step_sizes()}};
+  return rep;
+}
+
+}  // namespace
+
 BGSampleReport sample_generator(BoltzmannGenerator& bg, Energy& energy, const BGSampleOptions& o,
                                 const std::function<bool()>& stop) {
   check_positive_int("-n", "value", o.n);
@@ -254,6 +302,7 @@ BGSampleReport sample_generator(BoltzmannGenerator& bg, Energy& energy, const BG
     usage_error("energy", energy.name() + " has dimension " + std::to_string(energy.dim()) +
                               ", but the generator is for " + std::to_string(bg.zmatrix().atoms()) + " atoms");
   seed_all(derive_seed(o.seed, 33, 0));
+  if (o.smc_steps > 0) return sample_generator_smc(bg, energy, o, stop);
   ProgressOptions po;
   po.quiet = o.quiet;
   Progress progress("sample", o.n, po);

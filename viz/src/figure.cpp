@@ -491,8 +491,6 @@ HeatMap histogram2d(const std::vector<double>& x, const std::vector<double>& y, 
   return h;
 }
 
-namespace {
-/// The round tick spacing (1, 2 or 5 times a power of ten) nearest, on a log scale, to `range / n`.
 double nice_step(double range, double n) {
   const double raw = range / n, p = std::pow(10.0, std::floor(std::log10(raw)));
   double best = p;
@@ -500,7 +498,6 @@ double nice_step(double range, double n) {
     if (std::abs(std::log(f * p / raw)) < std::abs(std::log(best / raw))) best = f * p;
   return best;
 }
-}  // namespace
 
 Figure corner(const std::vector<std::vector<double>>& columns, const std::vector<CornerAxis>& axes,
               const std::string& title, int bins) {

@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "nfkit/boltzmann/ais.h"
 #include "nfkit/boltzmann/analysis.h"
 #include "nfkit/boltzmann/generator.h"
 #include "nfkit/boltzmann/md.h"
@@ -108,6 +109,19 @@ struct BGSampleOptions {
   int64_t batch = 4096;  ///< samples per pass
   uint64_t seed = 1;
   bool quiet = false;    ///< no progress on stderr
+  /// Sequential Monte Carlo from the generator to the Boltzmann distribution (Sequential
+  /// Boltzmann Generators, ais.h) with this many intermediate densities; 0 = plain importance
+  /// sampling. The n samples are the SMC population, moved in Cartesian coordinates and
+  /// returned in the canonical frame with their SMC log-weights as /log_w.
+  int64_t smc_steps = 0;
+  /// The SMC's kernel, step size, resampling and energy cut (intermediate = smc_steps, alpha 1).
+  AisOptions smc = [] {
+    AisOptions a;
+    a.kernel = "mala";
+    a.hmc.step_size = 1e-3;
+    a.resample_threshold = 0.5;
+    return a;
+  }();
 };
 
 struct BGSampleReport {
@@ -117,6 +131,9 @@ struct BGSampleReport {
   /// energy threw for its batch): zero weight, counted here.
   int64_t infinite_energies = 0, failed_energies = 0;
   bool interrupted = false;   ///< `stop` asked; samples is empty
+  /// SMC only: energy evaluations (rows, forces included), resamplings, log Z, particles
+  /// dropped by the energy cut, mean acceptance and ESS per density (null without SMC).
+  nlohmann::json smc;
   nlohmann::json to_json() const;
 };
 

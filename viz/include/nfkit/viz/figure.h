@@ -144,6 +144,10 @@ Figure corner(const std::vector<std::vector<double>>& columns, const std::vector
 /// panels grid) and RuntimeError naming `path` when it cannot be written.
 void save(const Figure& fig, const std::string& path, Format fmt);
 
+/// The round tick spacing (1, 2 or 5 times a power of ten) nearest, on a log scale, to
+/// `range / n`: about n major ticks over `range`.
+double nice_step(double range, double n);
+
 /// `stem` + "." + extension(fmt).
 std::string with_extension(const std::string& stem, Format fmt);
 
