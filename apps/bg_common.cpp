@@ -250,6 +250,10 @@ json bg_sample(const po::variables_map& vm, const MoleculeSpec& m, const std::st
   rep.samples.system = m.system;
   rep.samples.temperature_kelvin = m.temperature;
   rep.samples.provenance = provenance;
+  // SMC weights are not -u - log q: the file says how they were made (bg run's stage
+  // configuration already holds the SMC options).
+  if (o.smc_steps > 0 && !(provenance.is_object() && provenance.contains("smc")))
+    rep.samples.provenance["smc"] = rep.smc;
   write_samples(out, rep.samples);
   json r = rep.to_json();
   r["out"] = out;

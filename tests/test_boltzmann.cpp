@@ -245,6 +245,36 @@ TEST_CASE("bg: run the pipeline on a tiny setting, cached stages, clear errors",
   CHECK(err5.find("model.h5 was made with other settings") != std::string::npos);
   CHECK(err5.find("samples.h5 was made with other settings") != std::string::npos);
   CHECK(load_flow(dir + "/model.h5").step == 30);
+  // bg sample --smc: the samples file records how its weights were made; bad SMC options are
+  // usage errors naming the option, and nothing is written.
+  const auto smc_out = temp_path("smc-samples.h5");
+  const std::vector<std::string> smc_base = {"bg", "sample", "--pdb", kPdb, "--system", kSystem, "--model",
+                                             dir + "/model.h5", "-n", "200", "--out", smc_out, "--threads", "2"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto a = smc_base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  auto [c6, o6, e6] = run(with({"--smc", "4", "--quiet"}));
+  INFO(e6);
+  REQUIRE(c6 == 0);
+  CHECK(o6.find("SMC: 4 intermediate densities (mala)") != std::string::npos);
+  const auto prov = nlohmann::json::parse(H5Reader(smc_out).attr_string("/", "provenance"));
+  CHECK(prov["smc"]["steps"] == 4);
+  CHECK(prov["smc"]["energy_evaluations"].get<int64_t>() > 200);
+  std::remove(smc_out.c_str());
+  for (const auto& [opt, val] : std::vector<std::pair<std::string, std::string>>{
+           {"--smc", "-1"}, {"--smc-kernel", "gibbs"}, {"--smc-resample", "1.5"}, {"--smc-step", "0"},
+           {"--smc-resampling", "stratified"}}) {
+    auto bad = with({"--smc", "3", opt, val});
+    if (opt == "--smc") bad = with({"--smc=" + val});
+    auto [cb, ob, eb] = run(bad);
+    INFO(opt << " " << eb);
+    CHECK(cb == 2);
+    CHECK(std::count(eb.begin(), eb.end(), '\n') == 1);
+    CHECK(eb.find(opt) != std::string::npos);
+    CHECK_FALSE(file_exists(smc_out));
+  }
   // Errors: a missing trajectory (runtime, 1) and a System of another molecule (usage, 2).
   auto [c3, o3, e3] = run({"bg", "train", "--pdb", kPdb, "--system", kSystem, "--md", "/nonexistent.h5", "--out", temp_path("m.h5")});
   CHECK(c3 == 1);
