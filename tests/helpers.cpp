@@ -233,6 +233,17 @@ void check_transform_properties(const TransformPtr& t, const torch::Tensor& x, c
 
 int line_count(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
+void check_cli_fails(const std::vector<std::string>& args, int code, const std::string& needle,
+                     const std::string& no_file) {
+  const auto r = run_nfkit(args);
+  INFO(r.err);
+  CHECK(r.code == code);
+  CHECK(line_count(r.err) == 1);
+  CHECK(r.err.find(needle) != std::string::npos);
+  CHECK(r.err.find("nfkit: ") == 0);
+  if (!no_file.empty()) CHECK_FALSE(std::filesystem::exists(no_file));
+}
+
 nlohmann::json last_json(const std::string& out) {
   const auto end = out.find_last_not_of('\n');
   if (end == std::string::npos) return nlohmann::json::parse(out);  // empty: parse reports it

@@ -73,6 +73,11 @@ int run_python(const std::string& code);
 
 /// Lines (newlines) in s: an error message is one.
 int line_count(const std::string& s);
+/// Runs the command line in-process and checks that it fails as users should see it: exit
+/// `code`, one line on stderr starting "nfkit: " and containing `needle`, and no file at
+/// `no_file` (when not empty).
+void check_cli_fails(const std::vector<std::string>& args, int code, const std::string& needle,
+                     const std::string& no_file = "");
 /// The last non-empty stdout line parsed as JSON (--json puts the results object there).
 nlohmann::json last_json(const std::string& out);
 

@@ -68,14 +68,8 @@ TEST_CASE("cli: help, version, unknown commands and options", "[cli]") {
 
 TEST_CASE("cli: bad data and outputs get one line, the right exit code and no file", "[cli]") {
   const auto out = test::temp_path("model.h5");
-  auto check_fails = [&](std::vector<std::string> args, int code, const std::string& needle) {
-    auto r = run(args);
-    INFO(r.err);
-    CHECK(r.code == code);
-    CHECK(line_count(r.err) == 1);
-    CHECK(r.err.find(needle) != std::string::npos);
-    CHECK(r.err.find("nfkit: ") == 0);
-    CHECK_FALSE(file_exists(out));
+  auto check_fails = [&](const std::vector<std::string>& args, int code, const std::string& needle) {
+    check_cli_fails(args, code, needle, out);
   };
   check_fails(quick({"flow", "train", "--data", "swissroll", "--out", out}), 2, "not a built-in dataset");
   check_fails(quick({"flow", "train", "--data", "nowhere.csv", "--out", out}), 1, "nowhere.csv: cannot be read");

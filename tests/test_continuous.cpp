@@ -606,13 +606,8 @@ TEST_CASE("resume: cfm train killed with SIGKILL resumes from its checkpoint to 
 
 TEST_CASE("cli: cfm bad input gets one line, the right exit code and no file", "[cli][continuous]") {
   const auto out = test::temp_path("cfm_bad.h5");
-  auto check_fails = [&](std::vector<std::string> args, int code, const std::string& needle) {
-    auto r = run_nfkit(args);
-    INFO(r.err);
-    CHECK(r.code == code);
-    CHECK(line_count(r.err) == 1);
-    CHECK(r.err.find(needle) != std::string::npos);
-    CHECK_FALSE(file_exists(out));
+  auto check_fails = [&](const std::vector<std::string>& args, int code, const std::string& needle) {
+    check_cli_fails(args, code, needle, out);
   };
   const std::vector<std::string> base{"cfm", "train", "--target", "8gaussians", "--steps", "5", "--quiet", "--out", out};
   auto with = [&](std::vector<std::string> extra) {

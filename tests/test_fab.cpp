@@ -45,6 +45,13 @@ class GaussianEnergy : public TorchEnergy {
   double m_, s_, cut_;
 };
 
+// The proposal of the sampler tests: N(0, I_2) in float64.
+std::shared_ptr<StandardNormal> standard_normal_2d() {
+  auto q = std::make_shared<StandardNormal>(2);
+  q->to(torch::kFloat64);
+  return q;
+}
+
 // Standard error of log mean exp(log_w): std(w) / mean(w) / sqrt(n).
 double log_mean_exp_error(const torch::Tensor& log_w) {
   const auto w = (log_w - log_w.max()).exp();
@@ -72,8 +79,7 @@ TEST_CASE("ais: HMC annealing estimates Gaussian normalising constants (alpha 1 
   // q = N(0, I_2); p~ = exp(-|x - m|^2 / (2 s^2)).
   const double m = 1.5, s = 0.7;
   GaussianEnergy target(2, m, s);
-  auto q = std::make_shared<StandardNormal>(2);
-  q->to(torch::kFloat64);
+  auto q = standard_normal_2d();
   torch::manual_seed(3);
   AisOptions o;
   o.intermediate = 8;
@@ -111,8 +117,7 @@ TEST_CASE("ais: particles with infinite energies are dropped and counted; the tr
   // u = +inf where x_0 > 1: about Phi(-1) = 15.9% of q's samples fail at the start, and HMC
   // rejects every proposal that crosses the cut.
   GaussianEnergy target(2, 0.5, 1.0, 1.0);
-  auto q = std::make_shared<StandardNormal>(2);
-  q->to(torch::kFloat64);
+  auto q = standard_normal_2d();
   torch::manual_seed(5);
   AisOptions o;
   o.intermediate = 6;
@@ -137,8 +142,7 @@ TEST_CASE("smc: resampling with MALA moves keeps log Z and the mean; ULA and the
   // resampling the log Z estimate is the product of the epochs' mean weights.
   const double m = 1.5, s = 0.7;
   GaussianEnergy target(2, m, s);
-  auto q = std::make_shared<StandardNormal>(2);
-  q->to(torch::kFloat64);
+  auto q = standard_normal_2d();
   torch::manual_seed(7);
   AisOptions o;
   o.intermediate = 20;
@@ -192,8 +196,7 @@ TEST_CASE("ais: an energy that throws for a batch is asked row by row; failures 
    protected:
     torch::Tensor u(const torch::Tensor& x) const override { return 0.5 * (x * x).sum(1); }
   } energy;
-  auto q = std::make_shared<StandardNormal>(2);
-  q->to(torch::kFloat64);
+  auto q = standard_normal_2d();
   torch::manual_seed(2);
   AisOptions o;
   o.intermediate = 3;
@@ -369,13 +372,8 @@ TEST_CASE("resume: fab train killed with SIGKILL resumes from its checkpoint to 
 
 TEST_CASE("cli: fab bad input gets one line, the right exit code and no file", "[cli][fab]") {
   const auto out = temp_path("fab_bad.h5");
-  auto check_fails = [&](std::vector<std::string> args, int code, const std::string& needle) {
-    auto r = run_nfkit(args);
-    INFO(r.err);
-    CHECK(r.code == code);
-    CHECK(line_count(r.err) == 1);
-    CHECK(r.err.find(needle) != std::string::npos);
-    CHECK_FALSE(file_exists(out));
+  auto check_fails = [&](const std::vector<std::string>& args, int code, const std::string& needle) {
+    check_cli_fails(args, code, needle, out);
   };
   check_fails(fab_args(out, {}, "nope"), 2, "--target");
   check_fails({"fab", "train", "--target", "many-well:3", "--out", out}, 2, "even");
