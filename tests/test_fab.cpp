@@ -113,7 +113,7 @@ TEST_CASE("ais: HMC annealing estimates Gaussian normalising constants (alpha 1 
   CHECK(std::abs(est2 - log_zg) < 5 * err2 + 1e-3);
 }
 
-TEST_CASE("ais: particles with infinite energies are dropped and counted; the truncated log Z is right", "[boltzmann][fab]") {
+TEST_CASE("ais: particles with infinite energies are dropped and counted, and the truncated log Z is right", "[boltzmann][fab]") {
   // u = +inf where x_0 > 1: about Phi(-1) = 15.9% of q's samples fail at the start, and HMC
   // rejects every proposal that crosses the cut.
   GaussianEnergy target(2, 0.5, 1.0, 1.0);
@@ -137,7 +137,7 @@ TEST_CASE("ais: particles with infinite energies are dropped and counted; the tr
   CHECK(std::abs(est - target.log_z()) < 5 * err + 2e-3);
 }
 
-TEST_CASE("smc: resampling with MALA moves keeps log Z and the mean; ULA and the energy cut", "[boltzmann][fab]") {
+TEST_CASE("smc: resampling with MALA moves keeps log Z and the mean, with ULA and the energy cut", "[boltzmann][fab]") {
   // Sequential Monte Carlo (SBG's refinement) from q = N(0, I_2) to N(1.5, 0.7^2 I): with
   // resampling the log Z estimate is the product of the epochs' mean weights.
   const double m = 1.5, s = 0.7;
@@ -182,7 +182,7 @@ TEST_CASE("smc: resampling with MALA moves keeps log Z and the mean; ULA and the
   CHECK(rc.x.size(0) + rc.cut == 4000);
 }
 
-TEST_CASE("ais: an energy that throws for a batch is asked row by row; failures get zero weight", "[boltzmann][fab]") {
+TEST_CASE("ais: an energy that throws for a batch is asked row by row, failures get zero weight", "[boltzmann][fab]") {
   // Rows with x_0 > 2 cannot be evaluated: a batch containing one throws.
   class Throwing : public TorchEnergy {
    public:
@@ -383,6 +383,16 @@ TEST_CASE("cli: fab bad input gets one line, the right exit code and no file", "
   check_fails(fab_args(out, {"--scale", "0"}), 2, "--scale");
   check_fails(fab_args(out, {"--flow", "glow"}), 2, "--flow");
   check_fails({"fab", "eval", "--model", temp_path("missing.h5")}, 1, "missing.h5");
+  {
+    // A checkpoint (replay buffer included) of another model is refused, naming the file.
+    const auto other = temp_path("fab_other.h5");
+    auto o = small_fab(50, 1);
+    o.trainer.checkpoint_path(other + ".ckpt");
+    DoubleWell dw(2);
+    int64_t polls = 0;
+    REQUIRE(train_fab(small_flow(2), dw, o, {}, true, [&] { return ++polls > 5; }).train.interrupted);
+    check_cli_fails(fab_args(other, {"--quiet"}), 1, "different model configuration", other);
+  }
   // A model of another target's dimension, and one that does not name its target.
   const auto flow = temp_path("fab_plain_flow.h5");
   REQUIRE(run_nfkit({"flow", "train", "--data", "rings", "--steps", "5", "--n-samples", "300", "--layers", "1",
