@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "nfkit/boltzmann/reweight.h"
 #include "nfkit/core/checks.h"
 #include "nfkit/core/progress.h"
 
@@ -66,17 +67,6 @@ std::vector<double> ais_betas(int64_t intermediate, const std::string& spacing) 
   b.back() = 1.0;
   return b;
 }
-
-namespace {
-// Normalised Kish ESS of log-weights (0 when every weight is zero).
-double ess_of(const torch::Tensor& log_w) {
-  if (log_w.numel() == 0) return 0.0;
-  const double top = log_w.max().item<double>();
-  if (!std::isfinite(top)) return 0.0;
-  const auto w = (log_w - top).exp();
-  return (w.sum().pow(2) / (w * w).sum()).item<double>() / static_cast<double>(log_w.numel());
-}
-}  // namespace
 
 double log_mean_exp(const torch::Tensor& v) {
   const auto d = v.to(torch::kFloat64).reshape({-1});
@@ -245,7 +235,7 @@ AisResult AnnealedImportanceSampler::run(int64_t n, const std::function<bool()>&
       return res;
     }
     const double beta = betas_[static_cast<size_t>(j)];
-    res.ess[jj] = ess_of(log_w);
+    res.ess[jj] = torch::isfinite(log_w).any().item<bool>() ? ess_fraction(log_w) : 0.0;
     if (options_.resample_threshold > 0 && res.ess[jj] < options_.resample_threshold) {
       log_z += log_mean_exp(log_w);
       keep(resample_indices(log_w));
