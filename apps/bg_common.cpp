@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <cstdio>
@@ -99,9 +100,42 @@ MDOptions md_from(const po::variables_map& vm, const Context& ctx) {
 
 // ---- train ----------------------------------------------------------------------------------
 
+po::options_description fab_sampler_options() {
+  po::options_description o("FAB (flow annealed importance sampling bootstrap)");
+  o.add_options()
+      ("alpha", po::value<double>()->default_value(2.0), "AIS target p^alpha q^(1-alpha) (FAB: 2)")
+      ("ais-steps", po::value<int64_t>()->default_value(4), "intermediate AIS densities (FAB: 4)")
+      ("ais-spacing", po::value<std::string>()->default_value("linear"), "inverse temperatures: linear or geometric")
+      ("leapfrog", po::value<int64_t>()->default_value(5), "leapfrog steps per HMC move (FAB: 5)")
+      ("step-size", po::value<double>()->default_value(1.0), "initial HMC step size, then adapted towards 65% acceptance")
+      ("no-buffer", po::bool_switch(), "FAB without the replay buffer: one AIS run per step")
+      ("buffer-size", po::value<int64_t>()->default_value(100000), "replay buffer length (points)")
+      ("buffer-min", po::value<int64_t>()->default_value(10240), "points gathered before the first step")
+      ("buffer-batches", po::value<int64_t>()->default_value(8), "gradient steps per AIS run (buffer)")
+      ("w-adjust-clip", po::value<double>()->default_value(0.0), "clip of the buffer's weight correction (0 = off)")
+      ("val-samples", po::value<int64_t>()->default_value(8192), "flow samples per validation (log 1/ESS)");
+  return o;
+}
+
+void fab_sampler_from(const po::variables_map& vm, FabOptions& o) {
+  o.buffer = !vm["no-buffer"].as<bool>();
+  o.buffer_size = vm["buffer-size"].as<int64_t>();
+  o.buffer_min = vm["buffer-min"].as<int64_t>();
+  o.buffer_batches = vm["buffer-batches"].as<int64_t>();
+  o.w_adjust_clip = vm["w-adjust-clip"].as<double>();
+  o.val_samples = vm["val-samples"].as<int64_t>();
+  o.ais.alpha = vm["alpha"].as<double>();
+  o.ais.intermediate = vm["ais-steps"].as<int64_t>();
+  o.ais.spacing = vm["ais-spacing"].as<std::string>();
+  o.ais.hmc.leapfrog = vm["leapfrog"].as<int64_t>();
+  o.ais.hmc.step_size = vm["step-size"].as<double>();
+}
+
 po::options_description bg_train_options() {
   po::options_description o("training");
   o.add_options()
+      ("objective", po::value<std::string>()->default_value("kl"), "kl: forward KL on MD frames (plus --reverse-weight of reverse KL); fab: from the energy alone by FAB (no MD needed; --batch-size is FAB's batch)")
+      ("pretrain-steps", po::value<int64_t>()->default_value(500), "--objective fab: maximum-likelihood steps on stand-in coordinates from the energy minimum (harmonic bonds and angles, torsion scans) before FAB")
       ("layers", po::value<int64_t>()->default_value(4), "blocks of four spline couplings")
       ("hidden", po::value<int64_t>()->default_value(128), "hidden units per conditioner layer")
       ("hidden-layers", po::value<int64_t>()->default_value(2), "hidden layers per conditioner")
@@ -119,6 +153,7 @@ po::options_description bg_train_options() {
       ("coordinates", po::value<std::string>()->default_value("internal"), "what the flow models: internal (bonds, angles, torsions) or cartesian (free coordinates in the canonical frame)")
       ("init", po::value<std::string>()->default_value(""), "start from this model's weights (fine-tuning), not a fresh flow")
       ("restart", po::bool_switch(), "ignore an existing checkpoint");
+  o.add(fab_sampler_options());
   return o;
 }
 
@@ -138,16 +173,67 @@ BGTrainOptions bg_train_from(const po::variables_map& vm, const std::string& out
   o.coordinates = vm["coordinates"].as<std::string>();
   o.init = vm["init"].as<std::string>();
   o.restart = vm["restart"].as<bool>();
+  o.pretrain_steps = vm["pretrain-steps"].as<int64_t>();
   o.seed = ctx.globals.seed;
   o.check();
   o.trainer = trainer_options_from(vm, out, ctx);
   return o;
 }
 
+namespace {
+
+// bg train --objective fab: the generator from the energy alone, started at the PDB structure.
+json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTrainOptions& o,
+                  const std::string& out, Context& ctx, const json& provenance) {
+  FabOptions fab;
+  fab.batch = vm["batch-size"].as<int64_t>();
+  fab_sampler_from(vm, fab);
+  fab.trainer = o.trainer;
+  fab.check();
+  OpenMMEnergy energy(m.system, m.temperature, OpenMMOptions{"Reference", ctx.globals.threads});
+  json extra = {{"pdb", m.pdb}, {"system", m.system}, {"temperature", m.temperature},
+                {"options", o.to_json()}};
+  if (!provenance.is_null()) extra["provenance"] = provenance;
+  if (!ctx.globals.quiet)
+    ctx.err << "bg train: FAB from the energy alone (" << m.system << ", " << m.temperature << " K), "
+            << o.coordinates << " coordinates, " << o.trainer.steps() << " steps, batch " << fab.batch << ", AIS "
+            << fab.ais.intermediate << " x HMC(" << fab.ais.hmc.leapfrog << " leapfrog), alpha " << fab.ais.alpha
+            << (fab.buffer ? ", replay buffer" : ", no buffer") << std::endl;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto rep = train_generator_fab(
+      m.z, energy, m.mol.positions().reshape({-1}), o, fab, out, extra, [] { return stop_requested(); },
+      [&](int64_t step) {
+        if (!ctx.globals.quiet)
+          ctx.err << "resuming from " << o.trainer.checkpoint_path() << " at step " << step << std::endl;
+      });
+  if (rep.train.interrupted)
+    throw Interrupted("interrupted at step " + std::to_string(rep.train.steps_done) +
+                      "; progress saved to " + o.trainer.checkpoint_path() +
+                      "; rerun the same command to resume");
+  const std::string curve = training_figure_path(out, ctx.globals.figure_format);
+  training_curve_figure(curve, ctx.globals.figure_format,
+                        training_curve(rep.train, "bg train (FAB): " + m.system + " (" + o.coordinates + " coordinates)",
+                                       "FAB loss (weighted -log q); validation: log(1/ESS)"));
+  json r = rep.to_json();
+  r["figure"] = curve;
+  r["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace
+
 json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::string& md_path,
               const std::string& out, Context& ctx, const json& provenance) {
   const auto o = bg_train_from(vm, out, ctx);
   check_writable(out);
+  const std::string objective = vm["objective"].as<std::string>();
+  if (objective != "kl" && objective != "fab")
+    usage_error("--objective", "'" + objective + "', expected kl or fab");
+  if (objective == "fab") {
+    if (o.reverse_weight > 0) usage_error("--reverse-weight", "applies to --objective kl only");
+    return bg_train_fab(vm, m, o, out, ctx, provenance);
+  }
+  if (md_path.empty()) usage_error("--md", "is required with --objective kl (forward KL trains on MD frames)");
   const auto traj = read_trajectory(md_path, m.mol.size());
   std::unique_ptr<OpenMMEnergy> energy;
   if (o.reverse_weight > 0.0)

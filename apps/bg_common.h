@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "nfkit/boltzmann/analysis.h"
+#include "nfkit/boltzmann/fab.h"
 #include "nfkit/boltzmann/generator.h"
 #include "nfkit/boltzmann/md.h"
 #include "nfkit/boltzmann/pipeline.h"
@@ -34,10 +35,18 @@ po::options_description md_options(int64_t default_frames, int64_t default_walke
                                    int64_t default_steps_per_frame);
 MDOptions md_from(const po::variables_map& vm, const Context& ctx);
 
+/// FAB's sampler and buffer options (--alpha --ais-steps --ais-spacing --leapfrog --step-size
+/// --no-buffer --buffer-size --buffer-min --buffer-batches --w-adjust-clip --val-samples),
+/// shared by `fab train` and `bg train --objective fab`.
+po::options_description fab_sampler_options();
+/// Reads them into o (o.batch and o.trainer are the caller's).
+void fab_sampler_from(const po::variables_map& vm, FabOptions& o);
+
 po::options_description bg_train_options();
 /// The training options read from the command line (checked), checkpoint at <out>.ckpt.
 BGTrainOptions bg_train_from(const po::variables_map& vm, const std::string& out, Context& ctx);
-/// Trains a Boltzmann generator on MD frames (and/or the energy), resuming from <out>.ckpt.
+/// Trains a Boltzmann generator on MD frames (and/or the energy), or with --objective fab from
+/// the energy alone (md_path may then be ""), resuming from <out>.ckpt.
 /// `provenance` (bg run's stage configuration) is stored in the model's metadata.
 json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::string& md_path,
               const std::string& out, Context& ctx, const json& provenance = json());

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <iomanip>
 
+#include "bg_common.h"
 #include "figures.h"
 #include "flow_common.h"
 #include "nfkit/boltzmann/fab.h"
@@ -157,23 +158,13 @@ po::options_description fab_train_options() {
       ("lr", po::value<double>()->default_value(1e-3, "0.001"), "peak learning rate (AdamW, cosine decay)")
       ("warmup", po::value<int64_t>(), "warm-up steps (default: min(100, steps/10))")
       ("clip", po::value<double>()->default_value(100.0), "gradient-norm clip (0 = off; FAB: 100)")
-      ("alpha", po::value<double>()->default_value(2.0), "AIS target p^alpha q^(1-alpha) (FAB: 2)")
-      ("ais-steps", po::value<int64_t>()->default_value(4), "intermediate AIS densities (FAB: 4)")
-      ("ais-spacing", po::value<std::string>()->default_value("linear"), "inverse temperatures: linear or geometric")
-      ("leapfrog", po::value<int64_t>()->default_value(5), "leapfrog steps per HMC move (FAB: 5)")
-      ("step-size", po::value<double>()->default_value(1.0), "initial HMC step size, then adapted towards 65% acceptance")
-      ("no-buffer", po::bool_switch(), "FAB without the replay buffer: one AIS run per step")
-      ("buffer-size", po::value<int64_t>()->default_value(100000), "replay buffer length (points)")
-      ("buffer-min", po::value<int64_t>()->default_value(10240), "points gathered before the first step")
-      ("buffer-batches", po::value<int64_t>()->default_value(8), "gradient steps per AIS run (buffer)")
-      ("w-adjust-clip", po::value<double>()->default_value(0.0), "clip of the buffer's weight correction (0 = off)")
-      ("val-samples", po::value<int64_t>()->default_value(8192), "flow samples per validation (log 1/ESS)")
       ("eval-every", po::value<int64_t>(), "steps between validations (default: steps/20)")
       ("eval-samples", po::value<int64_t>()->default_value(100000), "flow samples of the final estimate")
       ("checkpoint-every", po::value<int64_t>()->default_value(100), "steps between checkpoints (<out>.ckpt)")
       ("restart", po::bool_switch(), "ignore an existing checkpoint and start over")
       ("dtype", po::value<std::string>()->default_value("float32"), "float32 or float64")
       ("figure", po::value<std::string>(), "also draw the samples in the first two coordinates here (stem; format from --figure-format)");
+  o.add(fab_sampler_options());
   return o;
 }
 
@@ -205,17 +196,7 @@ void fab_train(const po::variables_map& vm, Context& ctx) {
 
   FabOptions o;
   o.batch = vm["batch"].as<int64_t>();
-  o.buffer = !vm["no-buffer"].as<bool>();
-  o.buffer_size = vm["buffer-size"].as<int64_t>();
-  o.buffer_min = vm["buffer-min"].as<int64_t>();
-  o.buffer_batches = vm["buffer-batches"].as<int64_t>();
-  o.w_adjust_clip = vm["w-adjust-clip"].as<double>();
-  o.val_samples = vm["val-samples"].as<int64_t>();
-  o.ais.alpha = vm["alpha"].as<double>();
-  o.ais.intermediate = vm["ais-steps"].as<int64_t>();
-  o.ais.spacing = vm["ais-spacing"].as<std::string>();
-  o.ais.hmc.leapfrog = vm["leapfrog"].as<int64_t>();
-  o.ais.hmc.step_size = vm["step-size"].as<double>();
+  fab_sampler_from(vm, o);
   const int64_t steps = vm["steps"].as<int64_t>();
   const int64_t warmup = vm.count("warmup") ? vm["warmup"].as<int64_t>() : std::min<int64_t>(100, steps / 10);
   if (warmup < 0) usage_error("--warmup", "must be >= 0");

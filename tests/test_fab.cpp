@@ -4,15 +4,19 @@
 // bit for bit, bad options. Slow: Many-Well-32 and the 40-mode mixture from the energy alone.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 
 #include "helpers.h"
 #include "nfkit/boltzmann/ais.h"
 #include "nfkit/boltzmann/fab.h"
+#include "nfkit/boltzmann/pipeline.h"
 #include "nfkit/boltzmann/reweight.h"
 #include "nfkit/core/files.h"
 #include "nfkit/flows/builder.h"
 #include "nfkit/physics/analytic.h"
+#include "nfkit/physics/molecule.h"
+#include "nfkit/physics/openmm_energy.h"
 
 using namespace nfkit;
 using namespace nfkit::test;
@@ -434,4 +438,251 @@ TEST_CASE("fab: the 40-mode Gaussian mixture from the energy alone, every mode c
   CHECK(ev["modes_covered"] == 40);
   CHECK(ev["max_mode_mass_error"].get<double>() < 0.005);
   CHECK(std::abs(ev["log_z_error"].get<double>()) < 0.02);
+}
+
+// ---- moves with scales, periodic energies, FAB in a molecule's flow coordinates -------------
+
+namespace {
+
+// u(theta) = -kappa cos(theta) on the circle (a von Mises density), wrapped into (-pi, pi]:
+// Z = 2 pi I_0(kappa).
+class VonMisesEnergy : public TorchEnergy {
+ public:
+  explicit VonMisesEnergy(double kappa) : kappa_(kappa) {}
+  int64_t dim() const override { return 1; }
+  std::string name() const override { return "von-mises"; }
+  torch::Tensor wrap(const torch::Tensor& x) const override {
+    return M_PI - torch::remainder(M_PI - x, 2.0 * M_PI);
+  }
+
+ protected:
+  torch::Tensor u(const torch::Tensor& x) const override { return -kappa_ * torch::cos(x.select(1, 0)); }
+
+ private:
+  double kappa_;
+};
+
+// u(x) = sum_i x_i^2 / (2 s_i^2).
+class DiagonalGaussianEnergy : public TorchEnergy {
+ public:
+  explicit DiagonalGaussianEnergy(std::vector<double> s) : s_(torch::tensor(s, torch::kFloat64)) {}
+  int64_t dim() const override { return s_.size(0); }
+  std::string name() const override { return "diagonal-gaussian"; }
+  double log_z() const { return (0.5 * torch::log(2 * M_PI * s_ * s_)).sum().item<double>(); }
+
+ protected:
+  torch::Tensor u(const torch::Tensor& x) const override { return (x * x / (2 * s_ * s_)).sum(1); }
+
+ private:
+  torch::Tensor s_;
+};
+
+}  // namespace
+
+TEST_CASE("ais: moves scaled per coordinate, and on the circle for a periodic energy", "[boltzmann][fab]") {
+  SECTION("scales: widths 0.01 and 1 from a proposal three times wider") {
+    // Unit-scale moves would need a step below 0.01 for the narrow coordinate and would not
+    // move the wide one; with the widths as scales both mix and log Z comes out right.
+    const std::vector<double> s = {0.01, 1.0};
+    DiagonalGaussianEnergy target(s);
+    const auto sq = torch::tensor({0.03, 3.0}, torch::kFloat64);
+    auto sample = [&](int64_t n) { return torch::randn({n, 2}, torch::kFloat64) * sq; };
+    auto log_prob = [&](const torch::Tensor& x) {
+      return (-0.5 * (x / sq).pow(2) - torch::log(sq) - 0.5 * std::log(2 * M_PI)).sum(1);
+    };
+    AisOptions o;
+    o.intermediate = 8;
+    o.hmc.step_size = 0.5;
+    o.hmc.scales = s;
+    torch::manual_seed(11);
+    AnnealedImportanceSampler ais(2, sample, log_prob, target, o);
+    for (int warm = 0; warm < 10; ++warm) ais.run(512);
+    const auto r = ais.run(20000);
+    const double est = log_mean_exp(r.log_w), err = log_mean_exp_error(r.log_w);
+    INFO("log Z " << est << " +- " << err << " vs " << target.log_z());
+    CHECK(std::abs(est - target.log_z()) < 5 * err + 1e-3);
+    for (double a : r.accept) CHECK(a > 0.3);
+    // The step sizes adapted in scaled units: of order one, not of order 0.01.
+    for (double e : ais.step_sizes()) CHECK(e > 0.1);
+    AisOptions bad = o;
+    bad.hmc.scales = {1.0, 0.0};
+    CHECK_THROWS_WITH(AnnealedImportanceSampler(2, sample, log_prob, target, bad),
+                      Catch::Contains("scales must be finite and > 0"));
+    bad.hmc.scales = {1.0};
+    CHECK_THROWS_WITH(AnnealedImportanceSampler(2, sample, log_prob, target, bad),
+                      Catch::Contains("1 move scales for 2 dimensions"));
+  }
+  SECTION("wrap: a von Mises target on the circle from the uniform proposal") {
+    const double kappa = 3.0;
+    VonMisesEnergy target(kappa);
+    auto sample = [](int64_t n) { return (torch::rand({n, 1}, torch::kFloat64) * 2 - 1) * M_PI; };
+    // log q of the uniform density on (-pi, pi]; -inf outside, so an unwrapped particle fails.
+    auto log_prob = [](const torch::Tensor& x) {
+      const auto in = (x.select(1, 0).abs() <= M_PI);
+      return torch::where(in, torch::full({x.size(0)}, -std::log(2 * M_PI), x.options()),
+                          torch::full({x.size(0)}, -INFINITY, x.options())) + 0.0 * x.select(1, 0);
+    };
+    AisOptions o;
+    o.intermediate = 6;
+    o.hmc.step_size = 1.5;  // long moves that cross +-pi
+    torch::manual_seed(12);
+    AnnealedImportanceSampler ais(1, sample, log_prob, target, o);
+    for (int warm = 0; warm < 10; ++warm) ais.run(512);
+    const auto r = ais.run(20000);
+    CHECK((r.x.abs() <= M_PI).all().item<bool>());
+    const double log_z = std::log(2 * M_PI * std::cyl_bessel_i(0.0, kappa));
+    // AIS estimates Z / Z_q with Z_q = 1 (q normalised): log Z itself.
+    const double est = log_mean_exp(r.log_w), err = log_mean_exp_error(r.log_w);
+    INFO("log Z " << est << " +- " << err << " vs " << log_z);
+    CHECK(std::abs(est - log_z) < 5 * err + 1e-3);
+    for (double a : r.accept) CHECK(a > 0.3);
+    // Reweighted E[cos theta] = I_1(kappa) / I_0(kappa).
+    const auto w = torch::softmax(r.log_w, 0);
+    CHECK((w * torch::cos(r.x.select(1, 0))).sum().item<double>() ==
+          Approx(std::cyl_bessel_i(1.0, kappa) / std::cyl_bessel_i(0.0, kappa)).margin(0.02));
+  }
+}
+
+TEST_CASE("boltzmann: alanine dipeptide's energy over internal coordinates: periodic, forces, minimum, widths", "[boltzmann][fab]") {
+  const auto mol = read_pdb(ala2_pdb());
+  const auto z = zmatrix_for(mol);
+  const auto map = make_coordinate_map("internal", z);
+  OpenMMEnergy openmm(ala2_system(), 300.0, OpenMMOptions{"Reference", 1});
+  FlowCoordinateEnergy fe(map, openmm);
+  REQUIRE(fe.dim() == 60);
+  const auto x = ala2_batch(3, 0.003, 21);
+  const auto c = map->to_flow(x).value;
+  const int64_t t0 = z.torsions_begin();
+
+  // The density over c: u(X(c)) + logdet, the same as the map's flow energy.
+  const auto u = fe.evaluate(c);
+  const auto ref = map->flow_energy(c, [&](const torch::Tensor& xx) { return openmm.evaluate(xx); });
+  CHECK(torch::allclose(u, ref, 1e-10, 1e-9));
+  // Periodic in every torsion, and wrap() maps torsions into (-pi, pi] and nothing else.
+  auto shifted = c.clone();
+  shifted.narrow(1, t0, 60 - t0).add_(2 * M_PI);
+  shifted.narrow(1, t0, 3).sub_(6 * M_PI);
+  CHECK(torch::allclose(fe.evaluate(shifted), u, 1e-9, 1e-7));
+  const auto w = fe.wrap(shifted);
+  CHECK(torch::allclose(w, c, 0, 1e-12));
+  CHECK(torch::equal(w.narrow(1, 0, t0), shifted.narrow(1, 0, t0)));
+
+  // Forces against central differences of the energy (a bond, an angle, torsions).
+  torch::Tensor f;
+  fe.evaluate(c, &f);
+  for (int64_t j : {int64_t{0}, int64_t{5}, z.angles_begin() + 3, t0, t0 + 7, int64_t{59}}) {
+    const double h = 1e-6;
+    auto cp = c.clone(), cm = c.clone();
+    cp.select(1, j).add_(h);
+    cm.select(1, j).sub_(h);
+    const auto fd = -(fe.evaluate(cp) - fe.evaluate(cm)) / (2 * h);
+    INFO("coordinate " << j << ": " << f.select(1, j) << " vs " << fd);
+    CHECK(torch::allclose(f.select(1, j), fd, 1e-5, 1e-3 * (1 + fd.abs().max().item<double>())));
+  }
+  // Outside the map's range (a negative bond): +inf and zero force.
+  auto outside = c.narrow(0, 0, 1).clone();
+  outside[0][0] = -0.1;
+  torch::Tensor fo;
+  CHECK(std::isinf(fe.evaluate(outside, &fo)[0].item<double>()));
+  CHECK(fo.abs().max().item<double>() == 0.0);
+
+  // The energy-only start: a minimum below the PDB structure's energy with small forces, and
+  // widths equal to 1 / sqrt of second differences of the energy itself.
+  const auto start = energy_only_start(*map, openmm, mol.positions().reshape({-1}));
+  const double u_pdb = openmm.evaluate(mol.positions().reshape({1, -1}))[0].item<double>();
+  CHECK(start.u_min < u_pdb - 1.0);
+  torch::Tensor fx;
+  openmm.evaluate(start.x_min.unsqueeze(0), &fx);
+  CHECK(fx.abs().max().item<double>() < 1.0);  // 1/nm, reduced; the PDB's are ~1e3
+  REQUIRE(start.scales.size(0) == 60);
+  const double h = 1e-3;
+  const auto c0 = start.c_min.unsqueeze(0);
+  const double u0 = fe.evaluate(c0)[0].item<double>();
+  for (int64_t j : {int64_t{0}, int64_t{8}, z.angles_begin(), z.angles_begin() + 10, t0 + 2}) {
+    auto cp = c0.clone(), cm = c0.clone();
+    cp[0][j] += h;
+    cm[0][j] -= h;
+    const double curv = (fe.evaluate(cp)[0].item<double>() - 2 * u0 + fe.evaluate(cm)[0].item<double>()) / (h * h);
+    const double expected = std::clamp(1 / std::sqrt(curv), 1e-4, 1.0);
+    INFO("coordinate " << j << ": curvature " << curv);
+    CHECK(start.scales[j].item<double>() == Approx(expected).epsilon(0.03));
+  }
+  // Bond widths of a few thousandths of a nm, angle widths of a few hundredths of a radian.
+  CHECK(start.scales.narrow(0, 0, z.angles_begin()).max().item<double>() < 0.01);
+  const auto angles = start.scales.narrow(0, z.angles_begin(), t0 - z.angles_begin());
+  CHECK(angles.min().item<double>() > 0.01);
+  CHECK(angles.max().item<double>() < 0.3);
+  // Stand-in coordinates: the minimum's bonds and angles with these widths, uniform torsions.
+  torch::manual_seed(2);
+  const auto si = start.stand_in(20000, 1.0);
+  CHECK(torch::allclose(si.narrow(1, 0, t0).mean(0), start.c_min.narrow(0, 0, t0), 0,
+                        4 * start.scales.narrow(0, 0, t0).max().item<double>() / std::sqrt(20000.0)));
+  CHECK(torch::allclose(si.narrow(1, 0, t0).std(0), start.scales.narrow(0, 0, t0), 0.03, 0));
+  CHECK((si.narrow(1, t0, 60 - t0).abs() <= M_PI).all().item<bool>());
+  CHECK(si.narrow(1, t0, 60 - t0).std().item<double>() == Approx(M_PI / std::sqrt(3.0)).epsilon(0.02));
+  // Torsion scans: 19 torsions x 72 points; the grid point nearest the minimum lies within
+  // the harmonic estimate of it, and without the uniform part the stand-in torsions follow
+  // each scan's Boltzmann factor.
+  REQUIRE(start.scans.sizes() == torch::IntArrayRef({19, 72}));
+  REQUIRE(start.periodic.size() == 19);
+  const double cell = 2 * M_PI / 72;
+  for (int64_t k = 0; k < 19; ++k) {
+    const double t = start.c_min[t0 + k].item<double>();
+    const auto g = std::clamp<int64_t>(static_cast<int64_t>(std::floor((t + M_PI) / cell)), 0, 71);
+    const double dt = -M_PI + (g + 0.5) * cell - t;
+    const double s2 = std::pow(start.scales[t0 + k].item<double>(), 2);
+    INFO("torsion " << k << " at " << t << ": scan " << start.scans[k][g].item<double>());
+    CHECK(start.scans[k][g].item<double>() == Approx(dt * dt / (2 * s2)).margin(0.05 + 0.2 * dt * dt / (2 * s2)));
+  }
+  torch::manual_seed(3);
+  const auto sc = start.stand_in(40000, 0.0);
+  for (int64_t k : {int64_t{0}, int64_t{9}, int64_t{18}}) {
+    const auto cells = ((sc.select(1, t0 + k) + M_PI) / cell).floor().clamp(0, 71).to(torch::kInt64);
+    const auto hist = torch::bincount(cells, {}, 72).to(torch::kFloat64) / 40000.0;
+    const auto p = torch::softmax(-start.scans[k], 0);
+    INFO("torsion " << k);
+    CHECK((hist - p).abs().max().item<double>() < 0.01);
+  }
+}
+
+TEST_CASE("cli: bg train --objective fab trains alanine dipeptide from the energy alone; bad input", "[cli][fab][boltzmann]") {
+  const auto model = temp_path("fab-ala.h5");
+  const std::vector<std::string> base = {"bg", "train", "--objective", "fab", "--out", model, "--threads", "2",
+                                         "--layers", "1", "--hidden", "16", "--steps", "6", "--batch-size", "64",
+                                         "--buffer-min", "128", "--buffer-size", "1024", "--buffer-batches", "2",
+                                         "--val-samples", "128", "--eval-every", "3", "--warmup", "1",
+                                         "--pretrain-steps", "20"};
+  auto args = base;
+  args.push_back("--json");
+  const auto r = run_nfkit(args);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto j = last_json(r.out);
+  CHECK(j.at("steps") == 6);
+  CHECK(j.at("fab").at("ais_runs").get<int64_t>() >= 3);
+  CHECK(j.at("fab").at("u_min").get<double>() < 0);
+  // A generator like any other: bg sample reads it.
+  const auto samples = temp_path("fab-ala-samples.h5");
+  const auto s = run_nfkit({"bg", "sample", "--model", model, "--out", samples, "-n", "200", "--json"});
+  INFO(s.err);
+  REQUIRE(s.code == 0);
+  CHECK(read_samples(samples, 22).x.size(0) == 200);
+
+  auto with = [&](std::vector<std::string> extra) {
+    auto a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  const auto none = temp_path("fab-ala-none.h5");
+  check_cli_fails({"bg", "train", "--objective", "fbb", "--out", none}, 2, "--objective", none);
+  check_cli_fails({"bg", "train", "--out", none}, 2, "--md", none);
+  auto a = with({"--reverse-weight", "0.5"});
+  a[5] = none;
+  check_cli_fails(a, 2, "--reverse-weight", none);
+  a = with({"--buffer-min", "16"});
+  a[5] = none;
+  check_cli_fails(a, 2, "--buffer-min", none);
+  a = with({"--pretrain-steps", "-1"});
+  a[5] = none;
+  check_cli_fails(a, 2, "--pretrain-steps", none);
 }

@@ -33,6 +33,8 @@ void AisOptions::check() const {
   check_positive("ais", "--step-size", hmc.step_size);
   check_in_range("ais", "target acceptance", hmc.target_accept, 0.0, 1.0, true);
   check_positive("ais", "max_grad", hmc.max_grad);
+  for (double v : hmc.scales)
+    if (!(v > 0.0) || !std::isfinite(v)) usage_error(fn, "move scales must be finite and > 0");
 }
 
 nlohmann::json AisOptions::to_json() const {
@@ -46,6 +48,7 @@ nlohmann::json AisOptions::to_json() const {
           {"target_accept", hmc.target_accept},
           {"max_grad", hmc.max_grad},
           {"adapt", hmc.adapt},
+          {"scales", hmc.scales.empty() ? nlohmann::json() : nlohmann::json(hmc.scales)},
           {"resample_threshold", resample_threshold},
           {"resampling", resampling},
           {"energy_cut", std::isfinite(energy_cut) ? nlohmann::json(energy_cut) : nlohmann::json()}};
@@ -97,6 +100,9 @@ void AnnealedImportanceSampler::init() {
   if (dim_ != energy_.dim())
     usage_error("ais", "the flow has " + std::to_string(dim_) + " dimensions but the energy '" +
                            energy_.name() + "' has " + std::to_string(energy_.dim()));
+  if (!options_.hmc.scales.empty() && static_cast<int64_t>(options_.hmc.scales.size()) != dim_)
+    usage_error("ais", "has " + std::to_string(options_.hmc.scales.size()) + " move scales for " +
+                           std::to_string(dim_) + " dimensions");
   if (options_.kernel != "hmc") options_.hmc.leapfrog = 1;
   if (options_.kernel == "ula") options_.hmc.adapt = false;
   betas_ = ais_betas(options_.intermediate, options_.spacing);
@@ -183,7 +189,7 @@ AisResult AnnealedImportanceSampler::run(int64_t n, const std::function<bool()>&
     }
   } restore{flow_, was_training};
 
-  auto x0 = sample_(n).to(torch::kFloat64).cpu();
+  auto x0 = energy_.wrap(sample_(n).to(torch::kFloat64).cpu());
   Point cur = evaluate(x0);
   auto keep = [&cur](const torch::Tensor& idx) {
     cur = Point{cur.x.index_select(0, idx), cur.log_q.index_select(0, idx),
@@ -214,10 +220,16 @@ AisResult AnnealedImportanceSampler::run(int64_t n, const std::function<bool()>&
 
   const double max_grad = options_.hmc.max_grad;
   const bool metropolis = options_.kernel != "ula";
-  // Gradient of log f_beta: (1 - beta alpha) grad log q + beta alpha (-grad u), sanitised.
+  // Moves in y = x / s: the gradient in y is s * grad_x, a position step eps * p in y is
+  // eps * s * p in x.
+  const auto s = options_.hmc.scales.empty()
+                     ? torch::ones({dim_}, torch::kFloat64)
+                     : torch::tensor(options_.hmc.scales, torch::kFloat64);
+  // Gradient of log f_beta in y: s ((1 - beta alpha) grad log q + beta alpha (-grad u)),
+  // sanitised.
   auto grad_log_f = [&](const Point& p, double beta) {
     auto g = (1.0 - beta * alpha) * p.grad_log_q + (beta * alpha) * p.force;
-    return torch::nan_to_num(g, 0.0, 0.0, 0.0).clamp(-max_grad, max_grad);
+    return (s * torch::nan_to_num(g, 0.0, 0.0, 0.0)).clamp(-max_grad, max_grad);
   };
   auto log_f = [&](const Point& p, double beta) {
     return (1.0 - beta * alpha) * p.log_q - (beta * alpha) * p.u;
@@ -252,7 +264,7 @@ AisResult AnnealedImportanceSampler::run(int64_t n, const std::function<bool()>&
       auto g = grad_log_f(prop, beta);
       for (int64_t l = 0; l < options_.hmc.leapfrog; ++l) {
         p = p + 0.5 * eps * g;
-        prop = evaluate(prop.x + eps * p);
+        prop = evaluate(energy_.wrap(prop.x + eps * s * p));
         g = grad_log_f(prop, beta);
         p = p + 0.5 * eps * g;
       }

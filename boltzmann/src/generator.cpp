@@ -163,6 +163,48 @@ torch::Tensor CoordinateMap::flow_energy(
   return energy_x(r.value) + torch::nan_to_num(r.logdet, 1e12);
 }
 
+torch::Tensor CoordinateMap::wrap(const torch::Tensor& c) const {
+  const auto cols = periodic();
+  if (cols.empty()) return c;
+  auto out = c.clone();
+  const auto idx = torch::tensor(cols, torch::kInt64).to(c.device());
+  const auto t = c.index_select(1, idx);
+  // Into (-pi, pi]: pi - ((pi - t) mod 2 pi), with the floor-mod of torch::remainder.
+  out.index_copy_(1, idx, M_PI - torch::remainder(M_PI - t, 2.0 * M_PI));
+  return out;
+}
+
+FlowCoordinateEnergy::FlowCoordinateEnergy(std::shared_ptr<const CoordinateMap> map, Energy& energy)
+    : map_(std::move(map)), energy_(energy) {
+  if (energy_.dim() != 3 * map_->zmatrix().atoms())
+    usage_error("energy", energy_.name() + " has dimension " + std::to_string(energy_.dim()) +
+                              ", expected 3N = " + std::to_string(3 * map_->zmatrix().atoms()));
+}
+
+std::string FlowCoordinateEnergy::name() const { return energy_.name() + " in " + map_->name() + " coordinates"; }
+
+torch::Tensor FlowCoordinateEnergy::evaluate(const torch::Tensor& c, torch::Tensor* forces) {
+  check_dim("FlowCoordinateEnergy", "c", c, 2);
+  check_size("FlowCoordinateEnergy", "c", c, 1, dim());
+  const auto cw = map_->wrap(c.detach().to(torch::kFloat64).cpu());
+  // flow_energy puts 1e12 outside the map's range; anything that large is +inf here.
+  auto finalize = [](const torch::Tensor& u) {
+    const auto bad = ~(u < 1e11);
+    return std::make_pair(torch::where(bad, torch::full_like(u, INFINITY), u), bad);
+  };
+  if (!forces) {
+    torch::NoGradGuard ng;
+    return finalize(map_->flow_energy(cw, [this](const torch::Tensor& x) { return energy_.evaluate(x); })).first;
+  }
+  torch::AutoGradMode grad_on(true);
+  auto cg = cw.clone().requires_grad_(true);
+  const auto u = map_->flow_energy(cg, [this](const torch::Tensor& x) { return reduced_energy(energy_, x); });
+  auto g = torch::autograd::grad({u.sum()}, {cg})[0];
+  auto [uf, bad] = finalize(u.detach());
+  *forces = torch::where(bad.unsqueeze(1) | ~torch::isfinite(g), torch::zeros_like(g), -g);
+  return uf;
+}
+
 namespace {
 
 class InternalMap : public CoordinateMap {
@@ -179,6 +221,11 @@ class InternalMap : public CoordinateMap {
   }
   std::shared_ptr<Flow> build_flow(const torch::Tensor& q_train, const ICFlowRecipe& recipe) const override {
     return build_ic_flow(z_, q_train, recipe);
+  }
+  std::vector<int64_t> periodic() const override {
+    std::vector<int64_t> cols;
+    for (int64_t j = z_.torsions_begin(); j < z_.internal_dim(); ++j) cols.push_back(j);
+    return cols;
   }
 };
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 
 #include "nfkit/boltzmann/reweight.h"
 #include "nfkit/core/checks.h"
@@ -113,6 +114,7 @@ void BGTrainOptions::check() const {
   }
   check_in_range("--reverse-weight", "value", reverse_weight, 0.0, 1.0);
   check_in_range("--held-out", "value", held_out, 0.0, 0.9);
+  if (pretrain_steps < 0) usage_error("--pretrain-steps", "must be >= 0");
   check_positive_int("--layers", "value", recipe.layers);
   check_positive_int("--hidden", "value", recipe.hidden);
   if (recipe.bins < 2) usage_error("--bins", "must be >= 2");
@@ -123,15 +125,17 @@ void BGTrainOptions::check() const {
 json BGTrainOptions::to_json() const {
   return {{"coordinates", coordinates}, {"reverse_weight", reverse_weight}, {"held_out", held_out},
           {"dtype", dtype == torch::kFloat64 ? "float64" : "float32"}, {"init", init},
-          {"seed", seed},
+          {"seed", seed}, {"pretrain_steps", pretrain_steps},
           {"recipe", {{"layers", recipe.layers}, {"hidden", recipe.hidden},
                       {"hidden_layers", recipe.hidden_layers}, {"bins", recipe.bins}}},
           {"trainer", trainer.to_json()}};
 }
 
 json BGTrainReport::to_json() const {
-  return {{"model", model}, {"steps", train.steps_done}, {"best_step", train.best_step},
-          {"best_val", train.best_val}, {"n_train", n_train}, {"n_val", n_val}, {"dim", dim}};
+  json j = {{"model", model}, {"steps", train.steps_done}, {"best_step", train.best_step},
+            {"best_val", train.best_val}, {"n_train", n_train}, {"n_val", n_val}, {"dim", dim}};
+  if (!fab.is_null()) j["fab"] = fab;
+  return j;
 }
 
 BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* energy,
@@ -214,6 +218,188 @@ BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* en
   if (rep.train.interrupted) return rep;
   flow->to(torch::kCPU, torch::kFloat64);
   save_trained(out, *flow, metadata, rep.train, o.trainer.checkpoint_path());
+  return rep;
+}
+
+// ---- training from the energy alone ----------------------------------------------------------
+
+std::pair<torch::Tensor, double> minimize_energy(Energy& energy, const torch::Tensor& x0, int64_t iterations) {
+  check_positive_int("minimize_energy", "iterations", iterations);
+  if (x0.numel() != energy.dim())
+    usage_error("minimize_energy", "start has " + std::to_string(x0.numel()) + " coordinates, the energy " +
+                                       energy.name() + " " + std::to_string(energy.dim()));
+  auto x = x0.detach().to(torch::kFloat64).reshape({1, -1}).clone().requires_grad_(true);
+  const double u0 = energy.evaluate(x.detach())[0].item<double>();
+  if (!std::isfinite(u0))
+    runtime_error(energy.name(), "the start configuration has a non-finite energy (" + std::to_string(u0) + ")");
+  torch::optim::LBFGS opt({x}, torch::optim::LBFGSOptions(1.0)
+                                   .max_iter(iterations)
+                                   .history_size(20)
+                                   .tolerance_grad(1e-6)
+                                   .tolerance_change(1e-12)
+                                   .line_search_fn("strong_wolfe"));
+  auto closure = [&] {
+    opt.zero_grad();
+    auto u = reduced_energy(energy, x).sum();
+    u.backward();
+    return u;
+  };
+  opt.step(closure);
+  torch::NoGradGuard ng;
+  const auto xm = x.detach().reshape({-1});
+  const double um = energy.evaluate(xm.unsqueeze(0))[0].item<double>();
+  // A line search that wandered into a worse point (it does not) would leave the start.
+  if (!(um <= u0)) return {x0.detach().to(torch::kFloat64).reshape({-1}), u0};
+  return {xm, um};
+}
+
+torch::Tensor EnergyOnlyStart::stand_in(int64_t n, double uniform) const {
+  check_positive_int("EnergyOnlyStart::stand_in", "n", n);
+  check_in_range("EnergyOnlyStart::stand_in", "uniform", uniform, 0.0, 1.0);
+  auto c = c_min.unsqueeze(0) + scales.unsqueeze(0) * torch::randn({n, c_min.size(0)}, torch::kFloat64);
+  const int64_t grid = scans.defined() ? scans.size(1) : 0;
+  const double cell = grid > 0 ? 2 * M_PI / static_cast<double>(grid) : 0.0;
+  for (size_t k = 0; k < periodic.size(); ++k) {
+    auto col = (torch::rand({n}, torch::kFloat64) * 2.0 - 1.0) * M_PI;
+    const auto u = scans[static_cast<int64_t>(k)];
+    if (torch::isfinite(u).any().item<bool>()) {
+      const auto p = torch::softmax(-torch::nan_to_num(u, INFINITY, INFINITY), 0);
+      const auto g = torch::multinomial(p, n, true).to(torch::kFloat64);
+      const auto from_scan = -M_PI + (g + torch::rand({n}, torch::kFloat64)) * cell;
+      col = torch::where(torch::rand({n}, torch::kFloat64) < uniform, col, from_scan);
+    }
+    c.select(1, periodic[k]).copy_(col);
+  }
+  return c;
+}
+
+EnergyOnlyStart energy_only_start(const CoordinateMap& map, Energy& energy, const torch::Tensor& x0,
+                                  int64_t grid) {
+  check_positive_int("energy_only_start", "grid", grid);
+  EnergyOnlyStart s;
+  std::tie(s.x_min, s.u_min) = minimize_energy(energy, x0);
+  torch::NoGradGuard ng;
+  const auto r = map.to_flow(s.x_min.unsqueeze(0));
+  s.c_min = r.value[0];
+  const int64_t d = map.dim();
+  FlowCoordinateEnergy fe(std::shared_ptr<const CoordinateMap>(&map, [](const CoordinateMap*) {}), energy);
+  // Curvatures d2u/dc_i^2 = -(F_i(c + h e_i) - F_i(c - h e_i)) / 2h, all 2D points in one batch.
+  constexpr double h = 1e-4;
+  const auto eye = torch::eye(d, torch::kFloat64) * h;
+  const auto pts = torch::cat({s.c_min.unsqueeze(0) + eye, s.c_min.unsqueeze(0) - eye});
+  torch::Tensor f;
+  fe.evaluate(pts, &f);
+  const auto idx = torch::arange(d, torch::kInt64);
+  const auto fp = f.narrow(0, 0, d).index({idx, idx});
+  const auto fm = f.narrow(0, d, d).index({idx, idx});
+  const auto curv = -(fp - fm) / (2.0 * h);
+  auto sc = torch::where(curv > 0, curv.clamp_min(1e-300).rsqrt(), torch::ones_like(curv));
+  s.scales = torch::nan_to_num(sc, 1.0, 1.0, 1.0).clamp(1e-4, 1.0);
+  // Rigid scans of the periodic columns, all in one batch.
+  s.periodic = map.periodic();
+  const int64_t np = static_cast<int64_t>(s.periodic.size());
+  if (np > 0) {
+    const auto theta = -M_PI + (torch::arange(grid, torch::kFloat64) + 0.5) * (2 * M_PI / static_cast<double>(grid));
+    auto c = s.c_min.unsqueeze(0).repeat({np * grid, 1});
+    for (int64_t k = 0; k < np; ++k) c.narrow(0, k * grid, grid).select(1, s.periodic[static_cast<size_t>(k)]).copy_(theta);
+    const auto u0 = fe.evaluate(s.c_min.unsqueeze(0))[0].item<double>();
+    s.scans = (torch::nan_to_num(fe.evaluate(c), INFINITY, INFINITY) - u0).reshape({np, grid});
+  }
+  return s;
+}
+
+BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch::Tensor& x0,
+                                  const BGTrainOptions& o, FabOptions fab, const std::string& out,
+                                  const json& extra, const std::function<bool()>& stop,
+                                  const std::function<void(int64_t step)>& on_resume) {
+  o.check();
+  check_writable(out);
+  if (energy.dim() != 3 * z.atoms())
+    usage_error("energy", energy.name() + " has dimension " + std::to_string(energy.dim()) +
+                              ", expected 3N = " + std::to_string(3 * z.atoms()));
+  if (x0.numel() != 3 * z.atoms())
+    usage_error("train_generator_fab", "start configuration has " + std::to_string(x0.numel()) +
+                                           " coordinates, expected 3N = " + std::to_string(3 * z.atoms()));
+  const auto map = make_coordinate_map(o.coordinates, z);
+  const auto start = energy_only_start(*map, energy, x0);
+  fab.trainer = o.trainer;
+  if (fab.ais.hmc.scales.empty()) {
+    const auto sc = start.scales.contiguous();
+    fab.ais.hmc.scales.assign(sc.data_ptr<double>(), sc.data_ptr<double>() + sc.numel());
+  }
+  fab.check();
+
+  seed_all(derive_seed(o.seed, 32, 1));
+  ICFlowRecipe recipe = o.recipe;
+  recipe.seed = derive_seed(o.seed, 31, 0);
+  std::shared_ptr<Flow> flow;
+  if (!o.init.empty()) {
+    auto g = load_generator(o.init);
+    if (g.zmatrix().rows != z.rows)
+      usage_error("--init", o.init + " was trained with another Z-matrix (another molecule?)");
+    if (g.coordinates() != o.coordinates)
+      usage_error("--init", o.init + " models " + g.coordinates() + " coordinates, not " + o.coordinates);
+    flow = g.flow_ptr();
+  } else {
+    seed_all(derive_seed(o.seed, 34, 0));
+    const auto fit = start.stand_in(20000), val = start.stand_in(2000);
+    seed_all(derive_seed(o.seed, 32, 1));
+    flow = map->build_flow(fit, recipe);
+    flow->to(o.device, o.dtype);
+    // Pretraining: only for a fresh run (a checkpoint to resume holds weights past it).
+    const bool resuming = !o.restart && std::filesystem::exists(o.trainer.checkpoint_path());
+    if (o.pretrain_steps > 0 && !resuming) {
+      Objective ml;
+      ml.train = fit;
+      ml.val = val;
+      auto to = TrainerOptions()
+                    .steps(o.pretrain_steps)
+                    .batch_size(512)
+                    .lr(1e-3)
+                    .warmup_steps(std::min<int64_t>(50, o.pretrain_steps / 10))
+                    .eval_every(std::max<int64_t>(1, o.pretrain_steps / 5))
+                    .seed(derive_seed(o.seed, 34, 1))
+                    .quiet(o.trainer.quiet());
+      Trainer pre(flow, to, ml);
+      pre.should_stop = [&stop](int64_t) { return stop && stop(); };
+      const auto pr = pre.train();
+      if (pr.interrupted) {
+        BGTrainReport rep;
+        rep.model = out;
+        rep.train = pr;
+        return rep;
+      }
+    }
+  }
+  flow->to(o.device, o.dtype);
+  FlowCoordinateEnergy fe(map, energy);
+
+  json metadata = extra;
+  metadata["kind"] = "boltzmann_generator";
+  metadata["objective"] = "fab";
+  metadata["coordinates"] = o.coordinates;
+  metadata["zmatrix"] = z.to_json();
+  metadata["held_out"] = 0.0;
+  metadata["init"] = o.init;
+  metadata["recipe"] = o.to_json()["recipe"];
+  metadata["trainer"] = o.trainer.to_json();
+  metadata["fab"] = fab.to_json();
+  metadata["fab"]["ais"].erase("scales");  // the start's widths, below
+  metadata["energy_only_start"] = {{"u_min", start.u_min}, {"scales", fab.ais.hmc.scales},
+                                   {"pretrain_steps", o.init.empty() ? o.pretrain_steps : 0}};
+  if (!metadata.contains("energy")) metadata["energy"] = energy.name();
+  metadata["nfkit_version"] = version_string();
+
+  BGTrainReport rep;
+  rep.model = out;
+  rep.dim = flow->dim();
+  const auto fr = train_fab(flow, fe, fab, metadata, o.restart, stop, on_resume);
+  rep.train = fr.train;
+  rep.fab = fr.to_json();
+  rep.fab["u_min"] = start.u_min;
+  if (rep.train.interrupted) return rep;
+  flow->to(torch::kCPU, torch::kFloat64);
+  save_trained(out, *flow, metadata, rep.train, o.trainer.checkpoint_path(), "best_val_log_inverse_ess");
   return rep;
 }
 

@@ -25,7 +25,7 @@
 // Spacing: "linear" (beta evenly spaced) or "geometric" (a quarter of the points linear in
 // [0, 0.01], the rest geometric in [0.01, 1], Neal's example, as FAB).
 //
-// Moves (unit mass): "hmc" `leapfrog` steps of size eps_j and one Metropolis test; "mala" one
+// Moves (unit mass, or diag(1 / s^2) with per-coordinate scales s): "hmc" `leapfrog` steps of size eps_j and one Metropolis test; "mala" one
 // leapfrog step and the test (the Metropolis-adjusted Langevin algorithm, x' = x + h grad log f
 // + sqrt(2 h) xi with h = eps^2 / 2); "ula" the same step without the test (unadjusted
 // Langevin: cheaper, biased at finite step, as SBG uses it). Gradients are clamped to
@@ -34,7 +34,8 @@
 // 1.05 after each run towards the target mean acceptance (0.65; FAB ties the sizes with a
 // shared component, nfkit keeps one per density), and on a sampler's first run each density
 // starts from the size its predecessor adapted to, so a single long SMC run adapts along its
-// path.
+// path. After every position update the energy's wrap() maps the particles into the
+// fundamental domain of its periodic coordinates (torsions), so the moves are those of the torus.
 //
 // Non-finite values: particles whose initial energy or log q is not finite (NaN, +inf
 // energies of clashes, points outside the flow's support) are dropped and counted (`failed`;
@@ -66,6 +67,10 @@ struct HmcOptions {
   double target_accept = 0.65;  ///< mean acceptance the step sizes adapt towards
   double max_grad = 1e3;        ///< gradients clamped to +-max_grad per coordinate
   bool adapt = true;            ///< adapt eps_j after every run
+  /// Per-coordinate scales s [D] of the moves (empty: all 1): the moves are those of the
+  /// coordinates x / s, i.e. HMC with the diagonal mass matrix diag(1 / s^2). For coordinates
+  /// of different units (bond lengths in nm beside torsions in radians) s is their spread.
+  std::vector<double> scales;
 };
 
 struct AisOptions {

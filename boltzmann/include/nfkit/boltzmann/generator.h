@@ -25,6 +25,7 @@
 
 #include "nfkit/flows/distribution.h"
 #include "nfkit/flows/transform.h"
+#include "nfkit/physics/energy.h"
 #include "nfkit/physics/internal_coordinates.h"
 
 namespace nfkit {
@@ -108,6 +109,11 @@ class CoordinateMap {
   /// is the Boltzmann density over c; outside the map's range a large finite value (1e12).
   torch::Tensor flow_energy(const torch::Tensor& c,
                             const std::function<torch::Tensor(const torch::Tensor&)>& energy_x) const;
+  /// Columns of c that are angles of period 2 pi on (-pi, pi] (the torsions of "internal";
+  /// none by default).
+  virtual std::vector<int64_t> periodic() const { return {}; }
+  /// c with its periodic columns mapped into (-pi, pi].
+  torch::Tensor wrap(const torch::Tensor& c) const;
 
  protected:
   ZMatrix z_;
@@ -120,6 +126,27 @@ void register_coordinate_map(const std::string& name, CoordinateMapFactory facto
 std::shared_ptr<CoordinateMap> make_coordinate_map(const std::string& name, const ZMatrix& z);
 /// The registered names, sorted.
 std::vector<std::string> coordinate_map_names();
+
+/// The Boltzmann distribution over a map's flow coordinates as an nfkit::Energy of c
+/// [B, 3N-6]: u_flow(c) = u(X(c)) + logdet(c) (CoordinateMap::flow_energy), so that
+/// exp(-u_flow) / Z is the target in the space the flow models, with forces by automatic
+/// differentiation through the map and the Cartesian energy's forces. wrap() maps torsions
+/// into (-pi, pi] (samplers move on the torus); rows outside the map's range (a negative bond,
+/// an angle outside (0, pi)) get +inf and zero force. For samplers and FAB in the flow's space:
+///   nfkit::FlowCoordinateEnergy e(map, openmm);
+///   nfkit::train_fab(flow, e, fab_options);
+class FlowCoordinateEnergy : public Energy {
+ public:
+  FlowCoordinateEnergy(std::shared_ptr<const CoordinateMap> map, Energy& energy);
+  int64_t dim() const override { return map_->dim(); }
+  std::string name() const override;
+  torch::Tensor evaluate(const torch::Tensor& c, torch::Tensor* forces = nullptr) override;
+  torch::Tensor wrap(const torch::Tensor& c) const override { return map_->wrap(c); }
+
+ private:
+  std::shared_ptr<const CoordinateMap> map_;
+  Energy& energy_;
+};
 
 class BoltzmannGenerator {
  public:

@@ -30,6 +30,7 @@
 
 #include "nfkit/boltzmann/ais.h"
 #include "nfkit/boltzmann/analysis.h"
+#include "nfkit/boltzmann/fab.h"
 #include "nfkit/boltzmann/generator.h"
 #include "nfkit/boltzmann/md.h"
 #include "nfkit/flows/trainer.h"
@@ -79,6 +80,9 @@ struct BGTrainOptions {
   std::string init;                      ///< start from this generator's weights ("" = fresh)
   bool restart = false;                  ///< ignore an existing checkpoint
   uint64_t seed = 1;
+  /// FAB from the energy alone (train_generator_fab): maximum-likelihood steps on the stand-in
+  /// coordinates of energy_only_start before FAB (0 = none).
+  int64_t pretrain_steps = 500;
   /// Checks the values, naming the option (usage errors).
   void check() const;
   nlohmann::json to_json() const;
@@ -88,6 +92,8 @@ struct BGTrainReport {
   std::string model;  ///< the file written
   TrainReport train;
   int64_t n_train = 0, n_val = 0, dim = 0;
+  /// train_generator_fab: FabReport::to_json() and the energy-only start (null otherwise).
+  nlohmann::json fab;
   nlohmann::json to_json() const;
 };
 
@@ -101,6 +107,58 @@ BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* en
                               const nlohmann::json& metadata = nlohmann::json::object(),
                               const std::function<bool()>& stop = {},
                               const std::function<void(int64_t step)>& on_resume = {});
+
+// ---- training from the energy alone ----------------------------------------------------------
+
+/// A local minimum of `energy` near x0 [D] (L-BFGS with a strong-Wolfe line search on the
+/// reduced energy, at most `iterations` iterations): the configuration [D] and its reduced
+/// energy. A start whose energy is not finite is a runtime error.
+std::pair<torch::Tensor, double> minimize_energy(Energy& energy, const torch::Tensor& x0,
+                                                 int64_t iterations = 500);
+
+/// What the energy alone says about the flow's coordinates near a minimum, for training where
+/// no MD exists: c at the minimum; per-coordinate widths 1 / sqrt(d2 u_flow / dc_i^2) from
+/// central differences of the forces (clamped to [1e-4, 1]; 1 where the curvature is not
+/// positive), the harmonic widths at the target temperature, which scale the moves of AIS; and
+/// for each periodic coordinate (torsion) a rigid scan: the energy with that torsion alone
+/// turned through the circle, every other coordinate at the minimum. Stand-in training
+/// coordinates drawn from these (bonds and angles Gaussian with the harmonic widths, each
+/// torsion from its scan's Boltzmann factor, mixed with the uniform density) standardise a
+/// fresh flow and pretrain it by maximum likelihood, so that FAB starts from a flow that
+/// already places the stiff torsions (amide planes, the phase offsets of sibling atoms) and the
+/// methyl rotors' three wells instead of from uniform torsions, nearly all of whose samples
+/// clash.
+struct EnergyOnlyStart {
+  torch::Tensor x_min;   ///< [3N] nm, the minimised configuration
+  double u_min = NAN;    ///< its reduced energy
+  torch::Tensor c_min;   ///< [D] flow coordinates of x_min
+  torch::Tensor scales;  ///< [D]
+  std::vector<int64_t> periodic;  ///< the map's periodic columns
+  /// [P, G] u_flow - u_min along each periodic column's scan, at the cell centres
+  /// -pi + (g + 1/2) 2 pi / G (+inf where the energy failed).
+  torch::Tensor scans;
+  /// n stand-in coordinates [n, D]: c_min + scales * N(0, 1) for the other columns; each
+  /// periodic column from its scan's exp(-u) (a cell, then uniform within it) with probability
+  /// 1 - uniform, else uniform on (-pi, pi].
+  torch::Tensor stand_in(int64_t n, double uniform = 0.1) const;
+};
+/// grid: points of each torsion scan.
+EnergyOnlyStart energy_only_start(const CoordinateMap& map, Energy& energy, const torch::Tensor& x0,
+                                  int64_t grid = 72);
+
+/// Trains a generator for the molecule of Z-matrix z from `energy` alone by FAB (fab.h) in the
+/// flow's coordinates (FlowCoordinateEnergy: torsions wrapped, moves scaled by the harmonic
+/// widths of energy_only_start at the minimum near x0 [3N]), resuming from
+/// options.trainer.checkpoint_path(), and writes it to `out`. A fresh flow (no init, no
+/// checkpoint to resume) is first fitted by maximum likelihood to the start's stand-in
+/// coordinates for options.pretrain_steps. options.trainer, recipe, coordinates, dtype, device,
+/// init, restart and seed apply; reverse_weight and held_out do not. fab.trainer is replaced
+/// by options.trainer, and fab.ais.hmc.scales, when empty, by the start's widths.
+BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch::Tensor& x0,
+                                  const BGTrainOptions& options, FabOptions fab, const std::string& out,
+                                  const nlohmann::json& metadata = nlohmann::json::object(),
+                                  const std::function<bool()>& stop = {},
+                                  const std::function<void(int64_t step)>& on_resume = {});
 
 // ---- sampling -------------------------------------------------------------------------------
 

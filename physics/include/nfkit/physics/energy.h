@@ -35,6 +35,10 @@ class Energy {
   /// Differentiable u(x) [B] in x's dtype and device. The default wraps evaluate() in an
   /// autograd function; energies written in torch operations return u(x) directly.
   virtual torch::Tensor differentiable(const torch::Tensor& x);
+  /// Configurations mapped into the fundamental domain of the energy's periodic coordinates
+  /// (torsions of an energy over internal coordinates); samplers (ais.h) apply it after every
+  /// move, which makes their moves those of the torus. Identity for energies without any.
+  virtual torch::Tensor wrap(const torch::Tensor& x) const { return x; }
 };
 
 /// u(x) [B], differentiable in x: energy.differentiable(x) after checking the shape.
