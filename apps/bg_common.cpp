@@ -201,7 +201,7 @@ json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTr
             << (fab.buffer ? ", replay buffer" : ", no buffer") << std::endl;
   const auto t0 = std::chrono::steady_clock::now();
   const auto rep = train_generator_fab(
-      m.z, energy, m.mol.positions().reshape({-1}), o, fab, out, extra, [] { return stop_requested(); },
+      m.z, energy, m.mol.positions().reshape({-1}), stereocentres(m.mol), o, fab, out, extra, [] { return stop_requested(); },
       [&](int64_t step) {
         if (!ctx.globals.quiet)
           ctx.err << "resuming from " << o.trainer.checkpoint_path() << " at step " << step << std::endl;

@@ -579,6 +579,12 @@ TEST_CASE("boltzmann: alanine dipeptide's energy over internal coordinates: peri
     INFO("coordinate " << j << ": " << f.select(1, j) << " vs " << fd);
     CHECK(torch::allclose(f.select(1, j), fd, 1e-5, 1e-3 * (1 + fd.abs().max().item<double>())));
   }
+  // Mirror images have the same energy; keeping the PDB's stereocentre gives them +inf.
+  const auto c_mirror = map->to_flow(mirror_image(x)).value;
+  CHECK(torch::allclose(fe.evaluate(c_mirror), u, 1e-9, 1e-7));
+  FlowCoordinateEnergy l_only(map, openmm, stereocentres(mol));
+  CHECK(torch::isinf(l_only.evaluate(c_mirror)).all().item<bool>());
+  CHECK(torch::equal(l_only.evaluate(c), u));
   // Outside the map's range (a negative bond): +inf and zero force.
   auto outside = c.narrow(0, 0, 1).clone();
   outside[0][0] = -0.1;

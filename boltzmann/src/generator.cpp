@@ -174,8 +174,9 @@ torch::Tensor CoordinateMap::wrap(const torch::Tensor& c) const {
   return out;
 }
 
-FlowCoordinateEnergy::FlowCoordinateEnergy(std::shared_ptr<const CoordinateMap> map, Energy& energy)
-    : map_(std::move(map)), energy_(energy) {
+FlowCoordinateEnergy::FlowCoordinateEnergy(std::shared_ptr<const CoordinateMap> map, Energy& energy,
+                                           std::vector<Stereocentre> stereocentres)
+    : map_(std::move(map)), energy_(energy), stereocentres_(std::move(stereocentres)) {
   if (energy_.dim() != 3 * map_->zmatrix().atoms())
     usage_error("energy", energy_.name() + " has dimension " + std::to_string(energy_.dim()) +
                               ", expected 3N = " + std::to_string(3 * map_->zmatrix().atoms()));
@@ -187,9 +188,15 @@ torch::Tensor FlowCoordinateEnergy::evaluate(const torch::Tensor& c, torch::Tens
   check_dim("FlowCoordinateEnergy", "c", c, 2);
   check_size("FlowCoordinateEnergy", "c", c, 1, dim());
   const auto cw = map_->wrap(c.detach().to(torch::kFloat64).cpu());
+  torch::Tensor wrong;  // the other handedness at a stereocentre
+  if (!stereocentres_.empty()) {
+    torch::NoGradGuard ng;
+    wrong = ~chirality_ok(map_->from_flow(cw).value, stereocentres_);
+  }
   // flow_energy puts 1e12 outside the map's range; anything that large is +inf here.
-  auto finalize = [](const torch::Tensor& u) {
-    const auto bad = ~(u < 1e11);
+  auto finalize = [&wrong](const torch::Tensor& u) {
+    auto bad = ~(u < 1e11);
+    if (wrong.defined()) bad = bad | wrong;
     return std::make_pair(torch::where(bad, torch::full_like(u, INFINITY), u), bad);
   };
   if (!forces) {

@@ -274,7 +274,7 @@ torch::Tensor EnergyOnlyStart::stand_in(int64_t n, double uniform) const {
 }
 
 EnergyOnlyStart energy_only_start(const CoordinateMap& map, Energy& energy, const torch::Tensor& x0,
-                                  int64_t grid) {
+                                  int64_t grid, const std::vector<Stereocentre>& stereocentres) {
   check_positive_int("energy_only_start", "grid", grid);
   EnergyOnlyStart s;
   std::tie(s.x_min, s.u_min) = minimize_energy(energy, x0);
@@ -282,7 +282,8 @@ EnergyOnlyStart energy_only_start(const CoordinateMap& map, Energy& energy, cons
   const auto r = map.to_flow(s.x_min.unsqueeze(0));
   s.c_min = r.value[0];
   const int64_t d = map.dim();
-  FlowCoordinateEnergy fe(std::shared_ptr<const CoordinateMap>(&map, [](const CoordinateMap*) {}), energy);
+  FlowCoordinateEnergy fe(std::shared_ptr<const CoordinateMap>(&map, [](const CoordinateMap*) {}), energy,
+                          stereocentres);
   // Curvatures d2u/dc_i^2 = -(F_i(c + h e_i) - F_i(c - h e_i)) / 2h, all 2D points in one batch.
   constexpr double h = 1e-4;
   const auto eye = torch::eye(d, torch::kFloat64) * h;
@@ -309,7 +310,7 @@ EnergyOnlyStart energy_only_start(const CoordinateMap& map, Energy& energy, cons
 }
 
 BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch::Tensor& x0,
-                                  const BGTrainOptions& o, FabOptions fab, const std::string& out,
+                                  const std::vector<Stereocentre>& stereocentres, const BGTrainOptions& o, FabOptions fab, const std::string& out,
                                   const json& extra, const std::function<bool()>& stop,
                                   const std::function<void(int64_t step)>& on_resume) {
   o.check();
@@ -321,7 +322,9 @@ BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch:
     usage_error("train_generator_fab", "start configuration has " + std::to_string(x0.numel()) +
                                            " coordinates, expected 3N = " + std::to_string(3 * z.atoms()));
   const auto map = make_coordinate_map(o.coordinates, z);
-  const auto start = energy_only_start(*map, energy, x0);
+  if (!stereocentres.empty() && !chirality_ok(x0.reshape({1, -1}).to(torch::kFloat64), stereocentres)[0].item<bool>())
+    usage_error("train_generator_fab", "the start configuration does not have the stereocentres' handedness");
+  const auto start = energy_only_start(*map, energy, x0, 72, stereocentres);
   fab.trainer = o.trainer;
   if (fab.ais.hmc.scales.empty()) {
     const auto sc = start.scales.contiguous();
@@ -342,7 +345,7 @@ BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch:
     flow = g.flow_ptr();
   } else {
     seed_all(derive_seed(o.seed, 34, 0));
-    const auto fit = start.stand_in(20000), val = start.stand_in(2000);
+    const auto fit = start.stand_in(50000), val = start.stand_in(5000);
     seed_all(derive_seed(o.seed, 32, 1));
     flow = map->build_flow(fit, recipe);
     flow->to(o.device, o.dtype);
@@ -372,7 +375,7 @@ BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch:
     }
   }
   flow->to(o.device, o.dtype);
-  FlowCoordinateEnergy fe(map, energy);
+  FlowCoordinateEnergy fe(map, energy, stereocentres);
 
   json metadata = extra;
   metadata["kind"] = "boltzmann_generator";
@@ -385,7 +388,10 @@ BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch:
   metadata["trainer"] = o.trainer.to_json();
   metadata["fab"] = fab.to_json();
   metadata["fab"]["ais"].erase("scales");  // the start's widths, below
+  json centres = json::array();
+  for (const auto& c : stereocentres) centres.push_back(c.name);
   metadata["energy_only_start"] = {{"u_min", start.u_min}, {"scales", fab.ais.hmc.scales},
+                                   {"stereocentres_kept", centres},
                                    {"pretrain_steps", o.init.empty() ? o.pretrain_steps : 0}};
   if (!metadata.contains("energy")) metadata["energy"] = energy.name();
   metadata["nfkit_version"] = version_string();

@@ -142,20 +142,22 @@ struct EnergyOnlyStart {
   /// 1 - uniform, else uniform on (-pi, pi].
   torch::Tensor stand_in(int64_t n, double uniform = 0.1) const;
 };
-/// grid: points of each torsion scan.
+/// grid: points of each torsion scan; stereocentres: keep their handedness (scan points of
+/// the other get +inf; FlowCoordinateEnergy).
 EnergyOnlyStart energy_only_start(const CoordinateMap& map, Energy& energy, const torch::Tensor& x0,
-                                  int64_t grid = 72);
+                                  int64_t grid = 72, const std::vector<Stereocentre>& stereocentres = {});
 
 /// Trains a generator for the molecule of Z-matrix z from `energy` alone by FAB (fab.h) in the
 /// flow's coordinates (FlowCoordinateEnergy: torsions wrapped, moves scaled by the harmonic
-/// widths of energy_only_start at the minimum near x0 [3N]), resuming from
+/// widths of energy_only_start at the minimum near x0 [3N]; the stereocentres keep their
+/// handedness, as in MD), resuming from
 /// options.trainer.checkpoint_path(), and writes it to `out`. A fresh flow (no init, no
 /// checkpoint to resume) is first fitted by maximum likelihood to the start's stand-in
 /// coordinates for options.pretrain_steps. options.trainer, recipe, coordinates, dtype, device,
 /// init, restart and seed apply; reverse_weight and held_out do not. fab.trainer is replaced
 /// by options.trainer, and fab.ais.hmc.scales, when empty, by the start's widths.
 BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch::Tensor& x0,
-                                  const BGTrainOptions& options, FabOptions fab, const std::string& out,
+                                  const std::vector<Stereocentre>& stereocentres, const BGTrainOptions& options, FabOptions fab, const std::string& out,
                                   const nlohmann::json& metadata = nlohmann::json::object(),
                                   const std::function<bool()>& stop = {},
                                   const std::function<void(int64_t step)>& on_resume = {});
