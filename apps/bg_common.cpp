@@ -135,6 +135,8 @@ po::options_description bg_train_options() {
   po::options_description o("training");
   o.add_options()
       ("objective", po::value<std::string>()->default_value("kl"), "kl: forward KL on MD frames (plus --reverse-weight of reverse KL); fab: from the energy alone by FAB (no MD needed; --batch-size is FAB's batch)")
+      ("anneal-from", po::value<double>(), "--objective fab: train first at this temperature (K), then at falling temperatures down to --temperature over --anneal-stages stages (temperature annealing; the steps are shared evenly)")
+      ("anneal-stages", po::value<int64_t>()->default_value(4), "stages of --anneal-from (geometric temperatures, the last at --temperature)")
       ("pretrain-steps", po::value<int64_t>()->default_value(500), "--objective fab: maximum-likelihood steps on stand-in coordinates from the energy minimum (harmonic bonds and angles, torsion scans) before FAB")
       ("layers", po::value<int64_t>()->default_value(4), "blocks of four spline couplings")
       ("hidden", po::value<int64_t>()->default_value(128), "hidden units per conditioner layer")
@@ -185,6 +187,15 @@ namespace {
 // bg train --objective fab: the generator from the energy alone, started at the PDB structure.
 json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTrainOptions& o,
                   const std::string& out, Context& ctx, const json& provenance) {
+  BGTrainOptions ot = o;
+  if (vm.count("anneal-from")) {
+    const double t_hot = vm["anneal-from"].as<double>();
+    if (!(t_hot > m.temperature))
+      usage_error("--anneal-from", "must be above --temperature (" + std::to_string(m.temperature) + " K)");
+    ot.anneal_factor = t_hot / m.temperature;
+    ot.anneal_stages = vm["anneal-stages"].as<int64_t>();
+    ot.check();
+  }
   FabOptions fab;
   fab.batch = vm["batch-size"].as<int64_t>();
   fab_sampler_from(vm, fab);
@@ -192,16 +203,19 @@ json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTr
   fab.check();
   OpenMMEnergy energy(m.system, m.temperature, OpenMMOptions{"Reference", ctx.globals.threads});
   json extra = {{"pdb", m.pdb}, {"system", m.system}, {"temperature", m.temperature},
-                {"options", o.to_json()}};
+                {"options", ot.to_json()}};
   if (!provenance.is_null()) extra["provenance"] = provenance;
   if (!ctx.globals.quiet)
     ctx.err << "bg train: FAB from the energy alone (" << m.system << ", " << m.temperature << " K), "
             << o.coordinates << " coordinates, " << o.trainer.steps() << " steps, batch " << fab.batch << ", AIS "
             << fab.ais.intermediate << " x HMC(" << fab.ais.hmc.leapfrog << " leapfrog), alpha " << fab.ais.alpha
-            << (fab.buffer ? ", replay buffer" : ", no buffer") << std::endl;
+            << (fab.buffer ? ", replay buffer" : ", no buffer");
+  if (!ctx.globals.quiet && ot.anneal_stages > 1)
+    ctx.err << ", annealed from " << ot.anneal_factor * m.temperature << " K in " << ot.anneal_stages << " stages";
+  if (!ctx.globals.quiet) ctx.err << std::endl;
   const auto t0 = std::chrono::steady_clock::now();
   const auto rep = train_generator_fab(
-      m.z, energy, m.mol.positions().reshape({-1}), stereocentres(m.mol), o, fab, out, extra, [] { return stop_requested(); },
+      m.z, energy, m.mol.positions().reshape({-1}), stereocentres(m.mol), ot, fab, out, extra, [] { return stop_requested(); },
       [&](int64_t step) {
         if (!ctx.globals.quiet)
           ctx.err << "resuming from " << o.trainer.checkpoint_path() << " at step " << step << std::endl;

@@ -543,6 +543,19 @@ TEST_CASE("ais: moves scaled per coordinate, and on the circle for a periodic en
   }
 }
 
+TEST_CASE("energy: ScaledEnergy is the energy at another temperature, forces and wrap included", "[boltzmann][fab]") {
+  VonMisesEnergy vm(2.0);
+  ScaledEnergy hot(vm, 0.5);
+  const auto x = torch::tensor({{0.3}, {2.0}, {7.0}}, torch::kFloat64);
+  torch::Tensor f, fh;
+  const auto u = vm.evaluate(x, &f);
+  CHECK(torch::allclose(hot.evaluate(x, &fh), 0.5 * u));
+  CHECK(torch::allclose(fh, 0.5 * f));
+  CHECK(torch::allclose(reduced_energy(hot, x), 0.5 * u));
+  CHECK(hot.wrap(x)[2][0].item<double>() == Approx(7.0 - 2 * M_PI));
+  CHECK_THROWS_WITH(ScaledEnergy(vm, 0.0), Catch::Contains("factor must be finite and > 0"));
+}
+
 TEST_CASE("boltzmann: alanine dipeptide's energy over internal coordinates: periodic, forces, minimum, widths", "[boltzmann][fab]") {
   const auto mol = read_pdb(ala2_pdb());
   const auto z = zmatrix_for(mol);
@@ -691,4 +704,28 @@ TEST_CASE("cli: bg train --objective fab trains alanine dipeptide from the energ
   a = with({"--pretrain-steps", "-1"});
   a[5] = none;
   check_cli_fails(a, 2, "--pretrain-steps", none);
+  a = with({"--anneal-from", "250"});
+  a[5] = none;
+  check_cli_fails(a, 2, "--anneal-from", none);
+  a = with({"--anneal-from", "600", "--anneal-stages", "1"});
+  a[5] = none;
+  check_cli_fails(a, 2, "--anneal-stages", none);
+
+  // Temperature annealing: two stages, 600 K then 300 K, three steps each; the stage's flow
+  // beside the checkpoint is gone at the end.
+  const auto annealed = temp_path("fab-ala-annealed.h5");
+  a = with({"--anneal-from", "600", "--anneal-stages", "2", "--json"});
+  a[5] = annealed;
+  const auto ra = run_nfkit(a);
+  INFO(ra.err);
+  REQUIRE(ra.code == 0);
+  const auto ja = last_json(ra.out).at("fab").at("anneal");
+  REQUIRE(ja.size() == 2);
+  CHECK(ja[0].at("temperature_factor").get<double>() == Approx(2.0));
+  CHECK(ja[1].at("temperature_factor").get<double>() == Approx(1.0));
+  CHECK(ja[0].at("steps") == 3);
+  CHECK(ja[1].at("steps") == 3);
+  CHECK(file_exists(annealed));
+  CHECK_FALSE(file_exists(annealed + ".ckpt.stage0.h5"));
+  CHECK_FALSE(file_exists(annealed + ".ckpt.stage0"));
 }

@@ -115,6 +115,11 @@ void BGTrainOptions::check() const {
   check_in_range("--reverse-weight", "value", reverse_weight, 0.0, 1.0);
   check_in_range("--held-out", "value", held_out, 0.0, 0.9);
   if (pretrain_steps < 0) usage_error("--pretrain-steps", "must be >= 0");
+  if (!(anneal_factor >= 1.0) || !std::isfinite(anneal_factor))
+    usage_error("--anneal-from", "must be a temperature at or above the target temperature");
+  if (anneal_stages < 1 || anneal_stages > 100) usage_error("--anneal-stages", "must be in 1..100");
+  if (anneal_stages == 1 && anneal_factor != 1.0)
+    usage_error("--anneal-stages", "must be at least 2 to anneal from another temperature");
   check_positive_int("--layers", "value", recipe.layers);
   check_positive_int("--hidden", "value", recipe.hidden);
   if (recipe.bins < 2) usage_error("--bins", "must be >= 2");
@@ -126,6 +131,7 @@ json BGTrainOptions::to_json() const {
   return {{"coordinates", coordinates}, {"reverse_weight", reverse_weight}, {"held_out", held_out},
           {"dtype", dtype == torch::kFloat64 ? "float64" : "float32"}, {"init", init},
           {"seed", seed}, {"pretrain_steps", pretrain_steps},
+          {"anneal_factor", anneal_factor}, {"anneal_stages", anneal_stages},
           {"recipe", {{"layers", recipe.layers}, {"hidden", recipe.hidden},
                       {"hidden_layers", recipe.hidden_layers}, {"bins", recipe.bins}}},
           {"trainer", trainer.to_json()}};
@@ -375,7 +381,6 @@ BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch:
     }
   }
   flow->to(o.device, o.dtype);
-  FlowCoordinateEnergy fe(map, energy, stereocentres);
 
   json metadata = extra;
   metadata["kind"] = "boltzmann_generator";
@@ -396,16 +401,56 @@ BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch:
   if (!metadata.contains("energy")) metadata["energy"] = energy.name();
   metadata["nfkit_version"] = version_string();
 
+  // Temperature annealing: stage k of K trains at T_k = T * anneal_factor^((K-1-k)/(K-1)),
+  // i.e. against u * T / T_k, for its share of the steps, starting from the previous stage's
+  // flow (a fresh replay buffer: stored weights belong to their temperature). A finished
+  // stage's flow is kept beside the checkpoint until the whole run is done, so an interrupted
+  // run resumes in the stage it stopped in.
+  const int64_t stages = o.anneal_stages;
+  const int64_t total = o.trainer.steps();
   BGTrainReport rep;
   rep.model = out;
   rep.dim = flow->dim();
-  const auto fr = train_fab(flow, fe, fab, metadata, o.restart, stop, on_resume);
-  rep.train = fr.train;
-  rep.fab = fr.to_json();
+  json stage_log = json::array();
+  std::vector<std::string> stage_files;
+  for (int64_t k = 0; k < stages; ++k) {
+    const bool last = k == stages - 1;
+    const double t_ratio =
+        stages == 1 ? 1.0 : std::pow(o.anneal_factor, static_cast<double>(stages - 1 - k) / static_cast<double>(stages - 1));
+    const std::string stage_model = o.trainer.checkpoint_path() + ".stage" + std::to_string(k) + ".h5";
+    FabOptions fk = fab;
+    fk.trainer.steps(last ? total - (stages - 1) * (total / stages) : total / stages);
+    if (!last) {
+      fk.trainer.checkpoint_path(o.trainer.checkpoint_path() + ".stage" + std::to_string(k));
+      stage_files.push_back(stage_model);
+      if (!o.restart && std::filesystem::exists(stage_model)) {
+        flow = load_generator(stage_model).flow_ptr();
+        flow->to(o.device, o.dtype);
+        stage_log.push_back({{"stage", k}, {"temperature_factor", t_ratio}, {"resumed_from", stage_model}});
+        continue;
+      }
+    }
+    ScaledEnergy at_tk(energy, 1.0 / t_ratio);
+    FlowCoordinateEnergy fe(map, at_tk, stereocentres);
+    json mk = metadata;
+    mk["anneal"] = {{"stage", k}, {"stages", stages}, {"temperature_factor", t_ratio}};
+    const auto fr = train_fab(flow, fe, fk, mk, o.restart, stop, on_resume);
+    rep.train = fr.train;
+    rep.fab = fr.to_json();
+    if (fr.train.interrupted) return rep;
+    stage_log.push_back({{"stage", k}, {"temperature_factor", t_ratio}, {"steps", fr.train.steps_done},
+                         {"best_val_log_inverse_ess", fr.train.best_val}, {"energy_evaluations", fr.energy_evaluations}});
+    if (!last) {
+      save_trained(stage_model, *flow, mk, fr.train, fk.trainer.checkpoint_path(), "best_val_log_inverse_ess");
+      flow->to(o.device, o.dtype);
+    }
+  }
   rep.fab["u_min"] = start.u_min;
-  if (rep.train.interrupted) return rep;
+  if (stages > 1) rep.fab["anneal"] = stage_log;
+  metadata["anneal"] = {{"stages", stages}, {"factor", o.anneal_factor}};
   flow->to(torch::kCPU, torch::kFloat64);
   save_trained(out, *flow, metadata, rep.train, o.trainer.checkpoint_path(), "best_val_log_inverse_ess");
+  for (const auto& f : stage_files) std::filesystem::remove(f);
   return rep;
 }
 

@@ -1,5 +1,8 @@
 #include "nfkit/physics/energy.h"
 
+#include <cmath>
+#include <sstream>
+
 #include <torch/autograd.h>
 
 #include "nfkit/core/checks.h"
@@ -31,6 +34,23 @@ class EnergyFunction : public torch::autograd::Function<EnergyFunction> {
 
 torch::Tensor Energy::differentiable(const torch::Tensor& x) {
   return EnergyFunction::apply(x, this);
+}
+
+ScaledEnergy::ScaledEnergy(Energy& inner, double factor) : inner_(inner), factor_(factor) {
+  if (!(factor > 0.0) || !std::isfinite(factor))
+    usage_error("ScaledEnergy", "factor must be finite and > 0, got " + std::to_string(factor));
+}
+
+std::string ScaledEnergy::name() const {
+  std::ostringstream s;
+  s << inner_.name() << " x " << factor_;
+  return s.str();
+}
+
+torch::Tensor ScaledEnergy::evaluate(const torch::Tensor& x, torch::Tensor* forces) {
+  auto u = inner_.evaluate(x, forces);
+  if (forces) *forces = *forces * factor_;
+  return u * factor_;
 }
 
 torch::Tensor reduced_energy(Energy& energy, const torch::Tensor& x) {

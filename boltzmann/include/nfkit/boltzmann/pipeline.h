@@ -83,6 +83,13 @@ struct BGTrainOptions {
   /// FAB from the energy alone (train_generator_fab): maximum-likelihood steps on the stand-in
   /// coordinates of energy_only_start before FAB (0 = none).
   int64_t pretrain_steps = 500;
+  /// FAB temperature annealing (after Schopmans & Friederich, "Temperature-annealed Boltzmann
+  /// generators", ICML 2025, with FAB in place of reverse KL): anneal_stages stages at
+  /// temperatures from anneal_factor x T down to T (geometric), each with its share of the
+  /// steps and a fresh replay buffer, each starting from the previous stage's flow. 1 stage:
+  /// train at T (anneal_factor must be 1).
+  double anneal_factor = 1.0;
+  int64_t anneal_stages = 1;
   /// Checks the values, naming the option (usage errors).
   void check() const;
   nlohmann::json to_json() const;
@@ -153,7 +160,8 @@ EnergyOnlyStart energy_only_start(const CoordinateMap& map, Energy& energy, cons
 /// handedness, as in MD), resuming from
 /// options.trainer.checkpoint_path(), and writes it to `out`. A fresh flow (no init, no
 /// checkpoint to resume) is first fitted by maximum likelihood to the start's stand-in
-/// coordinates for options.pretrain_steps. options.trainer, recipe, coordinates, dtype, device,
+/// coordinates for options.pretrain_steps, and with options.anneal_stages > 1 trained at falling
+/// temperatures (the start and its widths are those of T). options.trainer, recipe, coordinates, dtype, device,
 /// init, restart and seed apply; reverse_weight and held_out do not. fab.trainer is replaced
 /// by options.trainer, and fab.ais.hmc.scales, when empty, by the start's widths.
 BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch::Tensor& x0,

@@ -41,6 +41,23 @@ class Energy {
   virtual torch::Tensor wrap(const torch::Tensor& x) const { return x; }
 };
 
+/// The same energy at another temperature: u'(x) = factor * u(x) (factor = T / T' for an energy
+/// reduced at T, seen at T'), forces and wrap() included. Holds a reference to `inner`.
+class ScaledEnergy : public Energy {
+ public:
+  ScaledEnergy(Energy& inner, double factor);
+  int64_t dim() const override { return inner_.dim(); }
+  std::string name() const override;
+  torch::Tensor evaluate(const torch::Tensor& x, torch::Tensor* forces = nullptr) override;
+  torch::Tensor differentiable(const torch::Tensor& x) override { return factor_ * inner_.differentiable(x); }
+  torch::Tensor wrap(const torch::Tensor& x) const override { return inner_.wrap(x); }
+  double factor() const { return factor_; }
+
+ private:
+  Energy& inner_;
+  double factor_;
+};
+
 /// u(x) [B], differentiable in x: energy.differentiable(x) after checking the shape.
 torch::Tensor reduced_energy(Energy& energy, const torch::Tensor& x);
 
