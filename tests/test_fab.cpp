@@ -664,9 +664,10 @@ TEST_CASE("boltzmann: alanine dipeptide's energy over internal coordinates: peri
   }
 }
 
-TEST_CASE("cli: bg train --objective fab trains alanine dipeptide from the energy alone; bad input", "[cli][fab][boltzmann]") {
+TEST_CASE("cli: bg train --objective fab trains alanine dipeptide from the energy alone, with temperature annealing and bad input", "[cli][fab][boltzmann]") {
   const auto model = temp_path("fab-ala.h5");
   const std::vector<std::string> base = {"bg", "train", "--objective", "fab", "--out", model, "--threads", "2",
+                                         "--pdb", ala2_pdb(), "--system", ala2_system(),
                                          "--layers", "1", "--hidden", "16", "--steps", "6", "--batch-size", "64",
                                          "--buffer-min", "128", "--buffer-size", "1024", "--buffer-batches", "2",
                                          "--val-samples", "128", "--eval-every", "3", "--warmup", "1",
@@ -682,7 +683,8 @@ TEST_CASE("cli: bg train --objective fab trains alanine dipeptide from the energ
   CHECK(j.at("fab").at("u_min").get<double>() < 0);
   // A generator like any other: bg sample reads it.
   const auto samples = temp_path("fab-ala-samples.h5");
-  const auto s = run_nfkit({"bg", "sample", "--model", model, "--out", samples, "-n", "200", "--json"});
+  const auto s = run_nfkit({"bg", "sample", "--model", model, "--out", samples, "-n", "200", "--json",
+                            "--pdb", ala2_pdb(), "--system", ala2_system()});
   INFO(s.err);
   REQUIRE(s.code == 0);
   CHECK(read_samples(samples, 22).x.size(0) == 200);
@@ -693,8 +695,9 @@ TEST_CASE("cli: bg train --objective fab trains alanine dipeptide from the energ
     return a;
   };
   const auto none = temp_path("fab-ala-none.h5");
-  check_cli_fails({"bg", "train", "--objective", "fbb", "--out", none}, 2, "--objective", none);
-  check_cli_fails({"bg", "train", "--out", none}, 2, "--md", none);
+  check_cli_fails({"bg", "train", "--objective", "fbb", "--out", none, "--pdb", ala2_pdb(), "--system", ala2_system()},
+                  2, "--objective", none);
+  check_cli_fails({"bg", "train", "--out", none, "--pdb", ala2_pdb(), "--system", ala2_system()}, 2, "--md", none);
   auto a = with({"--reverse-weight", "0.5"});
   a[5] = none;
   check_cli_fails(a, 2, "--reverse-weight", none);
