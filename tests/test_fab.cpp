@@ -732,3 +732,27 @@ TEST_CASE("cli: bg train --objective fab trains alanine dipeptide from the energ
   CHECK_FALSE(file_exists(annealed + ".ckpt.stage0.h5"));
   CHECK_FALSE(file_exists(annealed + ".ckpt.stage0"));
 }
+
+TEST_CASE("resume: bg train --objective fab killed in its last annealing stage resumes to the same model", "[cli][fab][boltzmann]") {
+  auto args = [](const std::string& out) {
+    return std::vector<std::string>{NFKIT_BINARY, "bg", "train", "--objective", "fab", "--out", out, "--quiet",
+                                    "--threads", "1", "--pdb", ala2_pdb(), "--system", ala2_system(),
+                                    "--layers", "1", "--hidden", "16", "--steps", "12", "--batch-size", "64",
+                                    "--buffer-min", "128", "--buffer-size", "1024", "--buffer-batches", "2",
+                                    "--val-samples", "128", "--eval-every", "3", "--warmup", "1",
+                                    "--pretrain-steps", "10", "--checkpoint-every", "2",
+                                    "--anneal-from", "450", "--anneal-stages", "2"};
+  };
+  const auto killed = temp_path("fab-ala-killed.h5"), whole = temp_path("fab-ala-whole.h5");
+  // Stage 1 (300 K) writes <out>.ckpt; stage 0 (450 K) left its flow beside it.
+  REQUIRE(run_and_sigkill(args(killed), killed + ".ckpt", 2));
+  CHECK_FALSE(file_exists(killed));
+  CHECK(file_exists(killed + ".ckpt.stage0.h5"));
+  CHECK(std::system((shell_command(args(killed)) + " > /dev/null").c_str()) == 0);
+  CHECK_FALSE(file_exists(killed + ".ckpt"));
+  CHECK_FALSE(file_exists(killed + ".ckpt.stage0.h5"));
+  CHECK(std::system((shell_command(args(whole)) + " > /dev/null").c_str()) == 0);
+  std::string what;
+  CHECK(same_datasets(killed, whole, &what));
+  INFO(what);
+}
