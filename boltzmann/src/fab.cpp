@@ -191,7 +191,7 @@ FabReport train_fab(std::shared_ptr<Distribution> flow, Energy& energy, const Fa
                                   std::to_string(bx.dim() == 2 ? bx.size(1) : -1) +
                                   "], which does not fit this run (dimension " +
                                   std::to_string(flow->dim()) + ", --buffer-size " +
-                                  std::to_string(buffer.x.size(0)) + ")");
+                                  std::to_string(buffer.x.size(0)) + "; --restart starts over)");
     buffer.x.narrow(0, 0, m).copy_(bx);
     buffer.log_w.narrow(0, 0, m).copy_(r.read(group + "/buffer_log_w"));
     buffer.log_q.narrow(0, 0, m).copy_(r.read(group + "/buffer_log_q"));

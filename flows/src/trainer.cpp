@@ -370,7 +370,7 @@ void Trainer::load_checkpoint(const std::string& path) {
   H5Reader r(path);
   r.expect_format("checkpoint", kCheckpointVersion);
   if (json::parse(r.attr_string("/", "model_config")) != flow_->config())
-    runtime_error(path, "holds a different model configuration than the one being trained");
+    runtime_error(path, "holds a different model configuration than the one being trained (--restart starts over)");
   if (!r.has_attr("/trainer", "state"))
     runtime_error(path, "has no trainer state (a model file, not a training checkpoint)");
   read_state(r, "/model", *flow_);
