@@ -184,6 +184,29 @@ BGTrainOptions bg_train_from(const po::variables_map& vm, const std::string& out
 
 namespace {
 
+// Says where a resumed run resumes.
+std::function<void(int64_t)> resume_message(const BGTrainOptions& o, Context& ctx) {
+  return [&o, &ctx](int64_t step) {
+    if (!ctx.globals.quiet)
+      ctx.err << "resuming from " << o.trainer.checkpoint_path() << " at step " << step << std::endl;
+  };
+}
+
+// After training: Interrupted when stopped (the checkpoint holds the progress), else the
+// training-curve figure and the report.
+json finish_bg_training(const BGTrainReport& rep, const BGTrainOptions& o, const std::string& out,
+                        const std::string& title, const std::string& loss_label, Context& ctx) {
+  if (rep.train.interrupted)
+    throw Interrupted("interrupted at step " + std::to_string(rep.train.steps_done) +
+                      "; progress saved to " + o.trainer.checkpoint_path() +
+                      "; rerun the same command to resume");
+  const std::string curve = training_figure_path(out, ctx.globals.figure_format);
+  training_curve_figure(curve, ctx.globals.figure_format, training_curve(rep.train, title, loss_label));
+  json r = rep.to_json();
+  r["figure"] = curve;
+  return r;
+}
+
 // bg train --objective fab: the generator from the energy alone, started at the PDB structure.
 json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTrainOptions& o,
                   const std::string& out, Context& ctx, const json& provenance) {
@@ -214,22 +237,10 @@ json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTr
     ctx.err << ", annealed from " << ot.anneal_factor * m.temperature << " K in " << ot.anneal_stages << " stages";
   if (!ctx.globals.quiet) ctx.err << std::endl;
   const auto t0 = std::chrono::steady_clock::now();
-  const auto rep = train_generator_fab(
-      m.z, energy, m.mol.positions().reshape({-1}), stereocentres(m.mol), ot, fab, out, extra, [] { return stop_requested(); },
-      [&](int64_t step) {
-        if (!ctx.globals.quiet)
-          ctx.err << "resuming from " << o.trainer.checkpoint_path() << " at step " << step << std::endl;
-      });
-  if (rep.train.interrupted)
-    throw Interrupted("interrupted at step " + std::to_string(rep.train.steps_done) +
-                      "; progress saved to " + o.trainer.checkpoint_path() +
-                      "; rerun the same command to resume");
-  const std::string curve = training_figure_path(out, ctx.globals.figure_format);
-  training_curve_figure(curve, ctx.globals.figure_format,
-                        training_curve(rep.train, "bg train (FAB): " + m.system + " (" + o.coordinates + " coordinates)",
-                                       "FAB loss (weighted -log q); validation: log(1/ESS)"));
-  json r = rep.to_json();
-  r["figure"] = curve;
+  const auto rep = train_generator_fab(m.z, energy, m.mol.positions().reshape({-1}), stereocentres(m.mol), ot,
+                                       fab, out, extra, [] { return stop_requested(); }, resume_message(o, ctx));
+  json r = finish_bg_training(rep, o, out, "bg train (FAB): " + m.system + " (" + o.coordinates + " coordinates)",
+                              "FAB loss (weighted -log q); validation: log(1/ESS)", ctx);
   r["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }
@@ -256,24 +267,11 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
   json extra = {{"pdb", m.pdb}, {"system", m.system}, {"temperature", m.temperature},
                 {"md", md_path}, {"options", o.to_json()}};
   if (!provenance.is_null()) extra["provenance"] = provenance;
-  const auto rep = train_generator(
-      m.z, traj, energy.get(), o, out, extra, [] { return stop_requested(); },
-      [&](int64_t step) {
-        if (!ctx.globals.quiet)
-          ctx.err << "resuming from " << o.trainer.checkpoint_path() << " at step " << step << std::endl;
-      });
-  if (rep.train.interrupted)
-    throw Interrupted("interrupted at step " + std::to_string(rep.train.steps_done) +
-                      "; progress saved to " + o.trainer.checkpoint_path() +
-                      "; rerun the same command to resume");
-  const std::string curve = training_figure_path(out, ctx.globals.figure_format);
-  training_curve_figure(curve, ctx.globals.figure_format,
-                        training_curve(rep.train, "bg train: " + m.system + " (" + o.coordinates + " coordinates)",
-                                       o.reverse_weight > 0 ? "loss: NLL + reverse-KL term (nats)"
-                                                            : "negative log-likelihood (nats)"));
-  json r = rep.to_json();
-  r["figure"] = curve;
-  return r;
+  const auto rep = train_generator(m.z, traj, energy.get(), o, out, extra, [] { return stop_requested(); },
+                                   resume_message(o, ctx));
+  return finish_bg_training(rep, o, out, "bg train: " + m.system + " (" + o.coordinates + " coordinates)",
+                            o.reverse_weight > 0 ? "loss: NLL + reverse-KL term (nats)" : "negative log-likelihood (nats)",
+                            ctx);
 }
 
 // A model of another molecule (atom count) or of another atom order / bond graph (Z-matrix):

@@ -144,6 +144,22 @@ json BGTrainReport::to_json() const {
   return j;
 }
 
+namespace {
+
+// The flow of options.init (checked against the molecule and the coordinates), or null for a
+// fresh one.
+std::shared_ptr<Flow> init_flow(const BGTrainOptions& o, const ZMatrix& z) {
+  if (o.init.empty()) return nullptr;
+  auto g = load_generator(o.init);
+  if (g.zmatrix().rows != z.rows)
+    usage_error("--init", o.init + " was trained with another Z-matrix (another molecule?)");
+  if (g.coordinates() != o.coordinates)
+    usage_error("--init", o.init + " models " + g.coordinates() + " coordinates, not " + o.coordinates);
+  return g.flow_ptr();
+}
+
+}  // namespace
+
 BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* energy,
                               const BGTrainOptions& o, const std::string& out,
                               const json& extra, const std::function<bool()>& stop,
@@ -174,15 +190,8 @@ BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* en
   seed_all(derive_seed(o.seed, 32, 1));
   ICFlowRecipe recipe = o.recipe;
   recipe.seed = derive_seed(o.seed, 31, 0);
-  std::shared_ptr<Flow> flow;
-  if (!o.init.empty()) {
-    auto g = load_generator(o.init);
-    if (g.zmatrix().rows != z.rows)
-      usage_error("--init", o.init + " was trained with another Z-matrix (another molecule?)");
-    if (g.coordinates() != o.coordinates)
-      usage_error("--init", o.init + " models " + g.coordinates() + " coordinates, not " + o.coordinates);
-    flow = g.flow_ptr();
-  } else {
+  std::shared_ptr<Flow> flow = init_flow(o, z);
+  if (!flow) {
     flow = map->build_flow(train, recipe);
   }
   flow->to(o.device, o.dtype);
@@ -341,15 +350,8 @@ BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch:
   seed_all(derive_seed(o.seed, 32, 1));
   ICFlowRecipe recipe = o.recipe;
   recipe.seed = derive_seed(o.seed, 31, 0);
-  std::shared_ptr<Flow> flow;
-  if (!o.init.empty()) {
-    auto g = load_generator(o.init);
-    if (g.zmatrix().rows != z.rows)
-      usage_error("--init", o.init + " was trained with another Z-matrix (another molecule?)");
-    if (g.coordinates() != o.coordinates)
-      usage_error("--init", o.init + " models " + g.coordinates() + " coordinates, not " + o.coordinates);
-    flow = g.flow_ptr();
-  } else {
+  std::shared_ptr<Flow> flow = init_flow(o, z);
+  if (!flow) {
     seed_all(derive_seed(o.seed, 34, 0));
     const auto fit = start.stand_in(50000), val = start.stand_in(5000);
     seed_all(derive_seed(o.seed, 32, 1));
