@@ -247,7 +247,7 @@ AisResult AnnealedImportanceSampler::run(int64_t n, const std::function<bool()>&
       return res;
     }
     const double beta = betas_[static_cast<size_t>(j)];
-    res.ess[jj] = torch::isfinite(log_w).any().item<bool>() ? ess_fraction(log_w) : 0.0;
+    res.ess[jj] = ess_fraction_or_zero(log_w);
     if (options_.resample_threshold > 0 && res.ess[jj] < options_.resample_threshold) {
       log_z += log_mean_exp(log_w);
       keep(resample_indices(log_w));

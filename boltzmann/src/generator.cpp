@@ -188,11 +188,12 @@ torch::Tensor FlowCoordinateEnergy::evaluate(const torch::Tensor& c, torch::Tens
   check_dim("FlowCoordinateEnergy", "c", c, 2);
   check_size("FlowCoordinateEnergy", "c", c, 1, dim());
   const auto cw = map_->wrap(c.detach().to(torch::kFloat64).cpu());
-  torch::Tensor wrong;  // the other handedness at a stereocentre
-  if (!stereocentres_.empty()) {
-    torch::NoGradGuard ng;
-    wrong = ~chirality_ok(map_->from_flow(cw).value, stereocentres_);
-  }
+  torch::Tensor wrong;  // the other handedness at a stereocentre, judged on the configuration
+                        // the map builds for the energy
+  auto energy_x = [this, &wrong, forces](const torch::Tensor& x) {
+    if (!stereocentres_.empty()) wrong = ~chirality_ok(x.detach(), stereocentres_);
+    return forces ? reduced_energy(energy_, x) : energy_.evaluate(x);
+  };
   // flow_energy puts 1e12 outside the map's range; anything that large is +inf here.
   auto finalize = [&wrong](const torch::Tensor& u) {
     auto bad = ~(u < 1e11);
@@ -201,11 +202,11 @@ torch::Tensor FlowCoordinateEnergy::evaluate(const torch::Tensor& c, torch::Tens
   };
   if (!forces) {
     torch::NoGradGuard ng;
-    return finalize(map_->flow_energy(cw, [this](const torch::Tensor& x) { return energy_.evaluate(x); })).first;
+    return finalize(map_->flow_energy(cw, energy_x)).first;
   }
   torch::AutoGradMode grad_on(true);
   auto cg = cw.clone().requires_grad_(true);
-  const auto u = map_->flow_energy(cg, [this](const torch::Tensor& x) { return reduced_energy(energy_, x); });
+  const auto u = map_->flow_energy(cg, energy_x);
   auto g = torch::autograd::grad({u.sum()}, {cg})[0];
   auto [uf, bad] = finalize(u.detach());
   *forces = torch::where(bad.unsqueeze(1) | ~torch::isfinite(g), torch::zeros_like(g), -g);

@@ -347,7 +347,6 @@ BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch:
   }
   fab.check();
 
-  seed_all(derive_seed(o.seed, 32, 1));
   ICFlowRecipe recipe = o.recipe;
   recipe.seed = derive_seed(o.seed, 31, 0);
   std::shared_ptr<Flow> flow = init_flow(o, z);
@@ -517,7 +516,7 @@ BGSampleReport sample_generator_smc(BoltzmannGenerator& bg, Energy& energy, cons
   s.log_w = r.log_w;
   s.system = energy.name();
   rep.infinite_energies = r.failed;
-  rep.ess_fraction = r.log_w.numel() > 0 && torch::isfinite(r.log_w).any().item<bool>() ? ess_fraction(r.log_w) : 0.0;
+  rep.ess_fraction = ess_fraction_or_zero(r.log_w);
   rep.smc = {{"steps", o.smc_steps},
              {"options", so.to_json()},
              {"energy_evaluations", r.energy_evaluations},
@@ -569,8 +568,7 @@ BGSampleReport sample_generator(BoltzmannGenerator& bg, Energy& energy, const BG
   rep.infinite_energies = (~torch::isfinite(s.u)).sum().item<int64_t>() - rep.failed_energies;
   s.log_w = log_importance_weights(s.u, s.log_q);
   s.system = energy.name();
-  // Every weight zero (an untrained model, an energy that failed everywhere): ESS 0, not an error.
-  rep.ess_fraction = torch::isfinite(s.log_w).any().item<bool>() ? ess_fraction(s.log_w) : 0.0;
+  rep.ess_fraction = ess_fraction_or_zero(s.log_w);
   return rep;
 }
 

@@ -45,6 +45,11 @@ double ess_fraction(const torch::Tensor& log_w) {
   return 1.0 / (w.pow(2).sum().item<double>() * static_cast<double>(w.size(0)));
 }
 
+double ess_fraction_or_zero(const torch::Tensor& log_w) {
+  if (log_w.numel() == 0 || !torch::isfinite(log_w).any().item<bool>()) return 0.0;
+  return ess_fraction(log_w);
+}
+
 torch::Tensor clip_log_weights(const torch::Tensor& log_w, double quantile) {
   check_in_range("clip_log_weights", "quantile", quantile, 0.0, 1.0, /*open_lo=*/true);
   const auto lw = checked("clip_log_weights", log_w);

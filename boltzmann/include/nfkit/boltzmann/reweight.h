@@ -29,6 +29,9 @@ torch::Tensor normalized_weights(const torch::Tensor& log_w);
 
 /// Kish ESS / n in (0, 1].
 double ess_fraction(const torch::Tensor& log_w);
+/// ess_fraction, but 0 where there is no weight or every weight is zero (an untrained model,
+/// an energy that failed everywhere, a sampler whose particles all died): a result, not an error.
+double ess_fraction_or_zero(const torch::Tensor& log_w);
 
 /// log w with every value above the `quantile` quantile (e.g. 0.999) of the finite log-weights
 /// set to it.
