@@ -176,6 +176,12 @@ BGTrainOptions bg_train_from(const po::variables_map& vm, const std::string& out
   o.init = vm["init"].as<std::string>();
   o.restart = vm["restart"].as<bool>();
   o.pretrain_steps = vm["pretrain-steps"].as<int64_t>();
+  if (vm.count("anneal-from")) {
+    const double t_hot = vm["anneal-from"].as<double>(), t = vm["temperature"].as<double>();
+    if (!(t_hot > t)) usage_error("--anneal-from", "must be above --temperature (" + std::to_string(t) + " K)");
+    o.anneal_factor = t_hot / t;
+    o.anneal_stages = vm["anneal-stages"].as<int64_t>();
+  }
   o.seed = ctx.globals.seed;
   o.check();
   o.trainer = trainer_options_from(vm, out, ctx);
@@ -207,37 +213,34 @@ json finish_bg_training(const BGTrainReport& rep, const BGTrainOptions& o, const
   return r;
 }
 
-// bg train --objective fab: the generator from the energy alone, started at the PDB structure.
-json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTrainOptions& o,
-                  const std::string& out, Context& ctx, const json& provenance) {
-  BGTrainOptions ot = o;
-  if (vm.count("anneal-from")) {
-    const double t_hot = vm["anneal-from"].as<double>();
-    if (!(t_hot > m.temperature))
-      usage_error("--anneal-from", "must be above --temperature (" + std::to_string(m.temperature) + " K)");
-    ot.anneal_factor = t_hot / m.temperature;
-    ot.anneal_stages = vm["anneal-stages"].as<int64_t>();
-    ot.check();
-  }
+// FAB's options of bg train --objective fab (--batch-size is its batch), checked.
+FabOptions bg_fab_from(const po::variables_map& vm, const BGTrainOptions& o) {
   FabOptions fab;
   fab.batch = vm["batch-size"].as<int64_t>();
   fab_sampler_from(vm, fab);
   fab.trainer = o.trainer;
   fab.check();
+  return fab;
+}
+
+// bg train --objective fab: the generator from the energy alone, started at the PDB structure.
+json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTrainOptions& o,
+                  const std::string& out, Context& ctx, const json& provenance) {
+  const auto fab = bg_fab_from(vm, o);
   OpenMMEnergy energy(m.system, m.temperature, OpenMMOptions{"Reference", ctx.globals.threads});
   json extra = {{"pdb", m.pdb}, {"system", m.system}, {"temperature", m.temperature},
-                {"options", ot.to_json()}};
+                {"options", o.to_json()}};
   if (!provenance.is_null()) extra["provenance"] = provenance;
   if (!ctx.globals.quiet)
     ctx.err << "bg train: FAB from the energy alone (" << m.system << ", " << m.temperature << " K), "
             << o.coordinates << " coordinates, " << o.trainer.steps() << " steps, batch " << fab.batch << ", AIS "
             << fab.ais.intermediate << " x HMC(" << fab.ais.hmc.leapfrog << " leapfrog), alpha " << fab.ais.alpha
             << (fab.buffer ? ", replay buffer" : ", no buffer");
-  if (!ctx.globals.quiet && ot.anneal_stages > 1)
-    ctx.err << ", annealed from " << ot.anneal_factor * m.temperature << " K in " << ot.anneal_stages << " stages";
+  if (!ctx.globals.quiet && o.anneal_stages > 1)
+    ctx.err << ", annealed from " << o.anneal_factor * m.temperature << " K in " << o.anneal_stages << " stages";
   if (!ctx.globals.quiet) ctx.err << std::endl;
   const auto t0 = std::chrono::steady_clock::now();
-  const auto rep = train_generator_fab(m.z, energy, m.mol.positions().reshape({-1}), stereocentres(m.mol), ot,
+  const auto rep = train_generator_fab(m.z, energy, m.mol.positions().reshape({-1}), stereocentres(m.mol), o,
                                        fab, out, extra, [] { return stop_requested(); }, resume_message(o, ctx));
   json r = finish_bg_training(rep, o, out, "bg train (FAB): " + m.system + " (" + o.coordinates + " coordinates)",
                               "FAB loss (weighted -log q); validation: log(1/ESS)", ctx);
@@ -245,19 +248,34 @@ json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTr
   return r;
 }
 
+// --objective, checked against the options that belong to the other one.
+std::string objective_from(const po::variables_map& vm, const BGTrainOptions& o) {
+  const std::string objective = vm["objective"].as<std::string>();
+  if (objective != "kl" && objective != "fab")
+    usage_error("--objective", "'" + objective + "', expected kl or fab");
+  if (objective == "fab" && o.reverse_weight > 0) usage_error("--reverse-weight", "applies to --objective kl only");
+  if (objective == "kl" && o.anneal_stages > 1) usage_error("--anneal-from", "applies to --objective fab only");
+  return objective;
+}
+
 }  // namespace
+
+json bg_train_config(const po::variables_map& vm, const std::string& out, Context& ctx) {
+  const auto o = bg_train_from(vm, out, ctx);
+  json j = o.to_json();
+  j["objective"] = objective_from(vm, o);
+  if (j["objective"] == "fab") {
+    j["fab"] = bg_fab_from(vm, o).to_json();
+    j["fab"].erase("trainer");  // in j already
+  }
+  return j;
+}
 
 json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::string& md_path,
               const std::string& out, Context& ctx, const json& provenance) {
   const auto o = bg_train_from(vm, out, ctx);
   check_writable(out);
-  const std::string objective = vm["objective"].as<std::string>();
-  if (objective != "kl" && objective != "fab")
-    usage_error("--objective", "'" + objective + "', expected kl or fab");
-  if (objective == "fab") {
-    if (o.reverse_weight > 0) usage_error("--reverse-weight", "applies to --objective kl only");
-    return bg_train_fab(vm, m, o, out, ctx, provenance);
-  }
+  if (objective_from(vm, o) == "fab") return bg_train_fab(vm, m, o, out, ctx, provenance);
   if (md_path.empty()) usage_error("--md", "is required with --objective kl (forward KL trains on MD frames)");
   const auto traj = read_trajectory(md_path, m.mol.size());
   std::unique_ptr<OpenMMEnergy> energy;

@@ -45,6 +45,9 @@ void fab_sampler_from(const po::variables_map& vm, FabOptions& o);
 po::options_description bg_train_options();
 /// The training options read from the command line (checked), checkpoint at <out>.ckpt.
 BGTrainOptions bg_train_from(const po::variables_map& vm, const std::string& out, Context& ctx);
+/// What bg train's options ask for (the training options, --objective and FAB's options):
+/// bg run's cache key of the model stage.
+json bg_train_config(const po::variables_map& vm, const std::string& out, Context& ctx);
 /// Trains a Boltzmann generator on MD frames (and/or the energy), or with --objective fab from
 /// the energy alone (md_path may then be ""), resuming from <out>.ckpt.
 /// `provenance` (bg run's stage configuration) is stored in the model's metadata.

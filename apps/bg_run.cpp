@@ -47,7 +47,7 @@ Command bg_run_command() {
             check_positive_int("--test-walkers", "value", test_options.walkers);
             const json test_cfg = {{"md", test_options.to_json()}, {"system", m.system}};
             const json train_cfg = {{"md", md_cfg}, {"pdb", m.pdb}, {"temperature", m.temperature},
-                                    {"train", bg_train_from(vm, model, ctx).to_json()}};
+                                    {"train", bg_train_config(vm, model, ctx)}};
             const auto so = bg_sample_from(vm, ctx);
             json sample_cfg = {{"model", train_cfg}, {"n", so.n}, {"batch", so.batch}, {"seed", so.seed}};
             if (so.smc_steps > 0) sample_cfg["smc"] = so.smc.to_json();

@@ -698,6 +698,8 @@ TEST_CASE("cli: bg train --objective fab trains alanine dipeptide from the energ
   check_cli_fails({"bg", "train", "--objective", "fbb", "--out", none, "--pdb", ala2_pdb(), "--system", ala2_system()},
                   2, "--objective", none);
   check_cli_fails({"bg", "train", "--out", none, "--pdb", ala2_pdb(), "--system", ala2_system()}, 2, "--md", none);
+  check_cli_fails({"bg", "train", "--out", none, "--pdb", ala2_pdb(), "--system", ala2_system(), "--anneal-from", "600"},
+                  2, "applies to --objective fab only", none);
   auto a = with({"--reverse-weight", "0.5"});
   a[5] = none;
   check_cli_fails(a, 2, "--reverse-weight", none);
