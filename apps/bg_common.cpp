@@ -201,13 +201,16 @@ std::function<void(int64_t)> resume_message(const BGTrainOptions& o, Context& ct
 // After training: Interrupted when stopped (the checkpoint holds the progress), else the
 // training-curve figure and the report.
 json finish_bg_training(const BGTrainReport& rep, const BGTrainOptions& o, const std::string& out,
-                        const std::string& title, const std::string& loss_label, Context& ctx) {
+                        const std::string& title, const std::string& loss_label, Context& ctx,
+                        const std::string& val_label = "") {
   if (rep.train.interrupted)
     throw Interrupted("interrupted at step " + std::to_string(rep.train.steps_done) +
                       "; progress saved to " + o.trainer.checkpoint_path() +
                       "; rerun the same command to resume");
   const std::string curve = training_figure_path(out, ctx.globals.figure_format);
-  training_curve_figure(curve, ctx.globals.figure_format, training_curve(rep.train, title, loss_label));
+  auto c = training_curve(rep.train, title, loss_label);
+  c.val_label = val_label;
+  training_curve_figure(curve, ctx.globals.figure_format, c);
   json r = rep.to_json();
   r["figure"] = curve;
   return r;
@@ -243,7 +246,7 @@ json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTr
   const auto rep = train_generator_fab(m.z, energy, m.mol.positions().reshape({-1}), stereocentres(m.mol), o,
                                        fab, out, extra, [] { return stop_requested(); }, resume_message(o, ctx));
   json r = finish_bg_training(rep, o, out, "bg train (FAB): " + m.system + " (" + o.coordinates + " coordinates)",
-                              "FAB loss (weighted -log q); validation: log(1/ESS)", ctx);
+                              "FAB loss (weighted -log q, nats)", ctx, "log(1 / Kish ESS fraction)");
   r["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

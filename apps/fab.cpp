@@ -250,7 +250,11 @@ void fab_train(const po::variables_map& vm, Context& ctx) {
   if (!rep.train.training.empty()) {
     const auto curve = training_figure_path(out, ctx.globals.figure_format);
     training_curve_figure(curve, ctx.globals.figure_format,
-                          training_curve(rep.train, "fab train: " + target.spec, "FAB loss (weighted -log q); validation: log(1/ESS)"));
+                          [&] {
+                            auto c = training_curve(rep.train, "fab train: " + target.spec, "FAB loss (weighted -log q, nats)");
+                            c.val_label = "log(1 / Kish ESS fraction)";
+                            return c;
+                          }());
     ctx.results["training_figure"] = curve;
   }
   if (vm.count("figure")) {

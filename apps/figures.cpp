@@ -381,7 +381,18 @@ void training_curve_figure(const std::string& path, viz::Format fmt, const Train
     va.style = viz::Series::Style::kLineMarkers;
     va.colour = viz::Colour::kOrange;
     va.width = 2.0;
-    p.series.push_back(std::move(va));
+    if (c.val_label.empty()) {
+      p.series.push_back(std::move(va));
+    } else {
+      p.title = "training loss";
+      f.cols = 2;
+      f.width_px = 1600;
+      viz::Panel& q = f.panel();
+      q.title = "validation";
+      q.x_label = "step";
+      q.y_label = c.val_label;
+      q.series.push_back(std::move(va));
+    }
   }
   viz::save(f, path, fmt);
 }

@@ -79,6 +79,9 @@ void opf_training_figure(const std::string& path, viz::Format fmt, const OpfTrai
 /// One training curve per trainer: loss against step (training), and validation where given.
 struct TrainingCurve {
   std::string title, loss_label;  ///< e.g. "flow train: nsf on rings", "NLL (nats)"
+  /// When validation measures something else than the loss (FAB: log(1/ESS)), its axis label:
+  /// validation then gets a panel of its own beside the loss's.
+  std::string val_label;
   std::vector<double> step, loss;
   std::vector<double> val_step, val_loss;
 };
