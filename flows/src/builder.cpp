@@ -7,6 +7,7 @@
 #include "nfkit/core/registry.h"
 #include "nfkit/core/runtime.h"
 #include "nfkit/flows/autoregressive.h"
+#include "nfkit/flows/binned_autoregressive.h"
 #include "nfkit/flows/coupling.h"
 #include "nfkit/flows/linear.h"
 #include "nfkit/flows/normalization.h"
@@ -85,6 +86,11 @@ DistributionPtr make_distribution(const json& c) {
         torch::tensor(c.at("low").get<std::vector<double>>(), torch::kFloat64),
         torch::tensor(c.at("high").get<std::vector<double>>(), torch::kFloat64));
   if (type == "flow") return make_flow(c);
+  if (type == "binned_autoregressive")
+    return std::make_shared<BinnedAutoregressive>(
+        BinnedAutoregressiveOptions::from_json(c.at("options")),
+        torch::tensor(c.at("low").get<std::vector<double>>(), torch::kFloat64),
+        torch::tensor(c.at("high").get<std::vector<double>>(), torch::kFloat64));
   if (type == "toy_density") return std::make_shared<ToyDistribution>(c.at("spec").get<std::string>());
   if (type == "empirical")  // the rows are a buffer, filled by read_state
     return std::make_shared<Empirical>(torch::zeros({c.at("n").get<int64_t>(), c.at("dim").get<int64_t>()}));

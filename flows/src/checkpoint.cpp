@@ -54,7 +54,7 @@ void save_flow(const std::string& path, const Distribution& flow, const json& me
 }
 
 namespace {
-// Opens a checkpoint, checks its model kind, builds the model with make(config), converts it
+// Opens a checkpoint, checks its model kind (any when `kind` is empty), builds the model with make(config), converts it
 // to the stored dtype and loads its tensors.
 template <class Model, class Make>
 std::tuple<std::shared_ptr<Model>, json, int64_t> load_model(const std::string& path,
@@ -68,7 +68,7 @@ std::tuple<std::shared_ptr<Model>, json, int64_t> load_model(const std::string& 
     metadata = r.has_attr("/", "metadata") ? json::parse(r.attr_string("/", "metadata"))
                                            : json::object();
     const std::string type = config.value("type", "");
-    if (type != kind) {
+    if (!kind.empty() && type != kind) {
       const std::string hint = type == "continuous_flow" || type == "one_step_generator"
                                    ? " (written by cfm train; use the cfm commands)"
                                : type == "flow"          ? " (written by flow train; use the flow commands)"
@@ -92,6 +92,17 @@ LoadedFlow load_flow(const std::string& path) {
   LoadedFlow out;
   std::tie(out.flow, out.metadata, out.step) =
       load_model<Flow>(path, "flow", [](const json& c) { return make_flow(c); });
+  return out;
+}
+
+LoadedDistribution load_distribution(const std::string& path) {
+  LoadedDistribution out;
+  std::tie(out.model, out.metadata, out.step) = load_model<Distribution>(path, "", [&](const json& c) {
+    const std::string type = c.value("type", "");
+    if (type == "continuous_flow" || type == "one_step_generator")
+      runtime_error(path, "holds a model of kind '" + type + "' (written by cfm train; use the cfm commands)");
+    return make_distribution(c);
+  });
   return out;
 }
 

@@ -10,7 +10,8 @@
 //
 // Any Distribution with a config() is written the same way (write_flow); model_config's "type"
 // says which loader rebuilds it: "flow" load_flow(), "continuous_flow" load_continuous_flow(),
-// "one_step_generator" load_one_step_generator().
+// "one_step_generator" load_one_step_generator(), "binned_autoregressive" (and any other type
+// make_distribution knows) load_distribution().
 // A model is rebuilt from the file alone: load_flow() builds the flow from model_config,
 // converts it to the stored dtype and loads every tensor, checking names and shapes.
 //
@@ -47,6 +48,15 @@ struct LoadedFlow {
 /// Rebuilds a flow from a checkpoint file (its configuration and weights). A file that holds
 /// another kind of model (a continuous flow) is a RuntimeError naming the file and the kind.
 LoadedFlow load_flow(const std::string& path);
+
+struct LoadedDistribution {
+  std::shared_ptr<Distribution> model;
+  json metadata;
+  int64_t step = 0;
+};
+/// Rebuilds any model make_distribution knows (a flow, a binned autoregressive model, a base)
+/// from a checkpoint file.
+LoadedDistribution load_distribution(const std::string& path);
 
 class ContinuousFlow;
 struct LoadedContinuousFlow {
