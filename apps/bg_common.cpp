@@ -138,10 +138,18 @@ po::options_description bg_train_options() {
       ("anneal-from", po::value<double>(), "--objective fab: train first at this temperature (K), then at falling temperatures down to --temperature over --anneal-stages stages (temperature annealing; the steps are shared evenly)")
       ("anneal-stages", po::value<int64_t>()->default_value(4), "stages of --anneal-from (geometric temperatures, the last at --temperature)")
       ("pretrain-steps", po::value<int64_t>()->default_value(500), "--objective fab: maximum-likelihood steps on stand-in coordinates from the energy minimum (harmonic bonds and angles, torsion scans) before FAB")
+      ("model", po::value<std::string>()->default_value(""), "the density model: nsf-ic (spline flow over internal coordinates), nsf-cartesian (spline flow over the canonical Cartesian frame), tarflow or arbg (transformers over all 3N Cartesian coordinates, centred, turned and shifted during training; SBG's TarFlow, ArBG's binned autoregressive model). Default: nsf over --coordinates")
       ("layers", po::value<int64_t>()->default_value(4), "blocks of four spline couplings")
       ("hidden", po::value<int64_t>()->default_value(128), "hidden units per conditioner layer")
       ("hidden-layers", po::value<int64_t>()->default_value(2), "hidden layers per conditioner")
       ("bins", po::value<int64_t>()->default_value(8), "spline bins")
+      ("blocks", po::value<int64_t>()->default_value(4), "tarflow: transformer blocks (alternating token order)")
+      ("transformer-layers", po::value<int64_t>()->default_value(2), "tarflow: transformer layers per block; arbg: twice this many in its one transformer")
+      ("head-dim", po::value<int64_t>()->default_value(32), "tarflow, arbg: width of an attention head (--hidden must be a multiple)")
+      ("tokens", po::value<std::string>()->default_value("atom"), "tarflow: atom (one token of x, y, z per atom, as SBG) or coordinate (one token per coordinate)")
+      ("arbg-bins", po::value<int64_t>()->default_value(1024), "arbg: bins per coordinate (ArBG uses 4096 for alanine dipeptide)")
+      ("token-order", po::value<std::string>()->default_value("atom"), "arbg: atom (x, y, z of each atom in the topology's order, ArBG's default) or axis (all x, then all y, then all z)")
+      ("box-margin", po::value<double>()->default_value(0.05, "0.05"), "arbg: the bins' box beyond the training coordinates' range, as a fraction of it")
       ("steps", po::value<int64_t>()->default_value(1500), "optimizer steps")
       ("batch-size", po::value<int64_t>()->default_value(512), "minibatch size")
       ("lr", po::value<double>()->default_value(1e-3, "0.001"), "peak learning rate (AdamW)")
@@ -152,7 +160,7 @@ po::options_description bg_train_options() {
       ("checkpoint-every", po::value<int64_t>()->default_value(250), "steps between checkpoints (<out>.ckpt)")
       ("held-out", po::value<double>()->default_value(0.1, "0.1"), "fraction of each walker's last frames held out for testing")
       ("dtype", po::value<std::string>()->default_value("float32"), "float32 or float64 for training (weights are evaluated in float64 for reweighting)")
-      ("coordinates", po::value<std::string>()->default_value("internal"), "what the flow models: internal (bonds, angles, torsions) or cartesian (free coordinates in the canonical frame)")
+      ("coordinates", po::value<std::string>(), "what the model sees: internal (bonds, angles, torsions), cartesian (free coordinates in the canonical frame) or centred (all 3N coordinates, centre removed); default: the --model's (internal without one)")
       ("init", po::value<std::string>()->default_value(""), "start from this model's weights (fine-tuning), not a fresh flow")
       ("restart", po::bool_switch(), "ignore an existing checkpoint");
   o.add(fab_sampler_options());
@@ -172,7 +180,29 @@ BGTrainOptions bg_train_from(const po::variables_map& vm, const std::string& out
   o.recipe.hidden = vm["hidden"].as<int64_t>();
   o.recipe.hidden_layers = vm["hidden-layers"].as<int64_t>();
   o.recipe.bins = vm["bins"].as<int64_t>();
-  o.coordinates = vm["coordinates"].as<std::string>();
+  o.transformer.blocks = vm["blocks"].as<int64_t>();
+  o.transformer.layers = vm["transformer-layers"].as<int64_t>();
+  o.transformer.hidden = o.recipe.hidden;
+  o.transformer.head_dim = vm["head-dim"].as<int64_t>();
+  o.transformer.tokens = vm["tokens"].as<std::string>();
+  o.transformer.bins = vm["arbg-bins"].as<int64_t>();
+  o.transformer.order = vm["token-order"].as<std::string>();
+  o.transformer.margin = vm["box-margin"].as<double>();
+  // --model names a model and its coordinates; --coordinates alone keeps the spline flow.
+  const std::string model = vm["model"].as<std::string>();
+  const std::string given = vm.count("coordinates") ? vm["coordinates"].as<std::string>() : "";
+  if (model.empty() || model == "nsf-ic" || model == "nsf-cartesian") {
+    o.model = "nsf";
+    const std::string implied = model == "nsf-cartesian" ? "cartesian" : "internal";
+    if (!model.empty() && !given.empty() && given != implied)
+      usage_error("--coordinates", model + " models " + implied + " coordinates, not " + given);
+    o.coordinates = given.empty() ? implied : given;
+  } else if (model == "tarflow" || model == "arbg") {
+    o.model = model;
+    o.coordinates = given.empty() ? "centred" : given;
+  } else {
+    usage_error("--model", "'" + model + "' is not a model, expected nsf-ic, nsf-cartesian, tarflow or arbg");
+  }
   o.init = vm["init"].as<std::string>();
   o.restart = vm["restart"].as<bool>();
   o.pretrain_steps = vm["pretrain-steps"].as<int64_t>();
@@ -278,7 +308,10 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
               const std::string& out, Context& ctx, const json& provenance) {
   const auto o = bg_train_from(vm, out, ctx);
   check_writable(out);
-  if (objective_from(vm, o) == "fab") return bg_train_fab(vm, m, o, out, ctx, provenance);
+  if (objective_from(vm, o) == "fab") {
+    o.check_fab();  // before the progress line
+    return bg_train_fab(vm, m, o, out, ctx, provenance);
+  }
   if (md_path.empty()) usage_error("--md", "is required with --objective kl (forward KL trains on MD frames)");
   const auto traj = read_trajectory(md_path, m.mol.size());
   std::unique_ptr<OpenMMEnergy> energy;
@@ -290,7 +323,7 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
   if (!provenance.is_null()) extra["provenance"] = provenance;
   const auto rep = train_generator(m.z, traj, energy.get(), o, out, extra, [] { return stop_requested(); },
                                    resume_message(o, ctx));
-  return finish_bg_training(rep, o, out, "bg train: " + m.system + " (" + o.coordinates + " coordinates)",
+  return finish_bg_training(rep, o, out, "bg train: " + m.system + " (" + o.model + ", " + o.coordinates + " coordinates)",
                             o.reverse_weight > 0 ? "loss: NLL + reverse-KL term (nats)" : "negative log-likelihood (nats)",
                             ctx);
 }

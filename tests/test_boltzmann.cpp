@@ -584,7 +584,7 @@ TEST_CASE("coordinate maps: registry, one log-density correction both ways, a us
     make_coordinate_map("polar", z);
     FAIL("no error");
   } catch (const UsageError& e) {
-    CHECK(std::string(e.what()).find("expected one of cartesian, internal") != std::string::npos);
+    CHECK(std::string(e.what()).find("expected one of cartesian, centred, internal") != std::string::npos);
   }
   // A map registered by a user serves generators and --coordinates like the built-in ones.
   struct Doubled : CoordinateMap {

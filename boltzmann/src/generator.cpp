@@ -1,5 +1,7 @@
 #include "nfkit/boltzmann/generator.h"
 
+#include "nfkit/boltzmann/cartesian.h"
+
 #include <torch/torch.h>
 
 #include <random>
@@ -174,6 +176,11 @@ torch::Tensor CoordinateMap::wrap(const torch::Tensor& c) const {
   return out;
 }
 
+void CoordinateMap::configure(const json& config) {
+  if (!config.is_null() && !config.empty())
+    usage_error("coordinate map", "the " + name() + " coordinates take no settings, got " + config.dump());
+}
+
 FlowCoordinateEnergy::FlowCoordinateEnergy(std::shared_ptr<const CoordinateMap> map, Energy& energy,
                                            std::vector<Stereocentre> stereocentres)
     : map_(std::move(map)), energy_(energy), stereocentres_(std::move(stereocentres)) {
@@ -267,7 +274,8 @@ class CartesianMap : public CoordinateMap {
 Registry<CoordinateMapFactory>& coordinate_registry() {
   static Registry<CoordinateMapFactory> r(
       {{"internal", [](const ZMatrix& z) -> std::shared_ptr<CoordinateMap> { return std::make_shared<InternalMap>(z); }},
-       {"cartesian", [](const ZMatrix& z) -> std::shared_ptr<CoordinateMap> { return std::make_shared<CartesianMap>(z); }}});
+       {"cartesian", [](const ZMatrix& z) -> std::shared_ptr<CoordinateMap> { return std::make_shared<CartesianMap>(z); }},
+       {"centred", [](const ZMatrix& z) -> std::shared_ptr<CoordinateMap> { return std::make_shared<CentredMap>(z); }}});
   return r;
 }
 
@@ -279,30 +287,33 @@ void register_coordinate_map(const std::string& name, CoordinateMapFactory facto
 
 std::vector<std::string> coordinate_map_names() { return coordinate_registry().names(); }
 
-std::shared_ptr<CoordinateMap> make_coordinate_map(const std::string& name, const ZMatrix& z) {
+std::shared_ptr<CoordinateMap> make_coordinate_map(const std::string& name, const ZMatrix& z,
+                                                   const json& config) {
   const auto f = coordinate_registry().find(name);
   if (!f)
     usage_error("--coordinates", "'" + name + "' is not a coordinate map, expected one of " +
                                      coordinate_registry().joined_names());
-  return f(z);
+  auto map = f(z);
+  if (!config.is_null()) map->configure(config);
+  return map;
 }
 
 // ---- the generator --------------------------------------------------------------------------
 
-BoltzmannGenerator::BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow, std::string coordinates)
-    : BoltzmannGenerator(make_coordinate_map(coordinates, z), std::move(flow)) {}
+BoltzmannGenerator::BoltzmannGenerator(ZMatrix z, std::shared_ptr<Distribution> model, std::string coordinates)
+    : BoltzmannGenerator(make_coordinate_map(coordinates, z), std::move(model)) {}
 
-BoltzmannGenerator::BoltzmannGenerator(std::shared_ptr<CoordinateMap> map, std::shared_ptr<Flow> flow)
-    : z_(map->zmatrix()), flow_(std::move(flow)), map_(std::move(map)) {
-  if (flow_->dim() != map_->dim())
-    usage_error("BoltzmannGenerator", "the flow has dimension " + std::to_string(flow_->dim()) +
+BoltzmannGenerator::BoltzmannGenerator(std::shared_ptr<CoordinateMap> map, std::shared_ptr<Distribution> model)
+    : z_(map->zmatrix()), model_(std::move(model)), map_(std::move(map)) {
+  if (model_->dim() != map_->dim())
+    usage_error("BoltzmannGenerator", "the model has dimension " + std::to_string(model_->dim()) +
                                           ", but the " + map_->name() + " coordinates have " +
                                           std::to_string(map_->dim()));
 }
 
 torch::Tensor BoltzmannGenerator::log_prob(const torch::Tensor& x) {
-  const auto r = map_->to_flow(x.to(flow_->tensor_options()));
-  return flow_->log_prob(r.value) + r.logdet;
+  const auto r = map_->to_flow(x.to(model_->tensor_options()));
+  return model_->log_prob(r.value) + r.logdet;
 }
 
 std::pair<torch::Tensor, torch::Tensor> BoltzmannGenerator::sample(int64_t n, int64_t chunk) {
@@ -311,7 +322,7 @@ std::pair<torch::Tensor, torch::Tensor> BoltzmannGenerator::sample(int64_t n, in
   std::vector<torch::Tensor> xs, lqs;
   for (int64_t done = 0; done < n; done += chunk) {
     const int64_t m = std::min(chunk, n - done);
-    auto [c, lq] = flow_->sample_and_log_prob(m);
+    auto [c, lq] = model_->sample_and_log_prob(m);
     const auto r = map_->from_flow(c);
     // Outside the map's range (logdet NaN): log q = +inf, so the weight is zero.
     auto l = lq + r.logdet;

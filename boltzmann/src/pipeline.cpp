@@ -86,18 +86,22 @@ void save_generator(const std::string& path, BoltzmannGenerator& bg, json metada
   metadata["kind"] = "boltzmann_generator";
   metadata["coordinates"] = bg.coordinates();
   metadata["zmatrix"] = bg.zmatrix().to_json();
-  save_flow(path, bg.flow(), metadata);
+  const auto map_config = bg.coordinate_map().config();
+  if (!map_config.is_null()) metadata["coordinate_map"] = map_config;
+  save_flow(path, bg.model(), metadata);
 }
 
 BoltzmannGenerator load_generator(const std::string& path, json* metadata) {
-  auto loaded = load_flow(path);
+  auto loaded = load_distribution(path);
   if (!loaded.metadata.contains("zmatrix"))
     runtime_error(path, "is not a Boltzmann-generator model (no zmatrix in its metadata)");
   if (metadata) *metadata = loaded.metadata;
-  loaded.flow->to(torch::kCPU, torch::kFloat64);
+  loaded.model->to(torch::kCPU, torch::kFloat64);
   try {
-    return BoltzmannGenerator(ZMatrix::from_json(loaded.metadata.at("zmatrix")), loaded.flow,
-                              loaded.metadata.value("coordinates", std::string("internal")));
+    const auto z = ZMatrix::from_json(loaded.metadata.at("zmatrix"));
+    const auto map = make_coordinate_map(loaded.metadata.value("coordinates", std::string("internal")), z,
+                                         loaded.metadata.value("coordinate_map", json(nullptr)));
+    return BoltzmannGenerator(map, loaded.model);
   } catch (const json::exception& e) {
     runtime_error(path, std::string("metadata zmatrix or coordinates is malformed (") + e.what() + ")");
   }
@@ -120,6 +124,8 @@ void BGTrainOptions::check() const {
   if (anneal_stages < 1 || anneal_stages > 100) usage_error("--anneal-stages", "must be in 1..100");
   if (anneal_stages == 1 && anneal_factor != 1.0)
     usage_error("--anneal-stages", "must be at least 2 to anneal from another temperature");
+  model_type(model);
+  if (model != "nsf") transformer.check();
   check_positive_int("--layers", "value", recipe.layers);
   check_positive_int("--hidden", "value", recipe.hidden);
   if (recipe.bins < 2) usage_error("--bins", "must be >= 2");
@@ -127,8 +133,17 @@ void BGTrainOptions::check() const {
     usage_error("--dtype", "expected float32 or float64");
 }
 
+void BGTrainOptions::check_fab() const {
+  check();
+  if (model != "nsf")
+    usage_error("--model", "FAB trains the spline flows (nsf); " + model + " models train on MD frames");
+  if (coordinates == "centred")
+    usage_error("--coordinates", "FAB works in internal or cartesian coordinates, not centred");
+}
+
 json BGTrainOptions::to_json() const {
-  return {{"coordinates", coordinates}, {"reverse_weight", reverse_weight}, {"held_out", held_out},
+  return {{"model", model}, {"transformer", transformer.to_json()},
+          {"coordinates", coordinates}, {"reverse_weight", reverse_weight}, {"held_out", held_out},
           {"dtype", dtype == torch::kFloat64 ? "float64" : "float32"}, {"init", init},
           {"seed", seed}, {"pretrain_steps", pretrain_steps},
           {"anneal_factor", anneal_factor}, {"anneal_stages", anneal_stages},
@@ -146,16 +161,24 @@ json BGTrainReport::to_json() const {
 
 namespace {
 
-// The flow of options.init (checked against the molecule and the coordinates), or null for a
-// fresh one.
-std::shared_ptr<Flow> init_flow(const BGTrainOptions& o, const ZMatrix& z) {
-  if (o.init.empty()) return nullptr;
+// The generator of options.init (checked against the molecule and the coordinates), or none
+// for a fresh one.
+std::optional<BoltzmannGenerator> init_generator(const BGTrainOptions& o, const ZMatrix& z) {
+  if (o.init.empty()) return std::nullopt;
   auto g = load_generator(o.init);
   if (g.zmatrix().rows != z.rows)
     usage_error("--init", o.init + " was trained with another Z-matrix (another molecule?)");
   if (g.coordinates() != o.coordinates)
     usage_error("--init", o.init + " models " + g.coordinates() + " coordinates, not " + o.coordinates);
-  return g.flow_ptr();
+  return g;
+}
+
+std::shared_ptr<Flow> init_flow(const BGTrainOptions& o, const ZMatrix& z) {
+  auto g = init_generator(o, z);
+  if (!g) return nullptr;
+  auto flow = g->flow_ptr();
+  if (!flow) usage_error("--init", o.init + " holds a " + g->model().config().value("type", std::string("?")) + " model, not a flow");
+  return flow;
 }
 
 }  // namespace
@@ -177,7 +200,7 @@ BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* en
   }
   auto [fit_idx, test_idx] = split_held_out(md, o.held_out);
   const auto x_fit = md.x.index_select(0, fit_idx);
-  const auto map = make_coordinate_map(o.coordinates, z);
+  auto map = make_coordinate_map(o.coordinates, z);
   const auto q_all = map->to_flow(x_fit).value;
   const int64_t N = q_all.size(0);
   if (N < 20) runtime_error(md.path, "has " + std::to_string(N) + " training frames, too few");
@@ -190,14 +213,24 @@ BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* en
   seed_all(derive_seed(o.seed, 32, 1));
   ICFlowRecipe recipe = o.recipe;
   recipe.seed = derive_seed(o.seed, 31, 0);
-  std::shared_ptr<Flow> flow = init_flow(o, z);
-  if (!flow) {
-    flow = map->build_flow(train, recipe);
+  std::shared_ptr<Distribution> flow;
+  if (auto g = init_generator(o, z)) {
+    if (g->model().config().value("type", std::string()) != model_type(o.model))
+      usage_error("--init", o.init + " holds a " + g->model().config().value("type", std::string("?")) +
+                                " model, not the " + o.model + " model asked for");
+    map = make_coordinate_map(o.coordinates, z, g->coordinate_map().config());
+    flow = g->model_ptr();
+  } else {
+    map->fit(train);
+    flow = build_generator_model(o.model, *map, train, recipe, o.transformer);
   }
   flow->to(o.device, o.dtype);
 
   Objective obj;
   obj.reverse_weight = o.reverse_weight;
+  obj.augment = [map](const torch::Tensor& x, const torch::Tensor& ctx) {
+    return std::make_tuple(map->augment(x), ctx);
+  };
   if (o.reverse_weight < 1.0) {
     obj.train = train;
     // With an energy term, validation is the reverse-KL estimate (it tracks the weights).
@@ -213,6 +246,8 @@ BGTrainReport train_generator(const ZMatrix& z, const Trajectory& md, Energy* en
   json metadata = extra;
   metadata["kind"] = "boltzmann_generator";
   metadata["coordinates"] = o.coordinates;
+  if (!map->config().is_null()) metadata["coordinate_map"] = map->config();
+  metadata["model"] = o.model;
   metadata["zmatrix"] = z.to_json();
   metadata["held_out"] = o.held_out;
   metadata["n_train"] = train.size(0);
@@ -328,7 +363,7 @@ BGTrainReport train_generator_fab(const ZMatrix& z, Energy& energy, const torch:
                                   const std::vector<Stereocentre>& stereocentres, const BGTrainOptions& o, FabOptions fab, const std::string& out,
                                   const json& extra, const std::function<bool()>& stop,
                                   const std::function<void(int64_t step)>& on_resume) {
-  o.check();
+  o.check_fab();
   check_writable(out);
   if (energy.dim() != 3 * z.atoms())
     usage_error("energy", energy.name() + " has dimension " + std::to_string(energy.dim()) +
@@ -539,6 +574,9 @@ BGSampleReport sample_generator(BoltzmannGenerator& bg, Energy& energy, const BG
   if (energy.dim() != 3 * bg.zmatrix().atoms())
     usage_error("energy", energy.name() + " has dimension " + std::to_string(energy.dim()) +
                               ", but the generator is for " + std::to_string(bg.zmatrix().atoms()) + " atoms");
+  if (o.smc_steps > 0 && bg.coordinates() == "centred")
+    usage_error("--smc-steps", "SMC needs the generator's density of a configuration, which centred-coordinate "
+                               "models (tarflow, arbg) give only with their centre (extended space); sample them without SMC");
   seed_all(derive_seed(o.seed, 33, 0));
   if (o.smc_steps > 0) return sample_generator_smc(bg, energy, o, stop);
   ProgressOptions po;

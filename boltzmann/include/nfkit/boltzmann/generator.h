@@ -97,7 +97,9 @@ class CoordinateMap {
   virtual ~CoordinateMap() = default;
   virtual std::string name() const = 0;
   const ZMatrix& zmatrix() const { return z_; }
-  int64_t dim() const { return z_.internal_dim(); }
+  /// Coordinates the model sees: 3N - 6 for "internal" and "cartesian", 3N for "centred"
+  /// (cartesian.h).
+  virtual int64_t dim() const { return z_.internal_dim(); }
   struct Result {
     torch::Tensor value;   ///< c [B, 3N-6] (to_flow) or x [B, 3N] (from_flow)
     torch::Tensor logdet;  ///< [B]; NaN where c lies outside the map's range
@@ -115,6 +117,15 @@ class CoordinateMap {
   virtual std::vector<int64_t> periodic() const { return {}; }
   /// c with its periodic columns mapped into (-pi, pi].
   torch::Tensor wrap(const torch::Tensor& c) const;
+  /// Settings of the map that a model file must keep (null: none); configure() restores them
+  /// (a usage error for a map without settings given some).
+  virtual nlohmann::json config() const { return nullptr; }
+  virtual void configure(const nlohmann::json& config);
+  /// Data-dependent settings from the training coordinates c_train, before the model is built.
+  virtual void fit(const torch::Tensor& /*c_train*/) {}
+  /// A training minibatch c [B, dim] after the map's random augmentation (identity by
+  /// default; "centred" turns and shifts), drawn from torch's global generator.
+  virtual torch::Tensor augment(const torch::Tensor& c) const { return c; }
 
  protected:
   ZMatrix z_;
@@ -123,8 +134,10 @@ class CoordinateMap {
 using CoordinateMapFactory = std::function<std::shared_ptr<CoordinateMap>(const ZMatrix&)>;
 /// Registers (or replaces) a coordinate map under `name`.
 void register_coordinate_map(const std::string& name, CoordinateMapFactory factory);
-/// The map called `name` for Z-matrix z; a usage error naming the known maps otherwise.
-std::shared_ptr<CoordinateMap> make_coordinate_map(const std::string& name, const ZMatrix& z);
+/// The map called `name` for Z-matrix z, configured with `config` when it is not null; a usage
+/// error naming the known maps otherwise.
+std::shared_ptr<CoordinateMap> make_coordinate_map(const std::string& name, const ZMatrix& z,
+                                                   const nlohmann::json& config = nullptr);
 /// The registered names, sorted.
 std::vector<std::string> coordinate_map_names();
 
@@ -160,14 +173,17 @@ class BoltzmannGenerator {
  public:
   /// coordinates: a registered CoordinateMap name: "internal" (the flow models bonds, angles,
   /// torsions) or "cartesian" (the flow models the free canonical Cartesian coordinates).
-  BoltzmannGenerator(ZMatrix z, std::shared_ptr<Flow> flow, std::string coordinates = "internal");
-  BoltzmannGenerator(std::shared_ptr<CoordinateMap> map, std::shared_ptr<Flow> flow);
+  BoltzmannGenerator(ZMatrix z, std::shared_ptr<Distribution> model, std::string coordinates = "internal");
+  /// model: any Distribution over the map's coordinates (a flow, a TarFlow, an ArBG model).
+  BoltzmannGenerator(std::shared_ptr<CoordinateMap> map, std::shared_ptr<Distribution> model);
   std::string coordinates() const { return map_->name(); }
   const CoordinateMap& coordinate_map() const { return *map_; }
 
   const ZMatrix& zmatrix() const { return z_; }
-  Flow& flow() { return *flow_; }
-  std::shared_ptr<Flow> flow_ptr() { return flow_; }
+  Distribution& model() { return *model_; }
+  std::shared_ptr<Distribution> model_ptr() { return model_; }
+  /// The model as a Flow (null when it is another kind of density, e.g. ArBG's).
+  std::shared_ptr<Flow> flow_ptr() { return std::dynamic_pointer_cast<Flow>(model_); }
 
   /// log q(x) [B] in the reduced space (see above), x [B, 3N] nm.
   torch::Tensor log_prob(const torch::Tensor& x);
@@ -177,7 +193,7 @@ class BoltzmannGenerator {
 
  private:
   ZMatrix z_;
-  std::shared_ptr<Flow> flow_;
+  std::shared_ptr<Distribution> model_;
   std::shared_ptr<CoordinateMap> map_;
 };
 

@@ -30,6 +30,7 @@
 
 #include "nfkit/boltzmann/ais.h"
 #include "nfkit/boltzmann/analysis.h"
+#include "nfkit/boltzmann/cartesian.h"
 #include "nfkit/boltzmann/fab.h"
 #include "nfkit/boltzmann/generator.h"
 #include "nfkit/boltzmann/md.h"
@@ -70,8 +71,14 @@ BoltzmannGenerator load_generator(const std::string& path, nlohmann::json* metad
 // ---- training -------------------------------------------------------------------------------
 
 struct BGTrainOptions {
+  /// The density model: "nsf" (spline flow, sized by recipe), "tarflow" or "arbg" (sized by
+  /// transformer; cartesian.h).
+  std::string model = "nsf";
   ICFlowRecipe recipe;                   ///< internal coordinates; the Cartesian flow is the same size
-  std::string coordinates = "internal";  ///< internal or cartesian (the canonical frame)
+  TransformerRecipe transformer;
+  /// internal, cartesian (the canonical frame) or centred (all 3N coordinates, centre removed,
+  /// turned and shifted during training; cartesian.h)
+  std::string coordinates = "internal";
   double reverse_weight = 0.0;           ///< 0 forward KL on MD, 1 reverse KL on the energy only
   double held_out = 0.1;                 ///< each walker's last frames kept from training
   torch::Dtype dtype = torch::kFloat32;  ///< training dtype (weights are used in float64)
@@ -92,6 +99,8 @@ struct BGTrainOptions {
   int64_t anneal_stages = 1;
   /// Checks the values, naming the option (usage errors).
   void check() const;
+  /// check() and what FAB needs (a spline flow, not in centred coordinates).
+  void check_fab() const;
   nlohmann::json to_json() const;
 };
 
