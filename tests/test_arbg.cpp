@@ -28,15 +28,20 @@ using nfkit::test::ala2_pdb;
 
 namespace {
 
-// A float64 model with random weights on an uneven box.
-std::shared_ptr<BinnedAutoregressive> perturbed_model(int64_t dim, int64_t bins, std::vector<int64_t> order,
-                                                      uint64_t seed) {
+BinnedAutoregressiveOptions options(int64_t dim, int64_t bins, int64_t layers, int64_t hidden, int64_t head_dim) {
   BinnedAutoregressiveOptions o;
   o.dim = dim;
   o.bins = bins;
-  o.layers = 2;
-  o.hidden = 16;
-  o.head_dim = 8;
+  o.layers = layers;
+  o.hidden = hidden;
+  o.head_dim = head_dim;
+  return o;
+}
+
+// A float64 model with random weights on an uneven box.
+std::shared_ptr<BinnedAutoregressive> perturbed_model(int64_t dim, int64_t bins, std::vector<int64_t> order,
+                                                      uint64_t seed) {
+  auto o = options(dim, bins, 2, 16, 8);
   o.order = std::move(order);
   torch::manual_seed(seed);
   const auto low = -1.0 - torch::rand({dim}, torch::kFloat64);
@@ -119,13 +124,8 @@ TEST_CASE("binned autoregressive: the sampler's log q equals a second pass, and 
     }
   }
   // Float32 (the training dtype): the KV-cache pass and the full pass agree to float rounding.
-  BinnedAutoregressiveOptions o;
-  o.dim = 12;
-  o.bins = 64;
-  o.layers = 2;
-  o.hidden = 32;
   torch::manual_seed(3);
-  BinnedAutoregressive q32(o, -torch::ones({12}), torch::ones({12}));
+  BinnedAutoregressive q32(options(12, 64, 2, 32, 32), -torch::ones({12}), torch::ones({12}));
   perturb_parameters(q32, 0.3, 4);
   auto [x, log_q] = q32.sample_and_log_prob(500);
   CHECK((log_q - q32.log_prob(x)).abs().max().item<double>() < 1e-4);
@@ -140,13 +140,7 @@ TEST_CASE("binned autoregressive: a tempered sampler's importance weights give u
   const double rho = 0.6;
   const auto L = torch::tensor({{1.0, 0.0}, {rho, std::sqrt(1 - rho * rho)}}, torch::kFloat64);
   const auto data = torch::randn({20000, 2}, torch::kFloat64).matmul(L.t());
-  BinnedAutoregressiveOptions o;
-  o.dim = 2;
-  o.bins = 48;
-  o.layers = 1;
-  o.hidden = 32;
-  o.head_dim = 16;
-  auto q = std::make_shared<BinnedAutoregressive>(o, torch::full({2}, -6.0), torch::full({2}, 6.0));
+  auto q = std::make_shared<BinnedAutoregressive>(options(2, 48, 1, 32, 16), torch::full({2}, -6.0), torch::full({2}, 6.0));
   q->to(torch::kFloat64);
   Objective obj;
   obj.train = data;
@@ -202,12 +196,7 @@ TEST_CASE("binned autoregressive: checkpoints restore the model, the box and the
 }
 
 TEST_CASE("binned autoregressive: data outside the box and bad options", "[arbg]") {
-  BinnedAutoregressiveOptions o;
-  o.dim = 2;
-  o.bins = 8;
-  o.layers = 1;
-  o.hidden = 16;
-  o.head_dim = 8;
+  const auto o = options(2, 8, 1, 16, 8);
   BinnedAutoregressive q(o, torch::zeros({2}), torch::ones({2}));
   const auto x = torch::tensor({{0.5, 0.5}, {1.0, 0.5}, {-0.01, 0.2}, {0.999, 0.0}, {std::nan(""), 0.1}});
   CHECK(q.count_outside(x) == 3);

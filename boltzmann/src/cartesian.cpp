@@ -8,7 +8,6 @@
 #include "nfkit/core/checks.h"
 #include "nfkit/core/error.h"
 #include "nfkit/flows/binned_autoregressive.h"
-#include "nfkit/flows/builder.h"
 #include "nfkit/flows/linear.h"
 #include "nfkit/flows/normalization.h"
 #include "nfkit/flows/tarflow.h"
@@ -70,16 +69,7 @@ CoordinateMap::Result CentredMap::from_flow(const torch::Tensor& c) const {
 }
 
 std::shared_ptr<Flow> CentredMap::build_flow(const torch::Tensor& c_train, const ICFlowRecipe& recipe) const {
-  FlowRecipe fr;
-  fr.kind = "nsf";
-  fr.dim = dim();
-  fr.layers = 4 * recipe.layers;
-  fr.hidden = recipe.hidden;
-  fr.hidden_layers = recipe.hidden_layers;
-  fr.bins = recipe.bins;
-  fr.bound = recipe.bound;
-  fr.seed = recipe.seed;
-  return nfkit::build_flow(fr, c_train);
+  return build_cartesian_spline_flow(dim(), c_train, recipe);
 }
 
 json CentredMap::config() const {

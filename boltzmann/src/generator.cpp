@@ -155,6 +155,20 @@ CanonicalResult from_canonical(const ZMatrix& z, const torch::Tensor& c, torch::
   return {c, ld};
 }
 
+std::shared_ptr<Flow> build_cartesian_spline_flow(int64_t dim, const torch::Tensor& c_train,
+                                                  const ICFlowRecipe& recipe) {
+  FlowRecipe fr;
+  fr.kind = "nsf";
+  fr.dim = dim;
+  fr.layers = 4 * recipe.layers;  // as many couplings as the internal-coordinate flow
+  fr.hidden = recipe.hidden;
+  fr.hidden_layers = recipe.hidden_layers;
+  fr.bins = recipe.bins;
+  fr.bound = recipe.bound;
+  fr.seed = recipe.seed;
+  return nfkit::build_flow(fr, c_train);
+}
+
 // ---- coordinate maps ------------------------------------------------------------------------
 
 CoordinateMap::CoordinateMap(ZMatrix z) : z_(std::move(z)) { z_.validate(); }
@@ -258,16 +272,7 @@ class CartesianMap : public CoordinateMap {
     return {x, r.logdet};
   }
   std::shared_ptr<Flow> build_flow(const torch::Tensor& c_train, const ICFlowRecipe& recipe) const override {
-    FlowRecipe fr;
-    fr.kind = "nsf";
-    fr.dim = z_.internal_dim();
-    fr.layers = 4 * recipe.layers;  // as many couplings as the internal-coordinate flow
-    fr.hidden = recipe.hidden;
-    fr.hidden_layers = recipe.hidden_layers;
-    fr.bins = recipe.bins;
-    fr.bound = recipe.bound;
-    fr.seed = recipe.seed;
-    return nfkit::build_flow(fr, c_train);
+    return build_cartesian_spline_flow(dim(), c_train, recipe);
   }
 };
 

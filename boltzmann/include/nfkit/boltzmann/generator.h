@@ -64,6 +64,12 @@ struct ICFlowRecipe {
 std::shared_ptr<Flow> build_ic_flow(const ZMatrix& z, const torch::Tensor& q_train,
                                     const ICFlowRecipe& recipe);
 
+/// The spline flow of the Cartesian maps: 4 x recipe.layers rational-quadratic spline
+/// couplings (as many as the internal-coordinate flow) over dim coordinates, standardised with
+/// c_train.
+std::shared_ptr<Flow> build_cartesian_spline_flow(int64_t dim, const torch::Tensor& c_train,
+                                                  const ICFlowRecipe& recipe);
+
 /// Cartesian coordinates in the canonical frame of a Z-matrix: root atom a0 at the origin, a1
 /// on the +z axis, a2 in the x-z plane with x > 0. Of the 3N numbers, the 3N-6 free ones
 /// (a1's z, a2's x and z, every other atom's x, y, z) are the coordinates of the Cartesian
