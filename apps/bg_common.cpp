@@ -275,7 +275,7 @@ json bg_train_fab(const po::variables_map& vm, const MoleculeSpec& m, const BGTr
   const auto t0 = std::chrono::steady_clock::now();
   const auto rep = train_generator_fab(m.z, energy, m.mol.positions().reshape({-1}), stereocentres(m.mol), o,
                                        fab, out, extra, [] { return stop_requested(); }, resume_message(o, ctx));
-  json r = finish_bg_training(rep, o, out, "bg train (FAB): " + m.system + " (" + o.coordinates + " coordinates)",
+  json r = finish_bg_training(rep, o, out, "bg train (FAB): " + std::filesystem::path(m.system).filename().string() + " (" + o.coordinates + " coordinates)",
                               "FAB loss (weighted -log q, nats)", ctx, "log(1 / Kish ESS fraction)");
   r["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
@@ -323,7 +323,7 @@ json bg_train(const po::variables_map& vm, const MoleculeSpec& m, const std::str
   if (!provenance.is_null()) extra["provenance"] = provenance;
   const auto rep = train_generator(m.z, traj, energy.get(), o, out, extra, [] { return stop_requested(); },
                                    resume_message(o, ctx));
-  return finish_bg_training(rep, o, out, "bg train: " + m.system + " (" + o.model + ", " + o.coordinates + " coordinates)",
+  return finish_bg_training(rep, o, out, "bg train: " + std::filesystem::path(m.system).filename().string() + " (" + o.model + ", " + o.coordinates + " coordinates)",
                             o.reverse_weight > 0 ? "loss: NLL + reverse-KL term (nats)" : "negative log-likelihood (nats)",
                             ctx);
 }

@@ -103,20 +103,21 @@ torch::Tensor BinnedAutoregressive::unclamped_bins(const torch::Tensor& x) const
   return ((x.to(low_.dtype()) - low_) / w).floor();
 }
 
-torch::Tensor BinnedAutoregressive::bin_index(const torch::Tensor& x) const {
-  return unclamped_bins(x).nan_to_num(0.0).clamp(0, opts_.bins - 1).to(torch::kLong);
+torch::Tensor BinnedAutoregressive::clamped(const torch::Tensor& u) const {
+  return u.nan_to_num(0.0).clamp(0, opts_.bins - 1).to(torch::kLong);
 }
 
-torch::Tensor BinnedAutoregressive::outside(const torch::Tensor& x) const {
-  const auto u = unclamped_bins(x);  // a coordinate is inside when its bin is in [0, K)
-  return ((u < 0) | (u >= opts_.bins) | u.isnan()).any(1);
+torch::Tensor BinnedAutoregressive::outside_rows(const torch::Tensor& u) const {
+  return ((u < 0) | (u >= opts_.bins) | u.isnan()).any(1);  // inside: every bin in [0, K)
 }
+
+torch::Tensor BinnedAutoregressive::bin_index(const torch::Tensor& x) const { return clamped(unclamped_bins(x)); }
 
 int64_t BinnedAutoregressive::count_outside(const torch::Tensor& x) const {
   const char* fn = "BinnedAutoregressive::count_outside";
   check_dim(fn, "x", x, 2);
   check_size(fn, "x", x, 1, dim());
-  return outside(x).sum().item<int64_t>();
+  return outside_rows(unclamped_bins(x)).sum().item<int64_t>();
 }
 
 torch::Tensor BinnedAutoregressive::logits(const torch::Tensor& prev, int64_t pos0, KVCache* cache) {
@@ -138,24 +139,26 @@ torch::Tensor BinnedAutoregressive::filtered_log_softmax(const torch::Tensor& lo
   return torch::log_softmax(l, -1);
 }
 
+torch::Tensor BinnedAutoregressive::token_log_probs(const torch::Tensor& k_tok) {
+  const auto start = torch::full({k_tok.size(0), 1}, opts_.bins, k_tok.options());
+  const auto prev = torch::cat({start, k_tok.narrow(1, 0, dim() - 1)}, 1);
+  return filtered_log_softmax(logits(prev, 0, nullptr));
+}
+
 torch::Tensor BinnedAutoregressive::conditional_log_probs(const torch::Tensor& x) {
   const char* fn = "BinnedAutoregressive::conditional_log_probs";
   check_dim(fn, "x", x, 2);
   check_size(fn, "x", x, 1, dim());
-  const auto order = order_.to(x.device());
-  const auto k = bin_index(x).index_select(1, order);  // token order
-  const auto start = torch::full({x.size(0), 1}, opts_.bins, k.options());
-  const auto prev = torch::cat({start, k.narrow(1, 0, dim() - 1)}, 1);
-  return filtered_log_softmax(logits(prev, 0, nullptr));
+  return token_log_probs(bin_index(x).index_select(1, order_.to(x.device())));
 }
 
 torch::Tensor BinnedAutoregressive::log_prob_impl(const torch::Tensor& x, const torch::Tensor&) {
-  const auto lp = conditional_log_probs(x);  // [B, D, K], token order
-  const auto k = bin_index(x).index_select(1, order_.to(x.device()));
-  const auto out = lp.gather(2, k.unsqueeze(2)).squeeze(2).sum(1);
+  const auto u = unclamped_bins(x);  // one bin computation for the bins and the box test
+  const auto k = clamped(u).index_select(1, order_.to(x.device()));
+  const auto out = token_log_probs(k).gather(2, k.unsqueeze(2)).squeeze(2).sum(1);
   const auto log_width = ((high_ - low_) / static_cast<double>(opts_.bins)).log().sum();
-  // Outside the box: -inf (bin_index clamped those coordinates into the end bins).
-  return (out - log_width).masked_fill(outside(x), -std::numeric_limits<double>::infinity()).to(x.dtype());
+  // Outside the box: -inf (those coordinates were clamped into the end bins above).
+  return (out - log_width).masked_fill(outside_rows(u), -std::numeric_limits<double>::infinity()).to(x.dtype());
 }
 
 std::tuple<torch::Tensor, torch::Tensor> BinnedAutoregressive::sample_impl(int64_t n, const torch::Tensor& ctx) {

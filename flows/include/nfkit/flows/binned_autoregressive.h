@@ -100,8 +100,12 @@ class BinnedAutoregressive : public Distribution {
   torch::Tensor logits(const torch::Tensor& prev, int64_t pos0, KVCache* cache);
   // floor((x - low) / w) in the dtype of the box, coordinate order (NaN stays NaN).
   torch::Tensor unclamped_bins(const torch::Tensor& x) const;
-  // [N] bool: a coordinate outside [low, high) (or NaN).
-  torch::Tensor outside(const torch::Tensor& x) const;
+  // Of unclamped bins u: the bin indices clamped into [0, K) (NaN -> 0), and [N] bool rows with
+  // a coordinate outside [low, high) (or NaN).
+  torch::Tensor clamped(const torch::Tensor& u) const;
+  torch::Tensor outside_rows(const torch::Tensor& u) const;
+  // conditional_log_probs of bins k_tok [B, dim] in token order.
+  torch::Tensor token_log_probs(const torch::Tensor& k_tok);
   // Temperature and top-p applied; log-probabilities over the last dimension.
   torch::Tensor filtered_log_softmax(const torch::Tensor& logits) const;
 
